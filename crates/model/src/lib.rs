@@ -1,0 +1,25 @@
+//! The pure domain of tradecloud-bridge: no I/O.
+//!
+//! * [`webhook`]: the bodies Tradecloud POSTs/PUTs to the webhook, parsed leniently.
+//! * [`order`]: the order as Tradecloud sends it (API v2 and legacy API v1), parsed leniently.
+//! * [`trigger`]: the trigger envelope the ingress publishes to the triggers topic.
+//! * [`message`]: the normalized order message (v1) the worker publishes to the orders topic.
+//! * [`normalize`]: the pure functions from a trigger (and a fetched order) to a message.
+//!
+//! Leniency rules (from Tradecloud's compatibility promise): unknown fields are kept, unknown enum
+//! values and event names are accepted as plain strings, decimals are accepted as JSON numbers or
+//! strings and kept exact.
+
+pub mod event_name;
+pub mod headers;
+pub mod message;
+pub mod normalize;
+pub mod order;
+pub mod trigger;
+pub mod webhook;
+
+mod lenient;
+
+pub use message::OrderMessage;
+pub use normalize::{NormalizeError, normalize_event, normalize_fetched_order};
+pub use trigger::{IdKind, TriggerEnvelope, TriggerError, TriggerKind};
