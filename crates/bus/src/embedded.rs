@@ -1,0 +1,457 @@
+//! The embedded backend: a durable on-disk queue in one SQLite file.
+//!
+//! Why SQLite (through rusqlite, bundled): a committed transaction in WAL mode with
+//! `synchronous=FULL` survives `kill -9` and power loss; several processes can open the same file
+//! at once (the bridge and an operator's `consume`), which redb and fjall do not allow; and an
+//! operator can inspect the queue with the `sqlite3` shell.
+//!
+//! Layout: `messages` is an append-only log per topic (ids increase); `acks` records which ids a
+//! consumer group has settled. A group's consumer reads ids above its cursor that it has not
+//! acked, so after a crash everything unacked is delivered again. One consumer per group and
+//! topic at a time (the worker); run one bridge process per data file.
+//!
+//! Writes go through one writer thread that commits whatever is pending in one transaction (group
+//! commit), so many concurrent publishes share one fsync.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, params};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, oneshot};
+
+use crate::{
+    Acker, BusError, Consumer, ConsumerOpener, Delivery, Headers, Message, Publisher, TopicsConfig,
+};
+
+/// Most operations one transaction commits.
+const MAX_BATCH: usize = 512;
+/// Rows one consumer fetch reads.
+const FETCH_BATCH: i64 = 128;
+/// How often an idle consumer looks for messages written by another process.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// `[bus]` with `backend = "embedded"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// The SQLite file; it and its folder are created when missing.
+    pub path: PathBuf,
+    /// Most publishes and acks waiting for the writer; past it a publish fails at once as
+    /// overloaded (the ingress answers 503) instead of queueing without bound.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    #[serde(default)]
+    pub topics: TopicsConfig,
+}
+
+fn default_max_pending() -> usize {
+    10_000
+}
+
+impl EmbeddedConfig {
+    pub fn at(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            max_pending: default_max_pending(),
+            topics: TopicsConfig::default(),
+        }
+    }
+}
+
+enum Op {
+    Publish {
+        topic: String,
+        message: Message,
+        reply: oneshot::Sender<Result<(), BusError>>,
+    },
+    Ack {
+        group: String,
+        topic: String,
+        id: i64,
+        reply: oneshot::Sender<Result<(), BusError>>,
+    },
+}
+
+impl Op {
+    fn reply(self, result: Result<(), BusError>) {
+        let reply = match self {
+            Op::Publish { reply, .. } | Op::Ack { reply, .. } => reply,
+        };
+        // The caller may have given up waiting (timeout); nothing to tell then.
+        let _ = reply.send(result);
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    tx: SyncSender<Op>,
+    notify: Arc<Notify>,
+    writer_alive: Arc<AtomicBool>,
+}
+
+/// The open store: a [`Publisher`] and a [`ConsumerOpener`]. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+fn storage(e: impl std::fmt::Display) -> BusError {
+    BusError::Storage(e.to_string())
+}
+
+fn open_connection(path: &Path) -> Result<Connection, BusError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| BusError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(storage)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(storage)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(storage)?;
+    Ok(conn)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    key TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    published_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS messages_by_topic ON messages (topic, id);
+CREATE TABLE IF NOT EXISTS acks (
+    grp TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic, id)
+) WITHOUT ROWID;
+";
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store and starts its writer thread.
+    pub fn open(config: &EmbeddedConfig) -> Result<Self, BusError> {
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| BusError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = open_connection(&config.path)?;
+        conn.execute_batch(SCHEMA).map_err(storage)?;
+        let (tx, rx) = sync_channel(config.max_pending.max(1));
+        let notify = Arc::new(Notify::new());
+        let writer_alive = Arc::new(AtomicBool::new(true));
+        {
+            let notify = notify.clone();
+            let alive = writer_alive.clone();
+            std::thread::Builder::new()
+                .name("embedded-writer".to_owned())
+                .spawn(move || {
+                    writer_loop(conn, rx, &notify);
+                    alive.store(false, Ordering::SeqCst);
+                })
+                .map_err(storage)?;
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: config.path.clone(),
+                tx,
+                notify,
+                writer_alive,
+            }),
+        })
+    }
+
+    async fn submit(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<(), BusError>>) -> Op,
+    ) -> Result<(), BusError> {
+        let (reply, rx) = oneshot::channel();
+        match self.inner.tx.try_send(op(reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(BusError::Overloaded(
+                    "too many writes pending for the embedded store".to_owned(),
+                ));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(BusError::Unavailable(
+                    "the embedded store's writer stopped".to_owned(),
+                ));
+            }
+        }
+        rx.await
+            .map_err(|_| BusError::Unavailable("the embedded store's writer stopped".to_owned()))?
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: Receiver<Op>, notify: &Notify) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        let committed = (|| -> Result<(), rusqlite::Error> {
+            let txn = conn.transaction()?;
+            {
+                let mut insert = txn.prepare_cached(
+                    "INSERT INTO messages (topic, key, headers, payload) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                let mut ack = txn.prepare_cached(
+                    "INSERT OR IGNORE INTO acks (grp, topic, id) VALUES (?1, ?2, ?3)",
+                )?;
+                for op in &batch {
+                    let result = match op {
+                        Op::Publish { topic, message, .. } => {
+                            match serde_json::to_string(&message.headers) {
+                                Ok(headers) => insert
+                                    .execute(params![topic, message.key, headers, message.payload])
+                                    .map(|_| ())
+                                    .map_err(storage),
+                                Err(e) => Err(storage(e)),
+                            }
+                        }
+                        Op::Ack {
+                            group, topic, id, ..
+                        } => ack
+                            .execute(params![group, topic, id])
+                            .map(|_| ())
+                            .map_err(storage),
+                    };
+                    results.push(result);
+                }
+            }
+            txn.commit()
+        })();
+        match committed {
+            Ok(()) => {
+                for (op, result) in batch.into_iter().zip(results) {
+                    op.reply(result);
+                }
+                notify.notify_waiters();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "embedded store: commit failed");
+                for op in batch {
+                    op.reply(Err(storage(format!("commit failed: {e}"))));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for EmbeddedStore {
+    async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
+        let topic = topic.to_owned();
+        self.submit(|reply| Op::Publish {
+            topic,
+            message,
+            reply,
+        })
+        .await
+    }
+
+    async fn check_ready(&self) -> Result<(), BusError> {
+        if !self.inner.writer_alive.load(Ordering::SeqCst) {
+            return Err(BusError::Unavailable(
+                "the embedded store's writer stopped".to_owned(),
+            ));
+        }
+        let path = self.inner.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_connection(&path)?;
+            conn.query_row("SELECT count(*) FROM acks LIMIT 1", [], |_| Ok(()))
+                .map_err(storage)
+        })
+        .await
+        .map_err(storage)?
+    }
+}
+
+#[async_trait]
+impl ConsumerOpener for EmbeddedStore {
+    async fn consumer(
+        &self,
+        topic: &str,
+        group: Option<&str>,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        let path = self.inner.path.clone();
+        let conn = tokio::task::spawn_blocking(move || open_connection(&path))
+            .await
+            .map_err(storage)??;
+        Ok(Box::new(EmbeddedConsumer {
+            store: self.clone(),
+            topic: topic.to_owned(),
+            group: group.map(str::to_owned),
+            conn: Arc::new(Mutex::new(conn)),
+            cursor: 0,
+            buffer: VecDeque::new(),
+            redeliver: Arc::new(Mutex::new(VecDeque::new())),
+        }))
+    }
+}
+
+struct Row {
+    id: i64,
+    message: Message,
+}
+
+struct EmbeddedConsumer {
+    store: EmbeddedStore,
+    topic: String,
+    group: Option<String>,
+    conn: Arc<Mutex<Connection>>,
+    cursor: i64,
+    buffer: VecDeque<Row>,
+    redeliver: Arc<Mutex<VecDeque<Row>>>,
+}
+
+impl EmbeddedConsumer {
+    async fn fetch(&self) -> Result<Vec<Row>, BusError> {
+        let conn = self.conn.clone();
+        let topic = self.topic.clone();
+        let group = self.group.clone();
+        let cursor = self.cursor;
+        tokio::task::spawn_blocking(move || {
+            let conn = conn
+                .lock()
+                .map_err(|_| BusError::Storage("consumer connection poisoned".to_owned()))?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT m.id, m.key, m.headers, m.payload FROM messages m
+                     WHERE m.topic = ?1 AND m.id > ?2
+                       AND NOT EXISTS (SELECT 1 FROM acks a
+                                       WHERE a.grp = ?3 AND a.topic = ?1 AND a.id = m.id)
+                     ORDER BY m.id LIMIT ?4",
+                )
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map(
+                    params![topic, cursor, group.unwrap_or_default(), FETCH_BATCH],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, Vec<u8>>(3)?,
+                        ))
+                    },
+                )
+                .map_err(storage)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, key, headers, payload) = row.map_err(storage)?;
+                let headers: Headers = serde_json::from_str(&headers).map_err(storage)?;
+                out.push(Row {
+                    id,
+                    message: Message {
+                        key,
+                        headers,
+                        payload,
+                    },
+                });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(storage)?
+    }
+
+    fn delivery(&self, row: Row) -> Delivery {
+        let acker = EmbeddedAcker {
+            store: self.store.clone(),
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+            id: row.id,
+            message: row.message.clone(),
+            redeliver: self.redeliver.clone(),
+        };
+        Delivery::new(
+            self.topic.clone(),
+            row.id.to_string(),
+            row.message,
+            Box::new(acker),
+        )
+    }
+}
+
+#[async_trait]
+impl Consumer for EmbeddedConsumer {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            let again = self
+                .redeliver
+                .lock()
+                .map_err(|_| BusError::Storage("redelivery queue poisoned".to_owned()))?
+                .pop_front();
+            if let Some(row) = again.or_else(|| self.buffer.pop_front()) {
+                return Ok(self.delivery(row));
+            }
+            let notify = self.store.inner.notify.clone();
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let rows = self.fetch().await?;
+            if let Some(last) = rows.last() {
+                self.cursor = last.id;
+                self.buffer.extend(rows);
+                continue;
+            }
+            let _ = tokio::time::timeout(POLL_INTERVAL, notified).await;
+        }
+    }
+}
+
+struct EmbeddedAcker {
+    store: EmbeddedStore,
+    topic: String,
+    group: Option<String>,
+    id: i64,
+    message: Message,
+    redeliver: Arc<Mutex<VecDeque<Row>>>,
+}
+
+#[async_trait]
+impl Acker for EmbeddedAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        let Some(group) = self.group else {
+            return Ok(());
+        };
+        let (topic, id) = (self.topic, self.id);
+        self.store
+            .submit(|reply| Op::Ack {
+                group,
+                topic,
+                id,
+                reply,
+            })
+            .await
+    }
+
+    async fn nack(self: Box<Self>) -> Result<(), BusError> {
+        self.redeliver
+            .lock()
+            .map_err(|_| BusError::Storage("redelivery queue poisoned".to_owned()))?
+            .push_back(Row {
+                id: self.id,
+                message: self.message,
+            });
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+//! The embedded backend against a real SQLite file.
+
+use std::time::Duration;
+
+use tcb_bus::embedded::EmbeddedConfig;
+use tcb_bus::{Bus, BusConfig, Headers, Message, connect};
+
+async fn open(dir: &tempfile::TempDir) -> Bus {
+    connect(&BusConfig::Embedded(EmbeddedConfig::at(
+        dir.path().join("q/bridge.db"),
+    )))
+    .await
+    .unwrap()
+}
+
+fn msg(key: &str, n: u32) -> Message {
+    let mut headers = Headers::new();
+    headers.insert("n".to_owned(), n.to_string());
+    Message {
+        key: key.to_owned(),
+        headers,
+        payload: format!("payload-{n}").into_bytes(),
+    }
+}
+
+async fn next(c: &mut Box<dyn tcb_bus::Consumer>) -> tcb_bus::Delivery {
+    tokio::time::timeout(Duration::from_secs(10), c.next())
+        .await
+        .expect("a delivery within 10 s")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn published_messages_arrive_in_order_with_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(&dir).await;
+    let mut c = bus.consumer("t", Some("g")).await.unwrap();
+    for n in 0..5 {
+        bus.publisher().publish("t", msg("k", n)).await.unwrap();
+    }
+    bus.publisher()
+        .publish("other", msg("k", 99))
+        .await
+        .unwrap();
+    for n in 0..5 {
+        let d = next(&mut c).await;
+        assert_eq!(d.message, msg("k", n));
+        d.ack().await.unwrap();
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), c.next())
+            .await
+            .is_err(),
+        "nothing from another topic"
+    );
+}
+
+#[tokio::test]
+async fn unacked_messages_are_redelivered_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let bus = open(&dir).await;
+        for n in 0..4 {
+            bus.publisher().publish("t", msg("k", n)).await.unwrap();
+        }
+        let mut c = bus.consumer("t", Some("g")).await.unwrap();
+        let d0 = next(&mut c).await;
+        let d1 = next(&mut c).await;
+        d1.ack().await.unwrap();
+        drop(d0); // never acked: as if the process died
+    }
+    let bus = open(&dir).await;
+    let mut c = bus.consumer("t", Some("g")).await.unwrap();
+    let got: Vec<_> = [next(&mut c).await, next(&mut c).await, next(&mut c).await]
+        .into_iter()
+        .map(|d| d.message.headers["n"].clone())
+        .collect();
+    assert_eq!(got, ["0", "2", "3"]);
+}
+
+#[tokio::test]
+async fn groups_are_independent_and_a_tail_does_not_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(&dir).await;
+    bus.publisher().publish("t", msg("k", 1)).await.unwrap();
+    let mut a = bus.consumer("t", Some("a")).await.unwrap();
+    next(&mut a).await.ack().await.unwrap();
+    let mut b = bus.consumer("t", Some("b")).await.unwrap();
+    assert_eq!(next(&mut b).await.message, msg("k", 1));
+    let mut tail = bus.consumer("t", None).await.unwrap();
+    next(&mut tail).await.ack().await.unwrap();
+    let mut tail2 = bus.consumer("t", None).await.unwrap();
+    assert_eq!(next(&mut tail2).await.message, msg("k", 1));
+}
+
+#[tokio::test]
+async fn nack_redelivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(&dir).await;
+    let mut c = bus.consumer("t", Some("g")).await.unwrap();
+    bus.publisher().publish("t", msg("k", 7)).await.unwrap();
+    next(&mut c).await.nack().await.unwrap();
+    assert_eq!(next(&mut c).await.message, msg("k", 7));
+}
+
+#[tokio::test]
+async fn a_consumer_sees_what_another_process_publishes() {
+    // Two independent stores on one file stand for two processes.
+    let dir = tempfile::tempdir().unwrap();
+    let reader = open(&dir).await;
+    let writer = open(&dir).await;
+    let mut c = reader.consumer("t", Some("g")).await.unwrap();
+    writer.publisher().publish("t", msg("k", 3)).await.unwrap();
+    assert_eq!(next(&mut c).await.message, msg("k", 3));
+}
+
+#[tokio::test]
+async fn many_concurrent_publishes_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(&dir).await;
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let p = bus.publisher();
+        tasks.push(tokio::spawn(async move {
+            p.publish("t", msg(&format!("k{}", n % 7), n)).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    bus.publisher().check_ready().await.unwrap();
+    let mut c = bus.consumer("t", Some("g")).await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let d = next(&mut c).await;
+        seen.insert(d.message.headers["n"].parse::<u32>().unwrap());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(seen.len(), 200);
+}
+
+#[test]
+fn config_names_the_backend_choices() {
+    let err = toml_like(r#"{"backend":"kafkaa","path":"x"}"#);
+    assert!(err.contains("unknown variant `kafkaa`, expected"), "{err}");
+    let err = toml_like(r#"{"backend":"embedded","path":"x","pth":"y"}"#);
+    assert!(err.contains("unknown field `pth`"), "{err}");
+}
+
+fn toml_like(json: &str) -> String {
+    serde_json::from_str::<BusConfig>(json)
+        .unwrap_err()
+        .to_string()
+}
