@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The embedded backend against a real SQLite file.
 
 use std::time::Duration;

@@ -1,1 +1,216 @@
-fn main() {}
+//! `tradecloud-bridge`: the one binary. It only composes the crates: each owns its config section
+//! and its errors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod config;
+mod consume;
+mod demo;
+mod dev;
+mod serve;
+
+use config::{Config, ConfigError};
+use serve::{Parts, Running};
+
+#[derive(Parser)]
+#[command(
+    name = "tradecloud-bridge",
+    version,
+    about = "Bridges Tradecloud order webhooks to Kafka, RabbitMQ or an embedded queue"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// The TOML config file (see deploy/bridge.example.toml).
+    #[arg(long, short, env = "TCB_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingress and worker in one process. Without --config: development mode (embedded queue in
+    /// --data-dir, development certificate, the Tradecloud simulator as the API).
+    Run {
+        #[arg(long, short, env = "TCB_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data folder of development mode.
+        #[arg(long, default_value = "tcb-data")]
+        data_dir: PathBuf,
+        /// Public listener of development mode.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Admin listener of development mode.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+    },
+    /// Only the webhook ingress.
+    Ingress(ConfigArg),
+    /// Only the worker.
+    Worker(ConfigArg),
+    /// Development mode plus the simulator firing a burst of mixed triggers; prints every
+    /// normalized message and a summary, exits 0 when every accepted trigger arrived.
+    Demo(demo::DemoArgs),
+    /// Validates a config file (and its certificate files) without starting anything.
+    CheckConfig(ConfigArg),
+    /// Prints a topic's messages as JSON lines.
+    Consume(consume::ConsumeArgs),
+    /// Prints the JSON Schema of the order message (docs/schemas/order-message.v1.json).
+    Schema,
+}
+
+/// Errors of the binary: each crate's, composed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("config: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Bus(#[from] tcb_bus::BusError),
+    #[error(transparent)]
+    Ingress(#[from] tcb_ingress::IngressError),
+    #[error("worker: {0}")]
+    Worker(#[from] tcb_worker::WorkerError),
+    #[error(transparent)]
+    Telemetry(#[from] tcb_telemetry::TelemetryError),
+    #[error("{0}")]
+    Io(String),
+    #[error("demo: {0}")]
+    Demo(String),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "exiting");
+            eprintln!("error: {e}");
+            match e {
+                CliError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Run {
+            config: Some(path), ..
+        } => {
+            serve(
+                &path,
+                Parts {
+                    ingress: true,
+                    worker: true,
+                },
+            )
+            .await
+        }
+        Command::Run {
+            config: None,
+            data_dir,
+            listen,
+            admin_listen,
+        } => {
+            let dev = dev::setup(&data_dir, listen, admin_listen)?;
+            tcb_telemetry::init(&dev.config.telemetry)?;
+            tracing::warn!(
+                data_dir = %data_dir.display(),
+                credentials_file = %dev.credentials_file.display(),
+                ca = %dev.certificate.ca.display(),
+                tradecloud_api = %dev.simulator.base_url(),
+                "development mode: embedded queue, development certificate, simulated Tradecloud API; not for production"
+            );
+            let running = Running::start(
+                &dev.config,
+                Parts {
+                    ingress: true,
+                    worker: true,
+                },
+            )
+            .await?;
+            let result = running.until_signal().await;
+            dev.simulator.stop().await;
+            result
+        }
+        Command::Ingress(a) => {
+            serve(
+                &a.config,
+                Parts {
+                    ingress: true,
+                    worker: false,
+                },
+            )
+            .await
+        }
+        Command::Worker(a) => {
+            serve(
+                &a.config,
+                Parts {
+                    ingress: false,
+                    worker: true,
+                },
+            )
+            .await
+        }
+        Command::Demo(args) => demo::run(args).await,
+        Command::CheckConfig(a) => check_config(&a.config),
+        Command::Consume(args) => consume::run(args).await,
+        Command::Schema => {
+            let schema = serde_json::to_string_pretty(&tcb_model::message::json_schema())
+                .map_err(|e| CliError::Io(e.to_string()))?;
+            println!("{schema}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(path: &std::path::Path, parts: Parts) -> Result<(), CliError> {
+    let config = Config::load(path)?;
+    tcb_telemetry::init(&config.telemetry)?;
+    Running::start(&config, parts).await?.until_signal().await
+}
+
+fn check_config(path: &std::path::Path) -> Result<(), CliError> {
+    let config = Config::load(path)?;
+    if let Some(ingress) = &config.ingress {
+        tcb_ingress::tls::server_config(&ingress.tls)?;
+    }
+    if let Some(worker) = &config.worker {
+        tcb_tradecloud::TradecloudClient::new(&worker.tradecloud)
+            .map_err(tcb_worker::WorkerError::from)?;
+    }
+    let backend = match &config.bus {
+        tcb_bus::BusConfig::Embedded(_) => "embedded",
+    };
+    println!(
+        "{}: OK (bus: {backend}; ingress: {}; worker: {})",
+        path.display(),
+        if config.ingress.is_some() {
+            "configured"
+        } else {
+            "absent"
+        },
+        if config.worker.is_some() {
+            "configured"
+        } else {
+            "absent"
+        },
+    );
+    Ok(())
+}

@@ -1,1 +1,180 @@
-//! stub
+//! The public webhook endpoint Tradecloud calls, and the admin endpoint beside it.
+//!
+//! Contract (see `README.md`, "Status codes"): 200 only after the trigger is durable on the bus;
+//! 503 with `Retry-After` on any transient failure (Tradecloud retries >500 only); 400, 401, 404,
+//! 405, 413, 415 for requests that can never succeed, each with a short JSON error.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpServer, web};
+use serde::{Deserialize, Serialize};
+use tcb_bus::Publisher;
+use tcb_model::IdKind;
+
+pub mod admin;
+mod auth;
+mod error;
+mod handlers;
+pub mod tls;
+
+pub use auth::AuthConfig;
+pub use error::ApiError;
+
+/// The `[ingress]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressConfig {
+    /// Address of the public HTTPS listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Path Tradecloud calls: `GET <path>/{id}`, `GET <path>?orderId=`, `POST`/`PUT <path>`.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Which id a `GET <path>/{id}` carries: `orderId` (API v2) or `legacyOrderId` (API v1 companies).
+    #[serde(default = "default_path_id")]
+    pub path_id: IdKind,
+    /// Largest accepted request body in bytes; larger ones get 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// How long a request waits for the broker's acknowledgement before answering 503.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_ms: u64,
+    /// `Retry-After` seconds sent with every 503.
+    #[serde(default = "default_retry_after")]
+    pub retry_after_seconds: u32,
+    /// HTTP worker threads (actix workers); defaults to the number of cores.
+    #[serde(default)]
+    pub http_workers: Option<usize>,
+    /// How long a graceful shutdown lets in-flight requests finish.
+    #[serde(default = "default_shutdown")]
+    pub shutdown_timeout_seconds: u64,
+    pub tls: tls::TlsConfig,
+    pub auth: AuthConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+fn default_path() -> String {
+    "/webhook".to_owned()
+}
+fn default_path_id() -> IdKind {
+    IdKind::OrderId
+}
+fn default_max_body() -> usize {
+    4 * 1024 * 1024
+}
+fn default_ack_timeout() -> u64 {
+    5_000
+}
+fn default_retry_after() -> u32 {
+    5
+}
+fn default_shutdown() -> u64 {
+    20
+}
+
+/// Errors starting the ingress.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("ingress.tls: {0}")]
+    Tls(String),
+    #[error("ingress.path must start with '/' and must not end with '/': {0:?}")]
+    Path(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the request handlers.
+pub(crate) struct AppState {
+    pub publisher: Arc<dyn Publisher>,
+    pub topic: String,
+    pub auth: auth::Authenticator,
+    pub path_id: IdKind,
+    pub max_body_bytes: usize,
+    pub ack_timeout: Duration,
+    pub retry_after_seconds: u32,
+    pub draining: Arc<AtomicBool>,
+}
+
+/// A started ingress.
+pub struct Ingress {
+    /// The address actually bound (useful with port 0).
+    pub local_addr: SocketAddr,
+    handle: ServerHandle,
+    draining: Arc<AtomicBool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Ingress {
+    /// Binds and starts serving. Signals are not handled here: the caller decides when to
+    /// [`Ingress::stop`].
+    pub fn start(
+        config: &IngressConfig,
+        publisher: Arc<dyn Publisher>,
+        triggers_topic: &str,
+    ) -> Result<Self, IngressError> {
+        if !config.path.starts_with('/') || (config.path.len() > 1 && config.path.ends_with('/')) {
+            return Err(IngressError::Path(config.path.clone()));
+        }
+        let tls = tls::server_config(&config.tls)?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let state = web::Data::new(AppState {
+            publisher,
+            topic: triggers_topic.to_owned(),
+            auth: auth::Authenticator::new(&config.auth),
+            path_id: config.path_id,
+            max_body_bytes: config.max_body_bytes,
+            ack_timeout: Duration::from_millis(config.ack_timeout_ms),
+            retry_after_seconds: config.retry_after_seconds,
+            draining: draining.clone(),
+        });
+        let path = if config.path == "/" {
+            String::new()
+        } else {
+            config.path.clone()
+        };
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(|cfg| handlers::routes(cfg, &path))
+        })
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout_seconds);
+        if let Some(n) = config.http_workers {
+            server = server.workers(n.max(1));
+        }
+        let server = match tls {
+            Some(tls) => server.bind_rustls_0_23(config.listen, tls),
+            None => server.bind(config.listen),
+        }
+        .map_err(|source| IngressError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let local_addr = server.addrs().first().copied().unwrap_or(config.listen);
+        let server = server.run();
+        let handle = server.handle();
+        Ok(Self {
+            local_addr,
+            handle,
+            draining,
+            server: tokio::spawn(server),
+        })
+    }
+
+    /// Graceful stop: new requests get 503 at once, in-flight ones finish (up to the shutdown
+    /// timeout), then the listener closes.
+    pub async fn stop(self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.handle.stop(true).await;
+        let _ = self.server.await;
+    }
+}

@@ -18,3 +18,28 @@ pub const DEAD_LETTER_SOURCE: &str = "tcb-dead-letter-source";
 pub const EVENT_NAME: &str = "tcb-event-name";
 /// The normalized message's deterministic id.
 pub const MESSAGE_ID: &str = "tcb-message-id";
+
+/// CloudEvents 1.0 attributes of an output message, in the Kafka binding's `ce_` form. The AMQP
+/// binding writes the same attributes with the `cloudEvents:` prefix instead.
+pub fn cloud_events(message: &crate::OrderMessage) -> Vec<(String, String)> {
+    let kind = match message.scope {
+        crate::message::Scope::FullOrder => "com.tradecloud.order.full",
+        crate::message::Scope::PartialEvent => "com.tradecloud.order.event",
+    };
+    let mut attrs = vec![
+        ("ce_specversion".to_owned(), "1.0".to_owned()),
+        ("ce_id".to_owned(), message.message_id.to_string()),
+        ("ce_source".to_owned(), "tradecloud-bridge".to_owned()),
+        ("ce_type".to_owned(), kind.to_owned()),
+        ("ce_time".to_owned(), message.processed_at.to_rfc3339()),
+        ("ce_dataschema".to_owned(), "order-message.v1".to_owned()),
+    ];
+    if let Some(subject) = message
+        .order_id
+        .as_ref()
+        .or(message.legacy_order_id.as_ref())
+    {
+        attrs.push(("ce_subject".to_owned(), subject.clone()));
+    }
+    attrs
+}

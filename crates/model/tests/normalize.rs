@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Normalization on fixtures shaped like Tradecloud's payloads; every message must validate
 //! against the published JSON Schema.
 

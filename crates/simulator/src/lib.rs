@@ -1,1 +1,15 @@
-//! stub
+//! A faithful stand-in for Tradecloud, for tests, the demo and `tradecloud-bridge simulate`.
+//!
+//! * [`api`]: the order and authentication API (v2 header-based token flow, single-use refresh
+//!   tokens, expiring access tokens, `GET /v2/order/{id}` with versions that grow as orders change,
+//!   legacy API v1 with Basic auth, HTTP 429 above the rate limit, injectable 503s).
+//! * [`orders`]: deterministic orders and event bodies in Tradecloud's shapes.
+//! * [`sender`]: calls a webhook like Tradecloud does (GET/POST/PUT, TLS, Basic or Bearer auth,
+//!   retrying only on statuses above 500 and on connection failures).
+
+pub mod api;
+pub mod orders;
+pub mod sender;
+
+pub use api::{SimConfig, Simulator};
+pub use sender::{Outcome, Sender, SenderAuth, SenderConfig, Webhook};

@@ -1,1 +1,65 @@
-//! stub
+//! Logging and trace context for every process of the bridge.
+//!
+//! Logs go to stderr, as JSON lines (`log_format = "json"`, the default for services) or as
+//! readable text. `RUST_LOG` overrides the configured level. Trace context is W3C `traceparent`,
+//! carried from the webhook request into message headers and on to the output message.
+
+use serde::{Deserialize, Serialize};
+use tracing_subscriber::EnvFilter;
+
+pub mod trace_context;
+
+/// The `[telemetry]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `json` (one JSON object a line) or `text`.
+    pub log_format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,tcb_worker=debug`; `RUST_LOG` wins when set.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Json,
+            log_level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("telemetry.log_level: {0}")]
+    Filter(String),
+    #[error("a global logger is already installed")]
+    AlreadyInstalled,
+}
+
+/// Installs the global subscriber. Call once, early in `main`.
+pub fn init(config: &TelemetryConfig) -> Result<(), TelemetryError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(v),
+        _ => EnvFilter::try_new(&config.log_level),
+    }
+    .map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match config.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|_| TelemetryError::AlreadyInstalled)
+}

@@ -1,1 +1,393 @@
-//! stub
+//! Client of Tradecloud's order API.
+//!
+//! * API v2: `GET /v2/authentication/login` with Basic credentials answers with the tokens in the
+//!   response headers `Set-Authorization` and `Set-Refresh-Token`; requests then carry
+//!   `Authorization: Bearer <access>`. On a 401 the client refreshes (`GET
+//!   /v2/authentication/refresh` with `Refresh-Token`, single use) or logs in again, and retries once.
+//! * Legacy API v1: `GET /api/v1/purchaseOrder/{legacyOrderId}` with Basic auth on every request.
+//! * At most `max_requests_per_second` requests (all kinds together; Tradecloud allows 10).
+//!
+//! Errors say whether a retry can help ([`TradecloudError::is_transient`]); retrying with back-off is
+//! the caller's (the worker's) job, so it can also pause consumption meanwhile.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, HeaderMap};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+/// The `[worker.tradecloud]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TradecloudConfig {
+    /// API v2 base URL: `https://api.tradecloud1.com` (production),
+    /// `https://api.accp.tradecloud1.com` (acceptance), `https://api.test.tradecloud1.com` (test).
+    pub base_url: String,
+    /// E-mail of the Tradecloud user with the `integration` role.
+    pub email: String,
+    #[serde(serialize_with = "redacted")]
+    pub password: SecretString,
+    /// Legacy API v1 base URL (`https://tradecloud.nl`, `https://accp.tradecloud.nl`, ...), for
+    /// companies whose webhook sends legacy order ids. Unset: legacy triggers are dead-lettered.
+    #[serde(default)]
+    pub legacy_base_url: Option<String>,
+    /// Legacy API v1 user name (Basic auth); defaults to `email`.
+    #[serde(default)]
+    pub legacy_username: Option<String>,
+    /// Legacy API v1 password; defaults to `password`.
+    #[serde(default, serialize_with = "redacted_opt")]
+    pub legacy_password: Option<SecretString>,
+    /// Most requests per second to Tradecloud, all kinds together.
+    #[serde(default = "default_rate")]
+    pub max_requests_per_second: u32,
+    /// Timeout of one HTTP request.
+    #[serde(default = "default_timeout")]
+    pub request_timeout_ms: u64,
+    /// Extra CA certificate (PEM) to trust, for a test stand-in with its own CA.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+fn default_rate() -> u32 {
+    10
+}
+fn default_timeout() -> u64 {
+    10_000
+}
+fn redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("[redacted]")
+}
+fn redacted_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+/// What went wrong talking to Tradecloud. Never carries a credential or token.
+#[derive(Debug, thiserror::Error)]
+pub enum TradecloudError {
+    #[error("order {0} not found at Tradecloud")]
+    NotFound(String),
+    #[error("Tradecloud refused the credentials ({0}); check worker.tradecloud.email/password")]
+    Unauthorized(&'static str),
+    #[error("Tradecloud answered {status} for {what}")]
+    Status { status: u16, what: String },
+    #[error("request to Tradecloud failed: {0}")]
+    Request(String),
+    #[error("legacy orders cannot be fetched: worker.tradecloud.legacy_base_url is not set")]
+    LegacyNotConfigured,
+    #[error("worker.tradecloud: {0}")]
+    Config(String),
+}
+
+impl TradecloudError {
+    /// Whether the same request can succeed later: 5xx, 429, timeouts, connection errors, and
+    /// refused credentials (an operator can fix those without losing the trigger).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TradecloudError::NotFound(_) | TradecloudError::LegacyNotConfigured => false,
+            TradecloudError::Status { status, .. } => {
+                *status == 429 || *status >= 500 || *status == 408
+            }
+            TradecloudError::Unauthorized(_)
+            | TradecloudError::Request(_)
+            | TradecloudError::Config(_) => true,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Tokens {
+    access: SecretString,
+    refresh: Option<SecretString>,
+}
+
+/// The client. Cheap to clone; clones share tokens and the rate limit.
+#[derive(Clone)]
+pub struct TradecloudClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base_url: String,
+    email: String,
+    password: SecretString,
+    legacy_base_url: Option<String>,
+    legacy_basic: String,
+    tokens: Mutex<Option<Tokens>>,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl TradecloudClient {
+    pub fn new(config: &TradecloudConfig) -> Result<Self, TradecloudError> {
+        let rate = NonZeroU32::new(config.max_requests_per_second).ok_or_else(|| {
+            TradecloudError::Config("max_requests_per_second must be at least 1".to_owned())
+        })?;
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.request_timeout_ms))
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("tradecloud-bridge/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| TradecloudError::Config(format!("ca_file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| TradecloudError::Config(format!("ca_file {}: {e}", ca.display())))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| TradecloudError::Config(format!("HTTP client: {e}")))?;
+        let legacy_user = config.legacy_username.as_deref().unwrap_or(&config.email);
+        let legacy_password = config.legacy_password.as_ref().unwrap_or(&config.password);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base_url: config.base_url.trim_end_matches('/').to_owned(),
+                email: config.email.clone(),
+                password: config.password.clone(),
+                legacy_base_url: config
+                    .legacy_base_url
+                    .as_ref()
+                    .map(|u| u.trim_end_matches('/').to_owned()),
+                legacy_basic: format!(
+                    "Basic {}",
+                    STANDARD.encode(format!("{legacy_user}:{}", legacy_password.expose_secret()))
+                ),
+                tokens: Mutex::new(None),
+                // Bursts are not allowed: the quota replenishes one request at a time.
+                limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(NonZeroU32::MIN)),
+            }),
+        })
+    }
+
+    /// `GET /v2/order/{id}`: the order's JSON bytes as Tradecloud sent them.
+    pub async fn get_order(&self, order_id: &str) -> Result<Vec<u8>, TradecloudError> {
+        let url = format!(
+            "{}/v2/order/{}",
+            self.inner.base_url,
+            encode_segment(order_id)
+        );
+        let mut tokens = self.tokens().await?;
+        let mut renewed = false;
+        loop {
+            let response = self
+                .send(
+                    self.inner
+                        .http
+                        .get(&url)
+                        .bearer_auth(tokens.access.expose_secret()),
+                )
+                .await?;
+            match response.status() {
+                StatusCode::OK => return body(response).await,
+                StatusCode::UNAUTHORIZED if !renewed => {
+                    tokens = self.renew(&tokens).await?;
+                    renewed = true;
+                }
+                StatusCode::UNAUTHORIZED => {
+                    return Err(TradecloudError::Unauthorized(
+                        "order request after a fresh login",
+                    ));
+                }
+                StatusCode::NOT_FOUND => {
+                    return Err(TradecloudError::NotFound(order_id.to_owned()));
+                }
+                status => {
+                    return Err(TradecloudError::Status {
+                        status: status.as_u16(),
+                        what: "GET order".to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// `GET /api/v1/purchaseOrder/{legacyOrderId}` on the legacy platform.
+    pub async fn get_legacy_order(
+        &self,
+        legacy_order_id: &str,
+    ) -> Result<Vec<u8>, TradecloudError> {
+        let base = self
+            .inner
+            .legacy_base_url
+            .as_deref()
+            .ok_or(TradecloudError::LegacyNotConfigured)?;
+        let url = format!(
+            "{base}/api/v1/purchaseOrder/{}",
+            encode_segment(legacy_order_id)
+        );
+        let response = self
+            .send(
+                self.inner
+                    .http
+                    .get(&url)
+                    .header(AUTHORIZATION, &self.inner.legacy_basic),
+            )
+            .await?;
+        match response.status() {
+            StatusCode::OK => body(response).await,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(TradecloudError::Unauthorized("legacy API v1"))
+            }
+            StatusCode::NOT_FOUND => Err(TradecloudError::NotFound(legacy_order_id.to_owned())),
+            status => Err(TradecloudError::Status {
+                status: status.as_u16(),
+                what: "GET legacy purchase order".to_owned(),
+            }),
+        }
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, TradecloudError> {
+        self.inner.limiter.until_ready().await;
+        request
+            .send()
+            .await
+            .map_err(|e| TradecloudError::Request(describe(&e)))
+    }
+
+    /// The current tokens, logging in first when there are none.
+    async fn tokens(&self) -> Result<Tokens, TradecloudError> {
+        let mut guard = self.inner.tokens.lock().await;
+        if let Some(t) = guard.as_ref() {
+            return Ok(t.clone());
+        }
+        let fresh = self.login().await?;
+        *guard = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// After a 401 with `stale`: refresh once (or log in), unless another task already did.
+    async fn renew(&self, stale: &Tokens) -> Result<Tokens, TradecloudError> {
+        let mut guard = self.inner.tokens.lock().await;
+        if let Some(current) = guard.as_ref()
+            && current.access.expose_secret() != stale.access.expose_secret()
+        {
+            return Ok(current.clone());
+        }
+        let fresh = match &stale.refresh {
+            Some(refresh) => match self.refresh(refresh).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::info!(error = %e, "token refresh failed; logging in again");
+                    self.login().await?
+                }
+            },
+            None => self.login().await?,
+        };
+        *guard = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    async fn login(&self) -> Result<Tokens, TradecloudError> {
+        let url = format!("{}/v2/authentication/login", self.inner.base_url);
+        let response = self
+            .send(
+                self.inner
+                    .http
+                    .get(&url)
+                    .basic_auth(&self.inner.email, Some(self.inner.password.expose_secret())),
+            )
+            .await?;
+        match response.status() {
+            StatusCode::OK => tokens_from(response.headers(), "login"),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(TradecloudError::Unauthorized("login"))
+            }
+            status => Err(TradecloudError::Status {
+                status: status.as_u16(),
+                what: "login".to_owned(),
+            }),
+        }
+    }
+
+    async fn refresh(&self, refresh: &SecretString) -> Result<Tokens, TradecloudError> {
+        let url = format!("{}/v2/authentication/refresh", self.inner.base_url);
+        let response = self
+            .send(
+                self.inner
+                    .http
+                    .get(&url)
+                    .header("Refresh-Token", refresh.expose_secret()),
+            )
+            .await?;
+        match response.status() {
+            StatusCode::OK => tokens_from(response.headers(), "refresh"),
+            status => Err(TradecloudError::Status {
+                status: status.as_u16(),
+                what: "token refresh".to_owned(),
+            }),
+        }
+    }
+}
+
+fn tokens_from(headers: &HeaderMap, what: &str) -> Result<Tokens, TradecloudError> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().trim_start_matches("Bearer ").to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let access = get("Set-Authorization").ok_or_else(|| TradecloudError::Status {
+        status: 200,
+        what: format!("{what} without a Set-Authorization header"),
+    })?;
+    Ok(Tokens {
+        access: SecretString::from(access),
+        refresh: get("Set-Refresh-Token").map(SecretString::from),
+    })
+}
+
+async fn body(response: reqwest::Response) -> Result<Vec<u8>, TradecloudError> {
+    response
+        .bytes()
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|e| TradecloudError::Request(describe(&e)))
+}
+
+/// An error's description without the URL's query (none carries secrets, but keep logs short).
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "reading the response failed"
+    } else {
+        "request failed"
+    };
+    match e.url() {
+        Some(url) => format!(
+            "{kind}: {}{}",
+            url.origin().ascii_serialization(),
+            url.path()
+        ),
+        None => kind.to_owned(),
+    }
+}
+
+/// Ids are validated at the ingress to `[A-Za-z0-9._:-]`; encode anything else anyway.
+fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

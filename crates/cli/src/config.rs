@@ -1,0 +1,408 @@
+//! The configuration file: one TOML file, environment overrides, `${VAR}` expansion.
+//!
+//! * Environment overrides: `TCB_<SECTION>__<KEY>=value` sets `<section>.<key>` (double underscore
+//!   between levels, any case), e.g. `TCB_INGRESS__LISTEN=0.0.0.0:8443`. A value replacing a
+//!   string stays a string; one replacing a number, boolean or list is read as a TOML value.
+//! * `${VAR}` in any string value is replaced by the environment variable `VAR` (`$${` writes a
+//!   literal `${`); an unset variable is an error naming the key. Use it for secrets.
+//! * Unknown keys are rejected, and every error names the key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tcb_bus::BusConfig;
+use tcb_ingress::IngressConfig;
+use tcb_telemetry::TelemetryConfig;
+use tcb_worker::WorkerConfig;
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "TCB_";
+
+/// The whole file. Each section belongs to the crate that uses it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub bus: BusConfig,
+    /// Needed by `run` and `ingress`.
+    pub ingress: Option<IngressConfig>,
+    /// Needed by `run` and `worker`.
+    pub worker: Option<WorkerConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[admin]`: the listener for `/healthz` and `/readyz`, apart from the public one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{key}: environment variable {var} is not set")]
+    MissingVar { key: String, var: String },
+    #[error("{key}: unterminated ${{...}}")]
+    Unterminated { key: String },
+    #[error("environment override {var}: {message}")]
+    Override { var: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("{0}")]
+    Missing(String),
+}
+
+impl Config {
+    /// Reads `path`, applies the `TCB_*` environment and `${VAR}` expansion, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path, std::env::vars())
+    }
+
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        // Overrides of keys the file does not set are typed by guess (`3` a number, `true` a
+        // boolean); when the guess is what fails, that key is retried as a string.
+        let mut guessed = Vec::new();
+        for (var, raw) in &env {
+            if let Some(rest) = var.strip_prefix(ENV_PREFIX)
+                && override_key(&mut value, var, rest, raw)?
+            {
+                guessed.push((
+                    rest.split("__")
+                        .map(str::to_ascii_lowercase)
+                        .collect::<Vec<_>>()
+                        .join("."),
+                    var,
+                    raw,
+                ));
+            }
+        }
+        let mut value = toml::Value::Table(value);
+        expand(&mut value, &mut Vec::new(), &|name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })?;
+        loop {
+            let error = match serde_path_to_error::deserialize(value.clone()) {
+                Ok(config) => return Ok(config),
+                Err(e) => e,
+            };
+            let key = error.path().to_string();
+            match guessed.iter().position(|(k, _, _)| *k == key) {
+                Some(i) => {
+                    let (_, var, raw) = guessed.swap_remove(i);
+                    let rest = var.trim_start_matches(ENV_PREFIX);
+                    if let toml::Value::Table(t) = &mut value {
+                        set_string(t, rest, raw);
+                    }
+                }
+                None => {
+                    return Err(ConfigError::Invalid {
+                        key: if key == "." {
+                            "(top level)".to_owned()
+                        } else {
+                            key
+                        },
+                        message: error.into_inner().message().to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    pub fn ingress(&self) -> Result<&IngressConfig, ConfigError> {
+        self.ingress
+            .as_ref()
+            .ok_or_else(|| ConfigError::Missing("the [ingress] section is missing".to_owned()))
+    }
+
+    pub fn worker(&self) -> Result<&WorkerConfig, ConfigError> {
+        self.worker
+            .as_ref()
+            .ok_or_else(|| ConfigError::Missing("the [worker] section is missing".to_owned()))
+    }
+}
+
+/// Sets the key an override names to the plain string `raw`.
+fn set_string(root: &mut toml::Table, rest: &str, raw: &str) {
+    let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut table = root;
+    for p in parents {
+        match table.get_mut(p).and_then(|v| v.as_table_mut()) {
+            Some(t) => table = t,
+            None => return,
+        }
+    }
+    table.insert(last.clone(), toml::Value::String(raw.to_owned()));
+}
+
+/// Applies one `TCB_*` override; `true` when its type was guessed (the key was not in the file).
+fn override_key(
+    root: &mut toml::Table,
+    var: &str,
+    rest: &str,
+    raw: &str,
+) -> Result<bool, ConfigError> {
+    let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if path.iter().any(String::is_empty) {
+        return Err(ConfigError::Override {
+            var: var.to_owned(),
+            message: "empty key segment".to_owned(),
+        });
+    }
+    let (last, parents) = path.split_last().ok_or_else(|| ConfigError::Override {
+        var: var.to_owned(),
+        message: "no key".to_owned(),
+    })?;
+    let mut table = root;
+    for p in parents {
+        let entry = table
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| ConfigError::Override {
+            var: var.to_owned(),
+            message: format!("{p} is not a table"),
+        })?;
+    }
+    let as_toml = || {
+        toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+    };
+    let (value, guessed) = match table.get(last) {
+        Some(toml::Value::String(_)) => (toml::Value::String(raw.to_owned()), false),
+        Some(_) => (
+            as_toml().ok_or_else(|| ConfigError::Override {
+                var: var.to_owned(),
+                message: "not a valid TOML value for this key".to_owned(),
+            })?,
+            false,
+        ),
+        None => match as_toml() {
+            Some(
+                v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)),
+            ) => (v, true),
+            _ => (toml::Value::String(raw.to_owned()), false),
+        },
+    };
+    table.insert(last.clone(), value);
+    Ok(guessed)
+}
+
+fn expand(
+    value: &mut toml::Value,
+    path: &mut Vec<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) if s.contains("${") => {
+            *s = expand_str(s, &path.join("."), lookup)?;
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                path.push(k.clone());
+                expand(v, path, lookup)?;
+                path.pop();
+            }
+        }
+        toml::Value::Array(a) => {
+            for (i, v) in a.iter_mut().enumerate() {
+                path.push(i.to_string());
+                expand(v, path, lookup)?;
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(
+    s: &str,
+    key: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            let end = tail.find('}').ok_or_else(|| ConfigError::Unterminated {
+                key: key.to_owned(),
+            })?;
+            let name = &tail[..end];
+            let v = lookup(name).ok_or_else(|| ConfigError::MissingVar {
+                key: key.to_owned(),
+                var: name.to_owned(),
+            })?;
+            out.push_str(&v);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[bus]
+backend = "embedded"
+path = "/tmp/x.db"
+
+[ingress]
+listen = "127.0.0.1:8443"
+tls = { mode = "off" }
+auth = { kind = "basic", username = "tc", password = "${PW}" }
+
+[worker.tradecloud]
+base_url = "http://127.0.0.1:1"
+email = "a@b.c"
+password = "p"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            Path::new("test.toml"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn expands_variables_and_applies_overrides() {
+        let c = load(
+            BASE,
+            &[
+                ("PW", "pa$$word"),
+                ("TCB_INGRESS__MAX_BODY_BYTES", "1000"),
+                ("TCB_WORKER__LANES", "3"),
+            ],
+        )
+        .unwrap();
+        let ingress = c.ingress().unwrap();
+        assert_eq!(ingress.max_body_bytes, 1000);
+        assert_eq!(c.worker().unwrap().lanes, 3);
+        match &ingress.auth {
+            tcb_ingress::AuthConfig::Basic { password, .. } => {
+                assert_eq!(secrecy::ExposeSecret::expose_secret(password), "pa$$word")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load(BASE, &[]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "ingress.auth.password: environment variable PW is not set"
+        );
+        let e = load(&BASE.replace("listen =", "lisen ="), &[("PW", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("ingress: unknown field `lisen`, expected one of"),
+            "{e}"
+        );
+        let e = load(&BASE.replace("\"embedded\"", "\"kafkaa\""), &[("PW", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bus: unknown variant `kafkaa`, expected"), "{e}");
+        let e = load(
+            &BASE.replace("kind = \"basic\"", "kind = \"digest\""),
+            &[("PW", "x")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("ingress.auth: unknown variant `digest`, expected `basic` or `bearer`"),
+            "{e}"
+        );
+        let e = load(BASE, &[("PW", "x"), ("TCB_INGRESS__LISTEN", "nonsense")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("ingress.listen: invalid socket address"),
+            "{e}"
+        );
+        let e = load(BASE, &[("PW", "x"), ("TCB_WORKER__LANES", "many")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("worker.lanes:"), "{e}");
+        // a numeric-looking secret for a key the file does not set stays a string
+        let c = load(
+            BASE,
+            &[
+                ("PW", "x"),
+                ("TCB_WORKER__TRADECLOUD__LEGACY_PASSWORD", "12345"),
+            ],
+        )
+        .unwrap();
+        assert!(c.worker().unwrap().tradecloud.legacy_password.is_some());
+    }
+
+    #[test]
+    fn literal_dollar_and_escape() {
+        let lookup = |_: &str| None;
+        assert_eq!(expand_str("a$b$${c}", "k", &lookup).unwrap(), "a$b${c}");
+        assert!(matches!(
+            expand_str("${oops", "k", &lookup),
+            Err(ConfigError::Unterminated { .. })
+        ));
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/bridge.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let env = [("TCB_WEBHOOK_PASSWORD", "x"), ("TRADECLOUD_PASSWORD", "y")];
+        let c = load(&text, &env).unwrap();
+        assert!(c.ingress.is_some() && c.worker.is_some());
+    }
+}

@@ -1,0 +1,136 @@
+//! Development mode: what `run` and `demo` use when no config file is given. The embedded
+//! backend in a local data folder, a development certificate generated on first start, a random
+//! webhook password kept in the data folder, and the Tradecloud simulator as the API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use tcb_bus::BusConfig;
+use tcb_bus::embedded::EmbeddedConfig;
+use tcb_ingress::tls::{DevCertificate, ensure_dev_certificate};
+use tcb_ingress::{AuthConfig, IngressConfig};
+use tcb_simulator::{SimConfig, Simulator};
+use tcb_telemetry::{LogFormat, TelemetryConfig};
+use tcb_tradecloud::TradecloudConfig;
+use tcb_worker::WorkerConfig;
+
+use crate::CliError;
+use crate::config::{AdminConfig, Config};
+
+/// The webhook credentials of development mode.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct DevCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// Everything development mode set up.
+pub struct Dev {
+    pub config: Config,
+    pub certificate: DevCertificate,
+    pub credentials: DevCredentials,
+    pub credentials_file: PathBuf,
+    pub simulator: Simulator,
+}
+
+/// Reads the development credentials from `dir`, or creates them (file mode 0600).
+fn credentials(dir: &Path) -> Result<(DevCredentials, PathBuf), CliError> {
+    let file = dir.join("dev-credentials.json");
+    if let Ok(text) = std::fs::read_to_string(&file)
+        && let Ok(c) = serde_json::from_str::<DevCredentials>(&text)
+    {
+        return Ok((c, file));
+    }
+    let c = DevCredentials {
+        username: "tradecloud".to_owned(),
+        password: uuid::Uuid::new_v4().simple().to_string(),
+    };
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "username": c.username,
+        "password": c.password,
+    }))
+    .map_err(|e| CliError::Io(format!("credentials: {e}")))?;
+    write_private(&file, text.as_bytes())
+        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", file.display())))?;
+    Ok((c, file))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path)?.write_all(bytes)
+}
+
+/// Sets up development mode in `dir`.
+pub fn setup(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Dev, CliError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    let certificate = ensure_dev_certificate(dir)?;
+    let (credentials, credentials_file) = credentials(dir)?;
+    let sim_config = SimConfig::default();
+    let simulator = Simulator::start(sim_config.clone(), SocketAddr::from(([127, 0, 0, 1], 0)))
+        .map_err(|e| CliError::Io(format!("cannot start the Tradecloud simulator: {e}")))?;
+    let ingress: IngressConfig = IngressConfig {
+        listen,
+        tls: certificate.tls_config(),
+        auth: AuthConfig::Basic {
+            username: credentials.username.clone(),
+            password: SecretString::from(credentials.password.clone()),
+        },
+        ..defaults_ingress()?
+    };
+    let worker = WorkerConfig {
+        tradecloud: TradecloudConfig {
+            base_url: simulator.base_url(),
+            email: sim_config.email,
+            password: SecretString::from(sim_config.password),
+            legacy_base_url: Some(simulator.base_url()),
+            legacy_username: Some(sim_config.legacy_username),
+            legacy_password: Some(SecretString::from(sim_config.legacy_password)),
+            max_requests_per_second: 10,
+            request_timeout_ms: 10_000,
+            ca_file: None,
+        },
+        ..defaults_worker()?
+    };
+    let config = Config {
+        bus: BusConfig::Embedded(EmbeddedConfig::at(dir.join("bridge.db"))),
+        ingress: Some(ingress),
+        worker: Some(worker),
+        admin: AdminConfig { listen: admin },
+        telemetry: TelemetryConfig {
+            log_format: LogFormat::Text,
+            ..TelemetryConfig::default()
+        },
+    };
+    Ok(Dev {
+        config,
+        certificate,
+        credentials,
+        credentials_file,
+        simulator,
+    })
+}
+
+/// The ingress defaults, read the way a config file would be.
+fn defaults_ingress() -> Result<IngressConfig, CliError> {
+    toml::from_str(
+        r#"tls = { mode = "off" }
+auth = { kind = "bearer", token = "unused" }"#,
+    )
+    .map_err(|e| CliError::Io(format!("ingress defaults: {e}")))
+}
+
+fn defaults_worker() -> Result<WorkerConfig, CliError> {
+    toml::from_str(
+        r#"tradecloud = { base_url = "http://unused", email = "unused", password = "unused" }"#,
+    )
+    .map_err(|e| CliError::Io(format!("worker defaults: {e}")))
+}

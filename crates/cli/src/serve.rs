@@ -1,0 +1,135 @@
+//! Starting and stopping the bridge's parts in one process.
+
+use std::net::SocketAddr;
+
+use tcb_bus::Bus;
+use tcb_ingress::Ingress;
+use tcb_ingress::admin::Admin;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::CliError;
+use crate::config::Config;
+
+/// Which parts a process runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts {
+    pub ingress: bool,
+    pub worker: bool,
+}
+
+/// The running parts.
+pub struct Running {
+    pub bus: Bus,
+    pub ingress_addr: Option<SocketAddr>,
+    ingress: Option<Ingress>,
+    admin: Admin,
+    cancel: CancellationToken,
+    worker: Option<JoinHandle<Result<(), tcb_worker::WorkerError>>>,
+}
+
+impl Running {
+    pub async fn start(config: &Config, parts: Parts) -> Result<Self, CliError> {
+        let ingress_config = if parts.ingress {
+            Some(config.ingress()?)
+        } else {
+            None
+        };
+        let worker_config = if parts.worker {
+            Some(config.worker()?.clone())
+        } else {
+            None
+        };
+        let bus = tcb_bus::connect(&config.bus).await?;
+        let admin = Admin::start(config.admin.listen, bus.publisher())?;
+        tracing::info!(addr = %admin.local_addr, "admin listening (/healthz, /readyz)");
+        let ingress = match ingress_config {
+            Some(c) => {
+                let ingress = Ingress::start(c, bus.publisher(), &bus.topics.triggers)?;
+                let scheme = match c.tls {
+                    tcb_ingress::tls::TlsConfig::Off => "http",
+                    _ => "https",
+                };
+                tracing::info!(addr = %ingress.local_addr, url = %format!("{scheme}://{}{}", ingress.local_addr, c.path), "ingress listening");
+                Some(ingress)
+            }
+            None => None,
+        };
+        let cancel = CancellationToken::new();
+        let worker = worker_config.map(|c| {
+            let bus = bus.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move { tcb_worker::run(&c, bus, cancel).await })
+        });
+        Ok(Self {
+            bus,
+            ingress_addr: ingress.as_ref().map(|i| i.local_addr),
+            ingress,
+            admin,
+            cancel,
+            worker,
+        })
+    }
+
+    /// Runs until SIGINT/SIGTERM or until the worker fails, then stops gracefully.
+    pub async fn until_signal(mut self) -> Result<(), CliError> {
+        let worker_failed = async {
+            match self.worker.as_mut() {
+                Some(w) => w.await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("shutdown requested");
+                Ok(())
+            }
+            result = worker_failed => {
+                self.worker = None;
+                match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(CliError::Worker(e)),
+                    Err(e) => Err(CliError::Io(format!("the worker task failed: {e}"))),
+                }
+            }
+        };
+        self.stop().await;
+        outcome
+    }
+
+    /// Graceful stop: the ingress drains (new requests 503), then the worker settles or abandons
+    /// its in-flight triggers (never acking one whose output is not confirmed).
+    pub async fn stop(self) {
+        if let Some(ingress) = self.ingress {
+            ingress.stop().await;
+        }
+        self.cancel.cancel();
+        if let Some(worker) = self.worker {
+            let _ = worker.await;
+        }
+        self.admin.stop().await;
+        tracing::info!("stopped");
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

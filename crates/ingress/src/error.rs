@@ -1,0 +1,77 @@
+//! The ingress's HTTP errors: each a status and a short JSON body `{"error": ..., "message": ...}`.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or wrong credentials")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such path")]
+    NotFound,
+    #[error("method not allowed here; allowed: {0}")]
+    MethodNotAllowed(&'static str),
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("content type must be application/json, got {0:?}")]
+    UnsupportedMediaType(String),
+    /// Transient: the trigger was not stored; Tradecloud retries on 503.
+    #[error("{reason}")]
+    Unavailable { reason: String, retry_after: u32 },
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Unauthorized => {
+                res.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    r#"Basic realm="tradecloud-bridge", charset="UTF-8""#,
+                ));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                res.insert_header((header::ALLOW, *allow));
+            }
+            ApiError::Unavailable { retry_after, .. } => {
+                res.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            _ => {}
+        }
+        if matches!(self, ApiError::PayloadTooLarge(_)) {
+            // The rest of an oversized body is not read: close instead of draining it.
+            res.insert_header((header::CONNECTION, "close"));
+        }
+        res.json(json!({ "error": self.code(), "message": self.to_string() }))
+    }
+}

@@ -1,0 +1,217 @@
+//! Routes and handlers of the public listener.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::Utc;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use tcb_bus::{Headers, Message};
+use tcb_model::{IdKind, TriggerEnvelope, headers};
+use tcb_telemetry::trace_context::TraceParent;
+
+use crate::{ApiError, AppState};
+
+const ALLOW_BASE: &str = "GET, POST, PUT";
+const ALLOW_ID: &str = "GET";
+
+pub(crate) fn routes(cfg: &mut web::ServiceConfig, path: &str) {
+    let base = if path.is_empty() { "/" } else { path };
+    cfg.service(
+        web::resource(base)
+            .route(web::get().to(get_by_query))
+            .route(web::post().to(event))
+            .route(web::put().to(event))
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(ApiError::MethodNotAllowed(ALLOW_BASE))
+            })),
+    )
+    .service(
+        web::resource(format!("{path}/{{id}}"))
+            .route(web::get().to(get_by_path))
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(ApiError::MethodNotAllowed(ALLOW_ID))
+            })),
+    )
+    .default_service(web::to(|| async {
+        Err::<HttpResponse, _>(ApiError::NotFound)
+    }));
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IdQuery {
+    order_id: Option<String>,
+    legacy_order_id: Option<String>,
+}
+
+fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if state.auth.allows(header) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+async fn get_by_path(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &state)?;
+    let trigger = TriggerEnvelope::order_id("GET", state.path_id, &id, Utc::now())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    publish(&req, &state, trigger).await
+}
+
+async fn get_by_query(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &state)?;
+    let query = web::Query::<IdQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))?;
+    let (kind, id) = match (&query.order_id, &query.legacy_order_id) {
+        (Some(id), None) => (IdKind::OrderId, id),
+        (None, Some(id)) => (IdKind::LegacyOrderId, id),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give orderId or legacyOrderId, not both".to_owned(),
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "a GET needs the order id: <path>/{id}, ?orderId= or ?legacyOrderId=".to_owned(),
+            ));
+        }
+    };
+    let trigger = TriggerEnvelope::order_id("GET", kind, id, Utc::now())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    publish(&req, &state, trigger).await
+}
+
+async fn event(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &state)?;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/json"
+        && !(essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        return Err(ApiError::UnsupportedMediaType(content_type));
+    }
+    let limit = state.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let method = req.method().as_str().to_owned();
+    let trigger = TriggerEnvelope::event(&method, Some(&content_type), &body, Utc::now())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    publish(&req, &state, trigger).await
+}
+
+/// Publishes the validated trigger and answers 200 only once the bus holds it.
+async fn publish(
+    req: &HttpRequest,
+    state: &AppState,
+    trigger: TriggerEnvelope,
+) -> Result<HttpResponse, ApiError> {
+    let unavailable = |reason: String| ApiError::Unavailable {
+        reason,
+        retry_after: state.retry_after_seconds,
+    };
+    if state.draining.load(Ordering::SeqCst) {
+        return Err(unavailable("the bridge is shutting down".to_owned()));
+    }
+    let trace = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .map(|parent| parent.child())
+        .unwrap_or_else(TraceParent::new_root);
+    let mut message_headers = Headers::new();
+    message_headers.insert(headers::TRIGGER_ID.to_owned(), trigger.id.to_string());
+    message_headers.insert(
+        headers::CONTENT_TYPE.to_owned(),
+        "application/json".to_owned(),
+    );
+    message_headers.insert(
+        headers::SCHEMA_VERSION.to_owned(),
+        tcb_model::trigger::TRIGGER_SCHEMA_VERSION.to_owned(),
+    );
+    message_headers.insert(headers::TRACEPARENT.to_owned(), trace.to_string());
+    if let Some(name) = &trigger.event_name {
+        message_headers.insert(headers::EVENT_NAME.to_owned(), name.clone());
+    }
+    let message = Message {
+        key: trigger.key(),
+        headers: message_headers,
+        payload: trigger.to_json(),
+    };
+    let outcome = tokio::time::timeout(
+        state.ack_timeout,
+        state.publisher.publish(&state.topic, message),
+    )
+    .await;
+    let trace_id = trace.trace_id_hex();
+    match outcome {
+        Ok(Ok(())) => {
+            tracing::info!(
+                trigger_id = %trigger.id,
+                order_id = trigger.order_id.as_deref().unwrap_or(""),
+                legacy_order_id = trigger.legacy_order_id.as_deref().unwrap_or(""),
+                event_name = trigger.event_name.as_deref().unwrap_or(""),
+                method = %trigger.method,
+                trace_id = %trace_id,
+                "trigger accepted"
+            );
+            Ok(HttpResponse::Ok().json(json!({
+                "status": "accepted",
+                "triggerId": trigger.id,
+            })))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(trigger_id = %trigger.id, trace_id = %trace_id, error = %e, "trigger not stored: 503");
+            Err(unavailable(format!("the trigger could not be stored: {e}")))
+        }
+        Err(_) => {
+            tracing::warn!(trigger_id = %trigger.id, trace_id = %trace_id, timeout_ms = state.ack_timeout.as_millis() as u64, "broker acknowledgement timed out: 503");
+            Err(unavailable(
+                "the broker did not acknowledge in time".to_owned(),
+            ))
+        }
+    }
+}

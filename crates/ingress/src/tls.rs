@@ -1,0 +1,141 @@
+//! TLS for the public listener: TLS 1.2 and 1.3 only (rustls, aws-lc-rs), certificate and key
+//! from PEM files; and a development CA and certificate generated on first start.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+
+use crate::IngressError;
+
+/// `[ingress.tls]`, picked by `mode`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TlsConfig {
+    /// Serve HTTPS with this certificate chain and private key (PEM files).
+    Files {
+        /// The certificate chain, leaf first.
+        cert: PathBuf,
+        /// The private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+    /// Plain HTTP: only behind a proxy or load balancer that terminates TLS for Tradecloud.
+    Off,
+}
+
+/// The rustls config for the listener; `None` for `mode = "off"`.
+pub fn server_config(config: &TlsConfig) -> Result<Option<ServerConfig>, IngressError> {
+    let TlsConfig::Files { cert, key } = config else {
+        return Ok(None);
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| {
+            IngressError::Tls(format!(
+                "cannot read certificates from {}: {e}",
+                cert.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(IngressError::Tls(format!(
+            "no certificate in {}",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        IngressError::Tls(format!(
+            "cannot read the private key from {}: {e}",
+            key.display()
+        ))
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| IngressError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| IngressError::Tls(format!("certificate and key do not fit: {e}")))?;
+    Ok(Some(config))
+}
+
+/// Files of a development certificate: a local CA and a `localhost` certificate it signed.
+#[derive(Debug, Clone)]
+pub struct DevCertificate {
+    /// The CA certificate a client must trust (`--cacert`).
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl DevCertificate {
+    pub fn tls_config(&self) -> TlsConfig {
+        TlsConfig::Files {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// Reuses the development certificate in `dir`, or generates one (valid for `localhost`,
+/// `127.0.0.1` and `::1`). Never for production: the CA key is kept beside it.
+pub fn ensure_dev_certificate(dir: &Path) -> Result<DevCertificate, IngressError> {
+    let files = DevCertificate {
+        ca: dir.join("dev-ca.pem"),
+        cert: dir.join("dev-cert.pem"),
+        key: dir.join("dev-key.pem"),
+    };
+    if files.ca.exists() && files.cert.exists() && files.key.exists() {
+        return Ok(files);
+    }
+    let err = |e: rcgen::Error| {
+        IngressError::Tls(format!("cannot generate a development certificate: {e}"))
+    };
+    let io = |e: std::io::Error| {
+        IngressError::Tls(format!(
+            "cannot write the development certificate to {}: {e}",
+            dir.display()
+        ))
+    };
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "tradecloud-bridge development CA",
+    );
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).map_err(err)?;
+    let leaf_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut leaf_params = rcgen::CertificateParams::new(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ])
+    .map_err(err)?;
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).map_err(err)?;
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::write(&files.ca, ca.pem()).map_err(io)?;
+    std::fs::write(&files.cert, leaf.pem()).map_err(io)?;
+    write_private(&files.key, leaf_key.serialize_pem().as_bytes()).map_err(io)?;
+    Ok(files)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path)?.write_all(bytes)
+}

@@ -1,0 +1,369 @@
+//! The Tradecloud API stand-in.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::header;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::orders;
+
+/// How the stand-in behaves.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// API v2 login e-mail and password.
+    pub email: String,
+    pub password: String,
+    /// Legacy API v1 Basic credentials.
+    pub legacy_username: String,
+    pub legacy_password: String,
+    /// Requests per rolling second before 429 (Tradecloud: 10).
+    pub rate_limit_per_second: usize,
+    /// Lifetime of an access token (Tradecloud: 1 hour).
+    pub access_token_ttl: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            email: "integration@example.com".to_owned(),
+            password: "simulator-password".to_owned(),
+            legacy_username: "legacy-user".to_owned(),
+            legacy_password: "legacy-password".to_owned(),
+            rate_limit_per_second: 10,
+            access_token_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What the stand-in has served, for assertions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub logins: u64,
+    pub refreshes: u64,
+    pub order_fetches: u64,
+    pub legacy_fetches: u64,
+    pub rate_limited: u64,
+    pub unauthorized: u64,
+    pub injected_failures: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    logins: AtomicU64,
+    refreshes: AtomicU64,
+    order_fetches: AtomicU64,
+    legacy_fetches: AtomicU64,
+    rate_limited: AtomicU64,
+    unauthorized: AtomicU64,
+    injected_failures: AtomicU64,
+}
+
+struct State {
+    config: SimConfig,
+    access: Mutex<HashMap<String, Instant>>,
+    refresh: Mutex<HashSet<String>>,
+    versions: Mutex<HashMap<String, u64>>,
+    window: Mutex<VecDeque<Instant>>,
+    fail_next: AtomicU32,
+    counters: Counters,
+}
+
+/// A running stand-in. Dropping it does not stop it; call [`Simulator::stop`].
+pub struct Simulator {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    handle: ServerHandle,
+}
+
+impl Simulator {
+    /// Starts on `addr` (port 0 picks a free port).
+    pub fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<Self> {
+        let state = Arc::new(State {
+            config,
+            access: Mutex::new(HashMap::new()),
+            refresh: Mutex::new(HashSet::new()),
+            versions: Mutex::new(HashMap::new()),
+            window: Mutex::new(VecDeque::new()),
+            fail_next: AtomicU32::new(0),
+            counters: Counters::default(),
+        });
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/v2/authentication/login", web::get().to(login))
+                .route("/v2/authentication/refresh", web::get().to(refresh))
+                .route("/v2/authentication/logout", web::post().to(logout))
+                .route("/v2/order/{id}", web::get().to(get_order))
+                .route(
+                    "/api/v1/purchaseOrder/{id}",
+                    web::get().to(get_legacy_order),
+                )
+                .route("/sim/orders/{id}/bump", web::post().to(bump))
+                .route("/sim/stats", web::get().to(stats))
+        })
+        .workers(2)
+        .disable_signals()
+        .bind(addr)?;
+        let addr = server.addrs().first().copied().unwrap_or(addr);
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Ok(Self {
+            addr,
+            state,
+            handle,
+        })
+    }
+
+    /// `http://addr`, the API base URL.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The order changes: its version goes up by one. Returns the new version.
+    pub fn bump(&self, order_id: &str) -> u64 {
+        self.state.bump(order_id)
+    }
+
+    /// The version `GET /v2/order/{id}` serves now.
+    pub fn version(&self, order_id: &str) -> u64 {
+        self.state.version(order_id)
+    }
+
+    /// The next `n` order requests answer 503.
+    pub fn fail_next(&self, n: u32) {
+        self.state.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Every access token expires now (the next order request gets 401).
+    pub fn expire_access_tokens(&self) {
+        if let Ok(mut a) = self.state.access.lock() {
+            a.clear();
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.state.stats()
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+}
+
+impl State {
+    fn bump(&self, order_id: &str) -> u64 {
+        let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        let e = v.entry(order_id.to_owned()).or_insert(1);
+        *e += 1;
+        *e
+    }
+
+    fn version(&self, order_id: &str) -> u64 {
+        let v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        v.get(order_id).copied().unwrap_or(1)
+    }
+
+    fn stats(&self) -> Stats {
+        let c = &self.counters;
+        Stats {
+            logins: c.logins.load(Ordering::SeqCst),
+            refreshes: c.refreshes.load(Ordering::SeqCst),
+            order_fetches: c.order_fetches.load(Ordering::SeqCst),
+            legacy_fetches: c.legacy_fetches.load(Ordering::SeqCst),
+            rate_limited: c.rate_limited.load(Ordering::SeqCst),
+            unauthorized: c.unauthorized.load(Ordering::SeqCst),
+            injected_failures: c.injected_failures.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Counts the request; `false` when it is over the rolling one-second limit.
+    fn admit(&self) -> bool {
+        let now = Instant::now();
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        while w
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            w.pop_front();
+        }
+        if w.len() >= self.config.rate_limit_per_second {
+            self.counters.rate_limited.fetch_add(1, Ordering::SeqCst);
+            return false;
+        }
+        w.push_back(now);
+        true
+    }
+
+    fn issue_tokens(&self) -> HttpResponse {
+        let access = format!("access-{}", uuid::Uuid::new_v4());
+        let refresh = format!("refresh-{}", uuid::Uuid::new_v4());
+        self.access
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                access.clone(),
+                Instant::now() + self.config.access_token_ttl,
+            );
+        self.refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(refresh.clone());
+        HttpResponse::Ok()
+            .insert_header(("Set-Authorization", access))
+            .insert_header(("Set-Refresh-Token", refresh))
+            .json(json!({"status": "ok"}))
+    }
+
+    fn bearer_valid(&self, req: &HttpRequest) -> bool {
+        let Some(token) = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        let access = self.access.lock().unwrap_or_else(|p| p.into_inner());
+        access.get(token).is_some_and(|exp| *exp > Instant::now())
+    }
+}
+
+fn basic_matches(req: &HttpRequest, user: &str, password: &str) -> bool {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| STANDARD.decode(v.trim()).ok())
+        .is_some_and(|given| given == format!("{user}:{password}").as_bytes())
+}
+
+fn too_many() -> HttpResponse {
+    HttpResponse::TooManyRequests().json(json!({"message": "rate limit exceeded"}))
+}
+
+fn unauthorized(state: &State) -> HttpResponse {
+    state.counters.unauthorized.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::Unauthorized().json(json!({"message": "unauthorized"}))
+}
+
+async fn login(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if !state.admit() {
+        return too_many();
+    }
+    if !basic_matches(&req, &state.config.email, &state.config.password) {
+        return unauthorized(&state);
+    }
+    state.counters.logins.fetch_add(1, Ordering::SeqCst);
+    state.issue_tokens()
+}
+
+async fn refresh(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if !state.admit() {
+        return too_many();
+    }
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        return HttpResponse::BadRequest()
+            .json(json!({"message": "refresh takes only Refresh-Token"}));
+    }
+    let token = req
+        .headers()
+        .get("Refresh-Token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // Single use: a refresh token is gone once used.
+    let known = state
+        .refresh
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(token);
+    if !known {
+        return unauthorized(&state);
+    }
+    state.counters.refreshes.fetch_add(1, Ordering::SeqCst);
+    state.issue_tokens()
+}
+
+async fn logout(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if let Some(token) = req
+        .headers()
+        .get("Refresh-Token")
+        .and_then(|v| v.to_str().ok())
+    {
+        state
+            .refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(token);
+    }
+    HttpResponse::Ok().finish()
+}
+
+async fn get_order(
+    req: HttpRequest,
+    state: web::Data<State>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    if !state.admit() {
+        return too_many();
+    }
+    if !state.bearer_valid(&req) {
+        return unauthorized(&state);
+    }
+    if state
+        .fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        state
+            .counters
+            .injected_failures
+            .fetch_add(1, Ordering::SeqCst);
+        return HttpResponse::ServiceUnavailable().json(json!({"message": "injected failure"}));
+    }
+    if id.starts_with("missing") {
+        return HttpResponse::NotFound().json(json!({"message": "order not found"}));
+    }
+    state.counters.order_fetches.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::Ok().json(orders::order(&id, state.version(&id)))
+}
+
+async fn get_legacy_order(
+    req: HttpRequest,
+    state: web::Data<State>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    if !state.admit() {
+        return too_many();
+    }
+    if !basic_matches(
+        &req,
+        &state.config.legacy_username,
+        &state.config.legacy_password,
+    ) {
+        return unauthorized(&state);
+    }
+    if id.starts_with("missing") {
+        return HttpResponse::NotFound().json(json!({"message": "purchase order not found"}));
+    }
+    state.counters.legacy_fetches.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::Ok().json(orders::legacy_order(&id))
+}
+
+async fn bump(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"id": id.as_str(), "version": state.bump(&id)}))
+}
+
+async fn stats(state: web::Data<State>) -> HttpResponse {
+    HttpResponse::Ok().json(state.stats())
+}
