@@ -1,7 +1,8 @@
 //! The configuration file: one TOML file, environment overrides, `${VAR}` expansion.
 //!
 //! * Environment overrides: `TCB_<SECTION>__<KEY>=value` sets `<section>.<key>` (double underscore
-//!   between levels, any case), e.g. `TCB_INGRESS__LISTEN=0.0.0.0:8443`. A value replacing a
+//!   between levels, any case), e.g. `TCB_INGRESS__LISTEN=0.0.0.0:8443`. Variables without a
+//!   double underscore (`TCB_CONFIG`, `TCB_WEBHOOK_PASSWORD`) are not overrides. A value replacing a
 //!   string stays a string; one replacing a number, boolean or list is read as a TOML value.
 //! * `${VAR}` in any string value is replaced by the environment variable `VAR` (`$${` writes a
 //!   literal `${`); an unset variable is an error naming the key. Use it for secrets.
@@ -99,6 +100,7 @@ impl Config {
         let mut guessed = Vec::new();
         for (var, raw) in &env {
             if let Some(rest) = var.strip_prefix(ENV_PREFIX)
+                && rest.contains("__")
                 && override_key(&mut value, var, rest, raw)?
             {
                 guessed.push((
@@ -347,13 +349,13 @@ password = "p"
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("ingress: unknown field `lisen`, expected one of"),
+            e.starts_with("ingress.lisen: unknown field `lisen`, expected one of"),
             "{e}"
         );
         let e = load(&BASE.replace("\"embedded\"", "\"kafkaa\""), &[("PW", "x")])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("bus: unknown variant `kafkaa`, expected"), "{e}");
+        assert!(e.contains("bus.backend: unknown variant `kafkaa`, expected `embedded`"), "{e}");
         let e = load(
             &BASE.replace("kind = \"basic\"", "kind = \"digest\""),
             &[("PW", "x")],
@@ -361,7 +363,7 @@ password = "p"
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("ingress.auth: unknown variant `digest`, expected `basic` or `bearer`"),
+            e.contains("ingress.auth.kind: unknown variant `digest`, expected `basic` or `bearer`"),
             "{e}"
         );
         let e = load(BASE, &[("PW", "x"), ("TCB_INGRESS__LISTEN", "nonsense")])

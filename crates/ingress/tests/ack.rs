@@ -1,0 +1,140 @@
+//! The ack contract against publishers that succeed, fail and hang: 200 only after the publish
+//! returned, 503 with Retry-After otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use tcb_bus::{BusError, Message, Publisher};
+use tcb_ingress::tls::TlsConfig;
+use tcb_ingress::{AuthConfig, Ingress, IngressConfig};
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Store,
+    Fail,
+    Hang,
+}
+
+struct Fake {
+    mode: Mode,
+    stored: Mutex<Vec<(String, Message)>>,
+}
+
+#[async_trait]
+impl Publisher for Fake {
+    async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
+        match self.mode {
+            Mode::Store => {
+                self.stored.lock().unwrap().push((topic.to_owned(), message));
+                Ok(())
+            }
+            Mode::Fail => Err(BusError::Unavailable("broker down".to_owned())),
+            Mode::Hang => std::future::pending().await,
+        }
+    }
+    async fn check_ready(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+fn config() -> IngressConfig {
+    IngressConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        path: "/hook".to_owned(),
+        path_id: tcb_model::IdKind::OrderId,
+        max_body_bytes: 1024,
+        ack_timeout_ms: 300,
+        retry_after_seconds: 7,
+        http_workers: Some(1),
+        shutdown_timeout_seconds: 5,
+        tls: TlsConfig::Off,
+        auth: AuthConfig::Bearer { token: SecretString::from("tok") },
+    }
+}
+
+async fn start(mode: Mode) -> (Ingress, Arc<Fake>) {
+    let fake = Arc::new(Fake { mode, stored: Mutex::default() });
+    let ingress = Ingress::start(&config(), fake.clone(), "triggers").unwrap();
+    (ingress, fake)
+}
+
+const BODY: &str = r#"{"eventName":"OrderIssuedByBuyer","orderEvent":{"orderId":"o-1"},"meta":{"messageId":"m-9"}}"#;
+
+async fn post(ingress: &Ingress, traceparent: Option<&str>) -> reqwest::Response {
+    let mut r = reqwest::Client::new()
+        .post(format!("http://{}/hook", ingress.local_addr))
+        .bearer_auth("tok")
+        .header("content-type", "application/json; charset=utf-8")
+        .body(BODY);
+    if let Some(tp) = traceparent {
+        r = r.header("traceparent", tp);
+    }
+    r.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn answers_200_after_the_publish_with_the_envelope_and_headers() {
+    let (ingress, fake) = start(Mode::Store).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = post(&ingress, Some(parent)).await;
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    let stored = fake.stored.lock().unwrap().clone();
+    assert_eq!(stored.len(), 1);
+    let (topic, m) = &stored[0];
+    assert_eq!(topic, "triggers");
+    assert_eq!(m.key, "o-1");
+    let envelope: tcb_model::TriggerEnvelope = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(answer["triggerId"], envelope.id.to_string());
+    assert_eq!(envelope.body.as_deref(), Some(BODY.as_bytes()), "body byte-for-byte");
+    assert_eq!(envelope.tradecloud_message_id.as_deref(), Some("m-9"));
+    assert_eq!(envelope.content_type.as_deref(), Some("application/json; charset=utf-8"));
+    assert_eq!(m.headers["tcb-trigger-id"], envelope.id.to_string());
+    assert_eq!(m.headers["tcb-event-name"], "OrderIssuedByBuyer");
+    let tp = &m.headers["traceparent"];
+    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "same trace: {tp}");
+    assert_ne!(tp, parent, "a new span id");
+    ingress.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_publish_answers_503_with_retry_after() {
+    let (ingress, _) = start(Mode::Fail).await;
+    let r = post(&ingress, None).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "7");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable");
+    ingress.stop().await;
+}
+
+#[tokio::test]
+async fn a_publish_past_the_ack_timeout_answers_503() {
+    let (ingress, _) = start(Mode::Hang).await;
+    let started = std::time::Instant::now();
+    let r = post(&ingress, None).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "7");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at the ack timeout, not later");
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/hook/o-2", ingress.local_addr))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    ingress.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_path_config_is_refused() {
+    let fake = Arc::new(Fake { mode: Mode::Store, stored: Mutex::default() });
+    let mut c = config();
+    c.path = "hook/".to_owned();
+    assert!(Ingress::start(&c, fake, "t").is_err());
+}

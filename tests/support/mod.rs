@@ -1,0 +1,219 @@
+//! Helpers of the end-to-end tests: the bridge as a child process, its config, the simulator.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tcb_bus::embedded::EmbeddedConfig;
+use tcb_bus::{Bus, BusConfig, Delivery};
+use tcb_ingress::tls::{DevCertificate, ensure_dev_certificate};
+use tcb_simulator::{Sender, SenderAuth, SenderConfig, SimConfig, Simulator};
+
+pub const USER: &str = "tradecloud";
+pub const PASSWORD: &str = "e2e-webhook-pw";
+
+/// A test's world: a folder, the Tradecloud simulator, a certificate, a config file.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub sim: Simulator,
+    pub cert: DevCertificate,
+    pub config: PathBuf,
+}
+
+impl World {
+    /// `max_body_bytes`: the ingress's body limit.
+    pub fn new(max_body_bytes: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sim_config = SimConfig::default();
+        let sim = Simulator::start(sim_config.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let cert = ensure_dev_certificate(&dir.path().join("tls")).unwrap();
+        let config = dir.path().join("bridge.toml");
+        let text = format!(
+            r#"
+[bus]
+backend = "embedded"
+path = "{db}"
+
+[ingress]
+listen = "127.0.0.1:0"
+max_body_bytes = {max_body_bytes}
+tls = {{ mode = "files", cert = "{cert}", key = "{key}" }}
+auth = {{ kind = "basic", username = "{USER}", password = "${{E2E_WEBHOOK_PASSWORD}}" }}
+
+[worker]
+lanes = 8
+retry_initial_ms = 50
+retry_max_ms = 1000
+
+[worker.tradecloud]
+base_url = "{api}"
+email = "{email}"
+password = "${{E2E_TRADECLOUD_PASSWORD}}"
+legacy_base_url = "{api}"
+legacy_username = "{legacy_user}"
+legacy_password = "{legacy_pw}"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[telemetry]
+log_format = "json"
+log_level = "info"
+"#,
+            db = dir.path().join("data/bridge.db").display(),
+            cert = cert.cert.display(),
+            key = cert.key.display(),
+            api = sim.base_url(),
+            email = sim_config.email,
+            legacy_user = sim_config.legacy_username,
+            legacy_pw = sim_config.legacy_password,
+        );
+        std::fs::write(&config, text).unwrap();
+        Self { dir, sim, cert, config }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("data/bridge.db")
+    }
+
+    /// The bus the bridge uses, opened from the test process (SQLite allows both at once).
+    pub async fn bus(&self) -> Bus {
+        tcb_bus::connect(&BusConfig::Embedded(EmbeddedConfig::at(self.db()))).await.unwrap()
+    }
+
+    pub fn start_bridge(&self) -> Bridge {
+        Bridge::start(&self.config, &[
+            ("E2E_WEBHOOK_PASSWORD", PASSWORD),
+            ("E2E_TRADECLOUD_PASSWORD", &SimConfig::default().password),
+        ])
+    }
+
+    /// A sender that calls like Tradecloud, trusting the test CA.
+    pub fn sender(&self, bridge: &Bridge, max_attempts: u32) -> Sender {
+        Sender::new(SenderConfig {
+            url: bridge.url(),
+            auth: SenderAuth::Basic { username: USER.to_owned(), password: PASSWORD.to_owned() },
+            ca_pem: Some(std::fs::read(&self.cert.ca).unwrap()),
+            max_attempts,
+            initial_backoff: Duration::from_millis(50),
+            timeout: Duration::from_secs(10),
+        })
+        .unwrap()
+    }
+
+    /// A plain HTTPS client trusting the test CA.
+    pub fn client(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem_bundle(&std::fs::read(&self.cert.ca).unwrap()).unwrap();
+        reqwest::Client::builder().tls_certs_merge(ca).build().unwrap()
+    }
+}
+
+/// `tradecloud-bridge run` as a child process.
+pub struct Bridge {
+    child: Child,
+    pub ingress: SocketAddr,
+    pub admin: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Bridge {
+    pub fn start(config: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"));
+        cmd.arg("run").arg("--config").arg(config).env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the bridge binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (ingress, admin) = loop {
+            let found = |msg: &str| {
+                logs.lock().unwrap().iter().find_map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                    (v["message"] == msg).then(|| v["addr"].as_str()?.parse::<SocketAddr>().ok())?
+                })
+            };
+            if let (Some(i), Some(a)) = (found("ingress listening"), found("admin listening (/healthz, /readyz)")) {
+                break (i, a);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the bridge exited with {status}: {:#?}", logs.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "the bridge did not start: {:#?}", logs.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self { child, ingress, admin, logs }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}/webhook", self.ingress.port())
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs_contain(&self, needle: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Deliveries from a consumer until `done` says so or the deadline passes.
+pub async fn collect_until(
+    consumer: &mut Box<dyn tcb_bus::Consumer>,
+    deadline: Duration,
+    mut done: impl FnMut(&[Delivery]) -> bool,
+) -> Vec<Delivery> {
+    let end = Instant::now() + deadline;
+    let mut got = Vec::new();
+    while !done(&got) {
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.next()).await {
+            Ok(d) => got.push(d.unwrap()),
+            Err(_) => break,
+        }
+    }
+    got
+}
