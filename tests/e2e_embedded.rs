@@ -28,8 +28,20 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
 
     let v1 = world.sim.bump("order-get-path");
     let v2 = world.sim.bump("order-get-query");
-    let post = serde_json::to_vec(&orders::event("order-post", 7, "OrderLinesConfirmedBySupplier", "msg-post-1")).unwrap();
-    let put = serde_json::to_vec(&orders::event("order-put", 3, "OrderLinesTeleportedByRobot", "msg-put-1")).unwrap();
+    let post = serde_json::to_vec(&orders::event(
+        "order-post",
+        7,
+        "OrderLinesConfirmedBySupplier",
+        "msg-post-1",
+    ))
+    .unwrap();
+    let put = serde_json::to_vec(&orders::event(
+        "order-put",
+        3,
+        "OrderLinesTeleportedByRobot",
+        "msg-put-1",
+    ))
+    .unwrap();
     let calls = [
         Webhook::GetPath("order-get-path".to_owned()),
         Webhook::GetQuery("order-get-query".to_owned()),
@@ -44,18 +56,23 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
         trigger_ids.push(o.trigger_id.clone().expect("a triggerId in the answer"));
     }
 
-    let got = collect_until(&mut out, Duration::from_secs(60), |d| d.len() >= calls.len()).await;
+    let got = collect_until(&mut out, Duration::from_secs(60), |d| {
+        d.len() >= calls.len()
+    })
+    .await;
     assert_eq!(got.len(), calls.len(), "every trigger arrives");
 
     // The envelopes the ingress published, to compute what the worker must have made of them.
     let mut tail = bus.consumer(&bus.topics.triggers, None).await.unwrap();
     let envelopes: HashMap<String, TriggerEnvelope> =
-        collect_until(&mut tail, Duration::from_secs(10), |d| d.len() >= calls.len())
-            .await
-            .iter()
-            .map(|d| serde_json::from_slice::<TriggerEnvelope>(&d.message.payload).unwrap())
-            .map(|t| (t.id.to_string(), t))
-            .collect();
+        collect_until(&mut tail, Duration::from_secs(10), |d| {
+            d.len() >= calls.len()
+        })
+        .await
+        .iter()
+        .map(|d| serde_json::from_slice::<TriggerEnvelope>(&d.message.payload).unwrap())
+        .map(|t| (t.id.to_string(), t))
+        .collect();
     assert_eq!(envelopes.len(), calls.len());
 
     let by_trigger: HashMap<String, (&tcb_bus::Delivery, OrderMessage)> = got
@@ -66,9 +83,21 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
         let (delivery, m) = &by_trigger[id];
         let envelope = &envelopes[id];
         let expected = match i {
-            0 => normalize_fetched_order(envelope, &serde_json::to_vec(&orders::order("order-get-path", v1)).unwrap(), m.processed_at),
-            1 => normalize_fetched_order(envelope, &serde_json::to_vec(&orders::order("order-get-query", v2)).unwrap(), m.processed_at),
-            2 => normalize_fetched_order(envelope, &serde_json::to_vec(&orders::legacy_order("4711")).unwrap(), m.processed_at),
+            0 => normalize_fetched_order(
+                envelope,
+                &serde_json::to_vec(&orders::order("order-get-path", v1)).unwrap(),
+                m.processed_at,
+            ),
+            1 => normalize_fetched_order(
+                envelope,
+                &serde_json::to_vec(&orders::order("order-get-query", v2)).unwrap(),
+                m.processed_at,
+            ),
+            2 => normalize_fetched_order(
+                envelope,
+                &serde_json::to_vec(&orders::legacy_order("4711")).unwrap(),
+                m.processed_at,
+            ),
             _ => normalize_event(envelope, m.processed_at),
         }
         .unwrap();
@@ -88,23 +117,68 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
 
     // And the facts, stated independently of the normalization code.
     let m = |i: usize| &by_trigger[&trigger_ids[i]].1;
-    assert_eq!((m(0).scope, m(0).order_id.as_deref(), m(0).order_version), (Scope::FullOrder, Some("order-get-path"), Some(v1 as i64)));
+    assert_eq!(
+        (m(0).scope, m(0).order_id.as_deref(), m(0).order_version),
+        (Scope::FullOrder, Some("order-get-path"), Some(v1 as i64))
+    );
     assert_eq!(m(0).lines.len(), 2);
     assert_eq!(m(0).trigger.method, "GET");
-    assert_eq!((m(1).order_id.as_deref(), m(1).order_version), (Some("order-get-query"), Some(v2 as i64)));
-    assert_eq!((m(2).legacy_order_id.as_deref(), m(2).order_id.as_deref()), (Some("4711"), None));
-    assert_eq!(m(2).header.purchase_order_number.as_deref(), Some("PO-L-4711"));
-    assert_eq!((m(3).scope, m(3).event_name.as_deref(), m(3).trigger.method.as_str()), (Scope::PartialEvent, Some("OrderLinesConfirmedBySupplier"), "POST"));
-    assert_eq!(m(3).affected_line_ids, Some(vec!["order-post-line-1".to_owned()]));
-    assert_eq!(m(3).trigger.tradecloud_message_id.as_deref(), Some("msg-post-1"));
-    assert_eq!(m(3).original, serde_json::from_slice::<serde_json::Value>(&post).unwrap());
-    assert_eq!((m(4).event_name.as_deref(), m(4).trigger.method.as_str()), (Some("OrderLinesTeleportedByRobot"), "PUT"));
-    assert_eq!(m(4).lines[0].delivery_schedule[0].quantity.map(|q| q.to_string()).as_deref(), Some("13.50"));
+    assert_eq!(
+        (m(1).order_id.as_deref(), m(1).order_version),
+        (Some("order-get-query"), Some(v2 as i64))
+    );
+    assert_eq!(
+        (m(2).legacy_order_id.as_deref(), m(2).order_id.as_deref()),
+        (Some("4711"), None)
+    );
+    assert_eq!(
+        m(2).header.purchase_order_number.as_deref(),
+        Some("PO-L-4711")
+    );
+    assert_eq!(
+        (
+            m(3).scope,
+            m(3).event_name.as_deref(),
+            m(3).trigger.method.as_str()
+        ),
+        (
+            Scope::PartialEvent,
+            Some("OrderLinesConfirmedBySupplier"),
+            "POST"
+        )
+    );
+    assert_eq!(
+        m(3).affected_line_ids,
+        Some(vec!["order-post-line-1".to_owned()])
+    );
+    assert_eq!(
+        m(3).trigger.tradecloud_message_id.as_deref(),
+        Some("msg-post-1")
+    );
+    assert_eq!(
+        m(3).original,
+        serde_json::from_slice::<serde_json::Value>(&post).unwrap()
+    );
+    assert_eq!(
+        (m(4).event_name.as_deref(), m(4).trigger.method.as_str()),
+        (Some("OrderLinesTeleportedByRobot"), "PUT")
+    );
+    assert_eq!(
+        m(4).lines[0].delivery_schedule[0]
+            .quantity
+            .map(|q| q.to_string())
+            .as_deref(),
+        Some("13.50")
+    );
 
     // Readiness and liveness on the admin port.
     let admin = reqwest::Client::new();
     for path in ["healthz", "readyz"] {
-        let r = admin.get(format!("http://{}/{path}", bridge.admin)).send().await.unwrap();
+        let r = admin
+            .get(format!("http://{}/{path}", bridge.admin))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }
 }
@@ -119,7 +193,12 @@ async fn sigkill_mid_burst_loses_no_acknowledged_trigger() {
         .map(|i| {
             let order = format!("crash-order-{}", i % 25);
             if i % 4 == 3 {
-                let body = orders::event(&order, 2, "OrderLinesUpdatedByBuyer", &format!("crash-msg-{i}"));
+                let body = orders::event(
+                    &order,
+                    2,
+                    "OrderLinesUpdatedByBuyer",
+                    &format!("crash-msg-{i}"),
+                );
                 Webhook::Post(serde_json::to_vec(&body).unwrap())
             } else {
                 Webhook::GetPath(order)
@@ -132,7 +211,8 @@ async fn sigkill_mid_burst_loses_no_acknowledged_trigger() {
         tokio::spawn(async move {
             let mut set = tokio::task::JoinSet::new();
             for chunk in burst.chunks(20) {
-                for w in chunk.to_vec() {
+                for w in chunk {
+                    let w = w.clone();
                     let sender = sender.clone();
                     let accepted = accepted.clone();
                     set.spawn(async move {
@@ -149,7 +229,10 @@ async fn sigkill_mid_burst_loses_no_acknowledged_trigger() {
     // Kill once some triggers are acknowledged and the burst is still going.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while accepted.lock().unwrap().len() < 30 {
-        assert!(std::time::Instant::now() < deadline, "the bridge acknowledged too few triggers");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bridge acknowledged too few triggers"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     bridge.kill();
@@ -159,11 +242,22 @@ async fn sigkill_mid_burst_loses_no_acknowledged_trigger() {
     assert!(acked.len() >= acked_before_kill);
 
     let bus = world.bus().await;
-    let mut out = bus.consumer(&bus.topics.orders, Some("e2e-crash")).await.unwrap();
+    let mut out = bus
+        .consumer(&bus.topics.orders, Some("e2e-crash"))
+        .await
+        .unwrap();
     // Before the restart, some acknowledged triggers have not been processed yet.
     let early = collect_until(&mut out, Duration::from_millis(500), |_| false).await;
-    let early_ids: BTreeSet<String> = early.iter().map(|d| message(d).trigger.id.to_string()).collect();
-    assert!(early_ids.len() < acked.len(), "the kill hit while work was pending ({} of {})", early_ids.len(), acked.len());
+    let early_ids: BTreeSet<String> = early
+        .iter()
+        .map(|d| message(d).trigger.id.to_string())
+        .collect();
+    assert!(
+        early_ids.len() < acked.len(),
+        "the kill hit while work was pending ({} of {})",
+        early_ids.len(),
+        acked.len()
+    );
 
     let _bridge = world.start_bridge();
     let mut seen = early_ids;
@@ -175,7 +269,10 @@ async fn sigkill_mid_burst_loses_no_acknowledged_trigger() {
     .await;
     seen.extend(rest.iter().map(|d| message(d).trigger.id.to_string()));
     let missing: Vec<_> = acked.difference(&seen).collect();
-    assert!(missing.is_empty(), "acknowledged but never delivered: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "acknowledged but never delivered: {missing:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,29 +281,145 @@ async fn bad_requests_get_their_status_and_publish_nothing() {
     let bridge = world.start_bridge();
     let http = world.client();
     let url = bridge.url();
-    let good_body = serde_json::to_vec(&orders::event("bad-req-order", 2, "OrderIssuedByBuyer", "m-1")).unwrap();
+    let good_body = serde_json::to_vec(&orders::event(
+        "bad-req-order",
+        2,
+        "OrderIssuedByBuyer",
+        "m-1",
+    ))
+    .unwrap();
     let json = "application/json";
 
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
-        ("wrong password", http.get(format!("{url}/o-1")).basic_auth(USER, Some("nope")), 401, "unauthorized"),
-        ("wrong user", http.get(format!("{url}/o-1")).basic_auth("admin", Some(PASSWORD)), 401, "unauthorized"),
-        ("no auth", http.get(format!("{url}/o-1")), 401, "unauthorized"),
-        ("bearer instead of basic", http.get(format!("{url}/o-1")).bearer_auth(PASSWORD), 401, "unauthorized"),
-        ("malformed JSON", http.post(&url).basic_auth(USER, Some(PASSWORD)).header("content-type", json).body("{\"eventName\": "), 400, "bad_request"),
-        ("JSON without eventName", http.post(&url).basic_auth(USER, Some(PASSWORD)).header("content-type", json).body("{\"orderEvent\": {}}"), 400, "bad_request"),
-        ("JSON array", http.put(&url).basic_auth(USER, Some(PASSWORD)).header("content-type", json).body("[]"), 400, "bad_request"),
-        ("wrong method", http.delete(&url).basic_auth(USER, Some(PASSWORD)), 405, "method_not_allowed"),
-        ("POST to an id path", http.post(format!("{url}/o-1")).basic_auth(USER, Some(PASSWORD)).header("content-type", json).body(good_body.clone()), 405, "method_not_allowed"),
-        ("oversized body", http.post(&url).basic_auth(USER, Some(PASSWORD)).header("content-type", json).body(vec![b' '; 100 * 1024]), 413, "payload_too_large"),
-        ("unknown path", http.get(format!("https://localhost:{}/nowhere/o-1", bridge.ingress.port())).basic_auth(USER, Some(PASSWORD)), 404, "not_found"),
-        ("too deep a path", http.get(format!("{url}/a/b")).basic_auth(USER, Some(PASSWORD)), 404, "not_found"),
-        ("wrong content type", http.post(&url).basic_auth(USER, Some(PASSWORD)).header("content-type", "text/plain").body(good_body.clone()), 415, "unsupported_media_type"),
-        ("GET without an id", http.get(&url).basic_auth(USER, Some(PASSWORD)), 400, "bad_request"),
-        ("GET with both ids", http.get(format!("{url}?orderId=a&legacyOrderId=b")).basic_auth(USER, Some(PASSWORD)), 400, "bad_request"),
-        ("id with bad characters", http.get(format!("{url}?orderId=a%20b")).basic_auth(USER, Some(PASSWORD)), 400, "bad_request"),
+        (
+            "wrong password",
+            http.get(format!("{url}/o-1"))
+                .basic_auth(USER, Some("nope")),
+            401,
+            "unauthorized",
+        ),
+        (
+            "wrong user",
+            http.get(format!("{url}/o-1"))
+                .basic_auth("admin", Some(PASSWORD)),
+            401,
+            "unauthorized",
+        ),
+        (
+            "no auth",
+            http.get(format!("{url}/o-1")),
+            401,
+            "unauthorized",
+        ),
+        (
+            "bearer instead of basic",
+            http.get(format!("{url}/o-1")).bearer_auth(PASSWORD),
+            401,
+            "unauthorized",
+        ),
+        (
+            "malformed JSON",
+            http.post(&url)
+                .basic_auth(USER, Some(PASSWORD))
+                .header("content-type", json)
+                .body("{\"eventName\": "),
+            400,
+            "bad_request",
+        ),
+        (
+            "JSON without eventName",
+            http.post(&url)
+                .basic_auth(USER, Some(PASSWORD))
+                .header("content-type", json)
+                .body("{\"orderEvent\": {}}"),
+            400,
+            "bad_request",
+        ),
+        (
+            "JSON array",
+            http.put(&url)
+                .basic_auth(USER, Some(PASSWORD))
+                .header("content-type", json)
+                .body("[]"),
+            400,
+            "bad_request",
+        ),
+        (
+            "wrong method",
+            http.delete(&url).basic_auth(USER, Some(PASSWORD)),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "POST to an id path",
+            http.post(format!("{url}/o-1"))
+                .basic_auth(USER, Some(PASSWORD))
+                .header("content-type", json)
+                .body(good_body.clone()),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "oversized body",
+            http.post(&url)
+                .basic_auth(USER, Some(PASSWORD))
+                .header("content-type", json)
+                .body(vec![b' '; 100 * 1024]),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "unknown path",
+            http.get(format!(
+                "https://localhost:{}/nowhere/o-1",
+                bridge.ingress.port()
+            ))
+            .basic_auth(USER, Some(PASSWORD)),
+            404,
+            "not_found",
+        ),
+        (
+            "too deep a path",
+            http.get(format!("{url}/a/b"))
+                .basic_auth(USER, Some(PASSWORD)),
+            404,
+            "not_found",
+        ),
+        (
+            "wrong content type",
+            http.post(&url)
+                .basic_auth(USER, Some(PASSWORD))
+                .header("content-type", "text/plain")
+                .body(good_body.clone()),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "GET without an id",
+            http.get(&url).basic_auth(USER, Some(PASSWORD)),
+            400,
+            "bad_request",
+        ),
+        (
+            "GET with both ids",
+            http.get(format!("{url}?orderId=a&legacyOrderId=b"))
+                .basic_auth(USER, Some(PASSWORD)),
+            400,
+            "bad_request",
+        ),
+        (
+            "id with bad characters",
+            http.get(format!("{url}?orderId=a%20b"))
+                .basic_auth(USER, Some(PASSWORD)),
+            400,
+            "bad_request",
+        ),
     ];
     for (name, request, status, code) in cases {
-        let r = request.send().await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let r = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(r.status().as_u16(), status, "{name}");
         if status == 401 {
             assert!(r.headers().contains_key("www-authenticate"), "{name}");
@@ -214,20 +427,36 @@ async fn bad_requests_get_their_status_and_publish_nothing() {
         if status == 405 {
             assert!(r.headers().contains_key("allow"), "{name}");
         }
-        let body: serde_json::Value = r.json().await.unwrap_or_else(|e| panic!("{name}: JSON error body: {e}"));
+        let body: serde_json::Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: JSON error body: {e}"));
         assert_eq!(body["error"], code, "{name}: {body}");
     }
 
     // Nothing was published: the one good request after them is the first and only trigger.
-    let good = http.post(&url).basic_auth(USER, Some(PASSWORD)).header("content-type", json).body(good_body).send().await.unwrap();
+    let good = http
+        .post(&url)
+        .basic_auth(USER, Some(PASSWORD))
+        .header("content-type", json)
+        .body(good_body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(good.status(), 200);
-    let good_id = good.json::<serde_json::Value>().await.unwrap()["triggerId"].as_str().unwrap().to_owned();
+    let good_id = good.json::<serde_json::Value>().await.unwrap()["triggerId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let bus = world.bus().await;
     let mut triggers = bus.consumer(&bus.topics.triggers, None).await.unwrap();
     let got = collect_until(&mut triggers, Duration::from_millis(1500), |_| false).await;
     assert_eq!(got.len(), 1, "only the good request published a trigger");
     assert_eq!(got[0].message.headers[headers::TRIGGER_ID], good_id);
-    assert!(!bridge.logs_contain(PASSWORD), "the webhook password never reaches a log line");
+    assert!(
+        !bridge.logs_contain(PASSWORD),
+        "the webhook password never reaches a log line"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +464,16 @@ async fn sigterm_stops_cleanly() {
     let world = World::new(1 << 20);
     let mut bridge = world.start_bridge();
     let sender = world.sender(&bridge, 1);
-    assert!(sender.send(&Webhook::GetPath("term-order".to_owned())).await.accepted());
+    assert!(
+        sender
+            .send(&Webhook::GetPath("term-order".to_owned()))
+            .await
+            .accepted()
+    );
     assert!(bridge.terminate(), "exit code 0 after SIGTERM");
-    assert!(bridge.logs_contain("\"stopped\""), "{:#?}", bridge.logs.lock().unwrap());
+    assert!(
+        bridge.logs_contain("\"stopped\""),
+        "{:#?}",
+        bridge.logs.lock().unwrap()
+    );
 }

@@ -30,7 +30,8 @@ impl World {
     pub fn new(max_body_bytes: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sim_config = SimConfig::default();
-        let sim = Simulator::start(sim_config.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let sim =
+            Simulator::start(sim_config.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         let cert = ensure_dev_certificate(&dir.path().join("tls")).unwrap();
         let config = dir.path().join("bridge.toml");
         let text = format!(
@@ -74,7 +75,12 @@ log_level = "info"
             legacy_pw = sim_config.legacy_password,
         );
         std::fs::write(&config, text).unwrap();
-        Self { dir, sim, cert, config }
+        Self {
+            dir,
+            sim,
+            cert,
+            config,
+        }
     }
 
     pub fn db(&self) -> PathBuf {
@@ -83,21 +89,29 @@ log_level = "info"
 
     /// The bus the bridge uses, opened from the test process (SQLite allows both at once).
     pub async fn bus(&self) -> Bus {
-        tcb_bus::connect(&BusConfig::Embedded(EmbeddedConfig::at(self.db()))).await.unwrap()
+        tcb_bus::connect(&BusConfig::Embedded(EmbeddedConfig::at(self.db())))
+            .await
+            .unwrap()
     }
 
     pub fn start_bridge(&self) -> Bridge {
-        Bridge::start(&self.config, &[
-            ("E2E_WEBHOOK_PASSWORD", PASSWORD),
-            ("E2E_TRADECLOUD_PASSWORD", &SimConfig::default().password),
-        ])
+        Bridge::start(
+            &self.config,
+            &[
+                ("E2E_WEBHOOK_PASSWORD", PASSWORD),
+                ("E2E_TRADECLOUD_PASSWORD", &SimConfig::default().password),
+            ],
+        )
     }
 
     /// A sender that calls like Tradecloud, trusting the test CA.
     pub fn sender(&self, bridge: &Bridge, max_attempts: u32) -> Sender {
         Sender::new(SenderConfig {
             url: bridge.url(),
-            auth: SenderAuth::Basic { username: USER.to_owned(), password: PASSWORD.to_owned() },
+            auth: SenderAuth::Basic {
+                username: USER.to_owned(),
+                password: PASSWORD.to_owned(),
+            },
             ca_pem: Some(std::fs::read(&self.cert.ca).unwrap()),
             max_attempts,
             initial_backoff: Duration::from_millis(50),
@@ -108,8 +122,12 @@ log_level = "info"
 
     /// A plain HTTPS client trusting the test CA.
     pub fn client(&self) -> reqwest::Client {
-        let ca = reqwest::Certificate::from_pem_bundle(&std::fs::read(&self.cert.ca).unwrap()).unwrap();
-        reqwest::Client::builder().tls_certs_merge(ca).build().unwrap()
+        let ca =
+            reqwest::Certificate::from_pem_bundle(&std::fs::read(&self.cert.ca).unwrap()).unwrap();
+        reqwest::Client::builder()
+            .tls_certs_merge(ca)
+            .build()
+            .unwrap()
     }
 }
 
@@ -124,7 +142,10 @@ pub struct Bridge {
 impl Bridge {
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"));
-        cmd.arg("run").arg("--config").arg(config).env_remove("RUST_LOG");
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -151,16 +172,31 @@ impl Bridge {
                     (v["message"] == msg).then(|| v["addr"].as_str()?.parse::<SocketAddr>().ok())?
                 })
             };
-            if let (Some(i), Some(a)) = (found("ingress listening"), found("admin listening (/healthz, /readyz)")) {
+            if let (Some(i), Some(a)) = (
+                found("ingress listening"),
+                found("admin listening (/healthz, /readyz)"),
+            ) {
                 break (i, a);
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("the bridge exited with {status}: {:#?}", logs.lock().unwrap());
+                panic!(
+                    "the bridge exited with {status}: {:#?}",
+                    logs.lock().unwrap()
+                );
             }
-            assert!(Instant::now() < deadline, "the bridge did not start: {:#?}", logs.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "the bridge did not start: {:#?}",
+                logs.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
-        Self { child, ingress, admin, logs }
+        Self {
+            child,
+            ingress,
+            admin,
+            logs,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -175,7 +211,10 @@ impl Bridge {
 
     /// SIGTERM, then waits for the exit; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -355,7 +355,10 @@ password = "p"
         let e = load(&BASE.replace("\"embedded\"", "\"kafkaa\""), &[("PW", "x")])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("bus.backend: unknown variant `kafkaa`, expected `embedded`"), "{e}");
+        assert!(
+            e.contains("bus.backend: unknown variant `kafkaa`, expected `embedded`"),
+            "{e}"
+        );
         let e = load(
             &BASE.replace("kind = \"basic\"", "kind = \"digest\""),
             &[("PW", "x")],

@@ -30,7 +30,10 @@ impl Publisher for Fake {
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
         match self.mode {
             Mode::Store => {
-                self.stored.lock().unwrap().push((topic.to_owned(), message));
+                self.stored
+                    .lock()
+                    .unwrap()
+                    .push((topic.to_owned(), message));
                 Ok(())
             }
             Mode::Fail => Err(BusError::Unavailable("broker down".to_owned())),
@@ -53,12 +56,17 @@ fn config() -> IngressConfig {
         http_workers: Some(1),
         shutdown_timeout_seconds: 5,
         tls: TlsConfig::Off,
-        auth: AuthConfig::Bearer { token: SecretString::from("tok") },
+        auth: AuthConfig::Bearer {
+            token: SecretString::from("tok"),
+        },
     }
 }
 
 async fn start(mode: Mode) -> (Ingress, Arc<Fake>) {
-    let fake = Arc::new(Fake { mode, stored: Mutex::default() });
+    let fake = Arc::new(Fake {
+        mode,
+        stored: Mutex::default(),
+    });
     let ingress = Ingress::start(&config(), fake.clone(), "triggers").unwrap();
     (ingress, fake)
 }
@@ -91,13 +99,23 @@ async fn answers_200_after_the_publish_with_the_envelope_and_headers() {
     assert_eq!(m.key, "o-1");
     let envelope: tcb_model::TriggerEnvelope = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(answer["triggerId"], envelope.id.to_string());
-    assert_eq!(envelope.body.as_deref(), Some(BODY.as_bytes()), "body byte-for-byte");
+    assert_eq!(
+        envelope.body.as_deref(),
+        Some(BODY.as_bytes()),
+        "body byte-for-byte"
+    );
     assert_eq!(envelope.tradecloud_message_id.as_deref(), Some("m-9"));
-    assert_eq!(envelope.content_type.as_deref(), Some("application/json; charset=utf-8"));
+    assert_eq!(
+        envelope.content_type.as_deref(),
+        Some("application/json; charset=utf-8")
+    );
     assert_eq!(m.headers["tcb-trigger-id"], envelope.id.to_string());
     assert_eq!(m.headers["tcb-event-name"], "OrderIssuedByBuyer");
     let tp = &m.headers["traceparent"];
-    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "same trace: {tp}");
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "same trace: {tp}"
+    );
     assert_ne!(tp, parent, "a new span id");
     ingress.stop().await;
 }
@@ -120,7 +138,10 @@ async fn a_publish_past_the_ack_timeout_answers_503() {
     let r = post(&ingress, None).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "7");
-    assert!(started.elapsed() < Duration::from_secs(5), "answered at the ack timeout, not later");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at the ack timeout, not later"
+    );
     let r = reqwest::Client::new()
         .get(format!("http://{}/hook/o-2", ingress.local_addr))
         .bearer_auth("tok")
@@ -133,7 +154,10 @@ async fn a_publish_past_the_ack_timeout_answers_503() {
 
 #[tokio::test]
 async fn a_bad_path_config_is_refused() {
-    let fake = Arc::new(Fake { mode: Mode::Store, stored: Mutex::default() });
+    let fake = Arc::new(Fake {
+        mode: Mode::Store,
+        stored: Mutex::default(),
+    });
     let mut c = config();
     c.path = "hook/".to_owned();
     assert!(Ingress::start(&c, fake, "t").is_err());
