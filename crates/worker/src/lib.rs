@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Most GET triggers of one order served by one fetch.
 const MAX_COALESCE: usize = 64;
+/// Deliveries waiting per lane; with `lanes` this bounds the unacked triggers in memory.
+const LANE_QUEUE: usize = 32;
 
 /// The `[worker]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,7 +114,7 @@ pub async fn run(
     let mut lanes = Vec::with_capacity(config.lanes);
     let mut tasks = Vec::with_capacity(config.lanes);
     for _ in 0..config.lanes {
-        let (tx, rx) = mpsc::channel::<Delivery>(4);
+        let (tx, rx) = mpsc::channel::<Delivery>(LANE_QUEUE);
         lanes.push(tx);
         tasks.push(tokio::spawn(lane(shared.clone(), rx)));
     }

@@ -1,0 +1,176 @@
+//! The client against the Tradecloud simulator: the header-based token flow, refresh, errors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use tcb_simulator::{SimConfig, Simulator};
+use tcb_tradecloud::{TradecloudClient, TradecloudConfig, TradecloudError};
+
+fn sim(config: SimConfig) -> Simulator {
+    Simulator::start(config, SocketAddr::from(([127, 0, 0, 1], 0))).unwrap()
+}
+
+fn client(sim: &Simulator, password: &str, rate: u32) -> TradecloudClient {
+    let c = SimConfig::default();
+    TradecloudClient::new(&TradecloudConfig {
+        base_url: sim.base_url(),
+        email: c.email,
+        password: SecretString::from(password.to_owned()),
+        legacy_base_url: Some(sim.base_url()),
+        legacy_username: Some(c.legacy_username),
+        legacy_password: Some(SecretString::from(c.legacy_password)),
+        max_requests_per_second: rate,
+        request_timeout_ms: 5_000,
+        ca_file: None,
+    })
+    .unwrap()
+}
+
+fn good_password() -> String {
+    SimConfig::default().password
+}
+
+#[tokio::test]
+async fn logs_in_once_and_fetches_orders() {
+    let sim = sim(SimConfig::default());
+    sim.bump("o-1");
+    let c = client(&sim, &good_password(), 100);
+    for _ in 0..3 {
+        let order: serde_json::Value =
+            serde_json::from_slice(&c.get_order("o-1").await.unwrap()).unwrap();
+        assert_eq!(order["id"], "o-1");
+        assert_eq!(order["version"], 2);
+    }
+    let stats = sim.stats();
+    assert_eq!((stats.logins, stats.order_fetches), (1, 3));
+}
+
+#[tokio::test]
+async fn an_expired_access_token_is_refreshed_once_and_the_request_retried() {
+    let sim = sim(SimConfig::default());
+    let c = client(&sim, &good_password(), 100);
+    c.get_order("o-1").await.unwrap();
+    sim.expire_access_tokens();
+    c.get_order("o-1").await.unwrap();
+    let stats = sim.stats();
+    assert_eq!(
+        (stats.logins, stats.refreshes, stats.unauthorized),
+        (1, 1, 1)
+    );
+    // The refresh token was single-use: a second expiry needs the new one, which the client kept.
+    sim.expire_access_tokens();
+    c.get_order("o-1").await.unwrap();
+    assert_eq!(sim.stats().refreshes, 2);
+    assert_eq!(sim.stats().logins, 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_after_expiry_share_one_refresh() {
+    let sim = sim(SimConfig {
+        rate_limit_per_second: 1000,
+        ..SimConfig::default()
+    });
+    let c = client(&sim, &good_password(), 1000);
+    c.get_order("o-1").await.unwrap();
+    sim.expire_access_tokens();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get_order(&format!("o-{i}")).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let stats = sim.stats();
+    assert_eq!(
+        stats.refreshes + stats.logins - 1,
+        1,
+        "one renewal for all: {stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn errors_are_typed_and_carry_no_secret() {
+    let sim = sim(SimConfig::default());
+    let c = client(&sim, &good_password(), 100);
+    let e = c.get_order("missing-1").await.unwrap_err();
+    assert!(
+        matches!(e, TradecloudError::NotFound(_)) && !e.is_transient(),
+        "{e}"
+    );
+    sim.fail_next(1);
+    let e = c.get_order("o-1").await.unwrap_err();
+    assert!(
+        matches!(e, TradecloudError::Status { status: 503, .. }) && e.is_transient(),
+        "{e}"
+    );
+    c.get_order("o-1").await.unwrap();
+
+    let wrong = client(&sim, "not-the-password", 100);
+    let e = wrong.get_order("o-1").await.unwrap_err();
+    assert!(matches!(e, TradecloudError::Unauthorized(_)), "{e}");
+    assert!(!e.to_string().contains("not-the-password"));
+    assert!(!format!("{e:?}").contains("not-the-password"));
+}
+
+#[tokio::test]
+async fn legacy_orders_use_basic_auth() {
+    let sim = sim(SimConfig::default());
+    let c = client(&sim, &good_password(), 100);
+    let order: serde_json::Value =
+        serde_json::from_slice(&c.get_legacy_order("4711").await.unwrap()).unwrap();
+    assert_eq!(order["code"], "PO-L-4711");
+    assert!(matches!(
+        c.get_legacy_order("missing-2").await,
+        Err(TradecloudError::NotFound(_))
+    ));
+    assert_eq!(sim.stats().logins, 0, "API v1 needs no login");
+}
+
+#[tokio::test]
+async fn an_unreachable_api_is_a_transient_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let c = TradecloudClient::new(&TradecloudConfig {
+        base_url: format!("http://{addr}"),
+        email: "a@b.c".to_owned(),
+        password: SecretString::from("p".to_owned()),
+        legacy_base_url: None,
+        legacy_username: None,
+        legacy_password: None,
+        max_requests_per_second: 10,
+        request_timeout_ms: 2_000,
+        ca_file: None,
+    })
+    .unwrap();
+    let e = c.get_order("o-1").await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(matches!(
+        c.get_legacy_order("1").await,
+        Err(TradecloudError::LegacyNotConfigured)
+    ));
+}
+
+#[tokio::test]
+async fn the_rate_limit_holds_requests_to_the_configured_rate() {
+    let sim = sim(SimConfig {
+        rate_limit_per_second: 1000,
+        ..SimConfig::default()
+    });
+    let c = client(&sim, &good_password(), 20);
+    let start = Instant::now();
+    for i in 0..11 {
+        c.get_order(&format!("o-{i}")).await.unwrap();
+    }
+    // 12 requests (login + 11) at 20/s with no burst take at least 11 intervals of 50 ms.
+    assert!(
+        start.elapsed() >= Duration::from_millis(540),
+        "{:?}",
+        start.elapsed()
+    );
+}

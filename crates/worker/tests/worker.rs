@@ -1,0 +1,281 @@
+//! The worker on the embedded bus against the Tradecloud simulator.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use secrecy::SecretString;
+use tcb_bus::embedded::EmbeddedConfig;
+use tcb_bus::{Bus, BusConfig, Delivery, Headers, Message};
+use tcb_model::{IdKind, OrderMessage, TriggerEnvelope, headers};
+use tcb_simulator::{SimConfig, Simulator, orders};
+use tcb_tradecloud::TradecloudConfig;
+use tcb_worker::WorkerConfig;
+use tokio_util::sync::CancellationToken;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    bus: Bus,
+    sim: Simulator,
+    config: WorkerConfig,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = tcb_bus::connect(&BusConfig::Embedded(EmbeddedConfig::at(
+        dir.path().join("b.db"),
+    )))
+    .await
+    .unwrap();
+    let c = SimConfig::default();
+    let sim = Simulator::start(c.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let config = WorkerConfig {
+        group: "w".to_owned(),
+        lanes: 4,
+        retry_initial_ms: 20,
+        retry_max_ms: 200,
+        tradecloud: TradecloudConfig {
+            base_url: sim.base_url(),
+            email: c.email,
+            password: SecretString::from(c.password),
+            legacy_base_url: None,
+            legacy_username: None,
+            legacy_password: None,
+            max_requests_per_second: 10,
+            request_timeout_ms: 5_000,
+            ca_file: None,
+        },
+    };
+    Fixture {
+        _dir: dir,
+        bus,
+        sim,
+        config,
+    }
+}
+
+impl Fixture {
+    fn start(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let cancel = CancellationToken::new();
+        let (config, bus, c) = (self.config.clone(), self.bus.clone(), cancel.clone());
+        let task = tokio::spawn(async move { tcb_worker::run(&config, bus, c).await.unwrap() });
+        (cancel, task)
+    }
+
+    async fn publish(&self, t: &TriggerEnvelope) {
+        self.publish_raw(&t.key(), t.to_json()).await;
+    }
+
+    async fn publish_raw(&self, key: &str, payload: Vec<u8>) {
+        let mut h = Headers::new();
+        h.insert(
+            headers::TRACEPARENT.to_owned(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        );
+        let m = Message {
+            key: key.to_owned(),
+            headers: h,
+            payload,
+        };
+        self.bus
+            .publisher()
+            .publish(&self.bus.topics.triggers, m)
+            .await
+            .unwrap();
+    }
+
+    async fn read(&self, topic: &str, n: usize) -> Vec<Delivery> {
+        let mut c = self.bus.consumer(topic, None).await.unwrap();
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = end.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, c.next()).await {
+                Ok(d) => got.push(d.unwrap()),
+                Err(_) => panic!("only {} of {n} messages on {topic}", got.len()),
+            }
+        }
+        got
+    }
+}
+
+fn get(id: &str) -> TriggerEnvelope {
+    TriggerEnvelope::order_id("GET", IdKind::OrderId, id, Utc::now()).unwrap()
+}
+
+fn event(id: &str, version: u64, name: &str) -> TriggerEnvelope {
+    let body = serde_json::to_vec(&orders::event(
+        id,
+        version,
+        name,
+        &format!("{id}-{version}"),
+    ))
+    .unwrap();
+    TriggerEnvelope::event("POST", Some("application/json"), &body, Utc::now()).unwrap()
+}
+
+fn msg(d: &Delivery) -> OrderMessage {
+    serde_json::from_slice(&d.message.payload).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_goes_to_the_dead_letter_topic_with_the_reason() {
+    let f = fixture().await;
+    f.publish_raw("k-1", b"not an envelope".to_vec()).await;
+    let bad_event = TriggerEnvelope::event(
+        "POST",
+        None,
+        br#"{"eventName":"X","orderEvent":{"orderId":"o-9","lines":"no"}}"#,
+        Utc::now(),
+    )
+    .unwrap();
+    f.publish(&bad_event).await;
+    f.publish(&get("missing-order")).await;
+    f.publish(&get("fine-order")).await;
+    let (cancel, task) = f.start();
+    let dead = f.read(&f.bus.topics.dead_letters, 3).await;
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|d| d.message.headers[headers::DEAD_LETTER_REASON].as_str())
+        .collect();
+    assert!(
+        reasons[0].contains("trigger envelope does not parse"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("event body does not parse"),
+        "{reasons:?}"
+    );
+    assert!(reasons[2].contains("not found"), "{reasons:?}");
+    assert_eq!(
+        dead[0].message.payload, b"not an envelope",
+        "the original payload is kept"
+    );
+    assert_eq!(
+        dead[1].message.headers[headers::DEAD_LETTER_SOURCE],
+        f.bus.topics.triggers
+    );
+    let out = f.read(&f.bus.topics.orders, 1).await;
+    assert_eq!(msg(&out[0]).order_id.as_deref(), Some("fine-order"));
+    cancel.cancel();
+    task.await.unwrap();
+    // Everything was acked: a new worker in the group gets nothing.
+    let mut again = f
+        .bus
+        .consumer(&f.bus.topics.triggers, Some("w"))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), again.next())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_api_failures_are_retried_not_dead_lettered() {
+    let f = fixture().await;
+    f.sim.fail_next(3);
+    f.publish(&get("flaky-order")).await;
+    let (cancel, task) = f.start();
+    let out = f.read(&f.bus.topics.orders, 1).await;
+    assert_eq!(msg(&out[0]).order_id.as_deref(), Some("flaky-order"));
+    assert_eq!(f.sim.stats().injected_failures, 3);
+    let trace = &out[0].message.headers[headers::TRACEPARENT];
+    assert!(
+        trace.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "the trace continues: {trace}"
+    );
+    cancel.cancel();
+    task.await.unwrap();
+    let mut dead = f
+        .bus
+        .consumer(&f.bus.topics.dead_letters, None)
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), dead.next())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_orders_triggers_stay_in_order_and_pending_gets_share_a_fetch() {
+    let f = fixture().await;
+    // Interleaved: two orders, events and GETs.
+    let mut sent = Vec::new();
+    for v in 2..8u64 {
+        for order in ["seq-a", "seq-b"] {
+            let t = if v % 2 == 0 {
+                event(order, v, "OrderLinesUpdatedByBuyer")
+            } else {
+                get(order)
+            };
+            f.publish(&t).await;
+            sent.push(t);
+        }
+    }
+    // Ten GETs of one order waiting together.
+    for _ in 0..10 {
+        let t = get("hot-order");
+        f.publish(&t).await;
+        sent.push(t);
+    }
+    let (cancel, task) = f.start();
+    let out = f.read(&f.bus.topics.orders, sent.len()).await;
+    for order in ["seq-a", "seq-b", "hot-order"] {
+        let expected: Vec<_> = sent
+            .iter()
+            .filter(|t| t.key() == order)
+            .map(|t| t.id)
+            .collect();
+        let got: Vec<_> = out
+            .iter()
+            .filter(|d| d.message.key == order)
+            .map(|d| msg(d).trigger.id)
+            .collect();
+        assert_eq!(got, expected, "order {order}: outputs in trigger order");
+    }
+    // 6 GET triggers of seq-a/seq-b (none adjacent to another GET of their order) + hot-order's
+    // ten, which need at most three fetches however the lanes are scheduled.
+    let fetches = f.sim.stats().order_fetches;
+    assert!(fetches <= 6 + 3, "{fetches} fetches");
+    let hot: Vec<_> = out
+        .iter()
+        .filter(|d| d.message.key == "hot-order")
+        .map(msg)
+        .collect();
+    assert!(
+        hot.iter().all(|m| m.message_id == hot[0].message_id),
+        "same order version, same messageId"
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_mid_retry_leaves_the_trigger_for_the_next_worker() {
+    let f = fixture().await;
+    f.sim.fail_next(u32::MAX);
+    f.publish(&get("stuck-order")).await;
+    let (cancel, task) = f.start();
+    let end = Instant::now() + Duration::from_secs(10);
+    while f.sim.stats().injected_failures < 2 {
+        assert!(Instant::now() < end, "the worker never tried");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops promptly")
+        .unwrap();
+    f.sim.fail_next(0);
+    let (cancel, task) = f.start();
+    let out = f.read(&f.bus.topics.orders, 1).await;
+    assert_eq!(msg(&out[0]).order_id.as_deref(), Some("stuck-order"));
+    cancel.cancel();
+    task.await.unwrap();
+}
