@@ -92,14 +92,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let mut telemetry = dev.config.telemetry.clone();
     telemetry.log_level = "warn".to_owned();
     tcb_telemetry::init(&telemetry)?;
-    let running = Running::start(
-        &dev.config,
-        Parts {
-            ingress: true,
-            worker: true,
-        },
-    )
-    .await?;
+    let running = Running::start(&dev.config, Parts::ALL).await?;
     let ingress = running
         .ingress_addr
         .ok_or_else(|| CliError::Demo("the ingress did not start".to_owned()))?;

@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tcb_bus::BusConfig;
 use tcb_bus::embedded::EmbeddedConfig;
-use tcb_ingress::tls::{DevCertificate, ensure_dev_certificate};
+use tcb_ingress::tls::{DevCertificate, ensure_dev_certificate, write_private};
 use tcb_ingress::{AuthConfig, IngressConfig};
 use tcb_simulator::{SimConfig, Simulator};
 use tcb_telemetry::{LogFormat, TelemetryConfig};
@@ -55,17 +55,6 @@ fn credentials(dir: &Path) -> Result<(DevCredentials, PathBuf), CliError> {
     write_private(&file, text.as_bytes())
         .map_err(|e| CliError::Io(format!("cannot write {}: {e}", file.display())))?;
     Ok((c, file))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    options.open(path)?.write_all(bytes)
 }
 
 /// Sets up development mode in `dir`.

@@ -111,16 +111,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
     match command {
         Command::Run {
             config: Some(path), ..
-        } => {
-            serve(
-                &path,
-                Parts {
-                    ingress: true,
-                    worker: true,
-                },
-            )
-            .await
-        }
+        } => serve(&path, Parts::ALL).await,
         Command::Run {
             config: None,
             data_dir,
@@ -136,14 +127,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
                 tradecloud_api = %dev.simulator.base_url(),
                 "development mode: embedded queue, development certificate, simulated Tradecloud API; not for production"
             );
-            let running = Running::start(
-                &dev.config,
-                Parts {
-                    ingress: true,
-                    worker: true,
-                },
-            )
-            .await?;
+            let running = Running::start(&dev.config, Parts::ALL).await?;
             let result = running.until_signal().await;
             dev.simulator.stop().await;
             result

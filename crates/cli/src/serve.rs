@@ -18,6 +18,14 @@ pub struct Parts {
     pub worker: bool,
 }
 
+impl Parts {
+    /// Ingress and worker: `run`.
+    pub const ALL: Parts = Parts {
+        ingress: true,
+        worker: true,
+    };
+}
+
 /// The running parts.
 pub struct Running {
     pub bus: Bus,

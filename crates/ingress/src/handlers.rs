@@ -162,20 +162,14 @@ async fn publish(
         .and_then(TraceParent::parse)
         .map(|parent| parent.child())
         .unwrap_or_else(TraceParent::new_root);
-    let mut message_headers = Headers::new();
-    message_headers.insert(headers::TRIGGER_ID.to_owned(), trigger.id.to_string());
-    message_headers.insert(
-        headers::CONTENT_TYPE.to_owned(),
-        "application/json".to_owned(),
-    );
-    message_headers.insert(
-        headers::SCHEMA_VERSION.to_owned(),
-        tcb_model::trigger::TRIGGER_SCHEMA_VERSION.to_owned(),
-    );
-    message_headers.insert(headers::TRACEPARENT.to_owned(), trace.to_string());
-    if let Some(name) = &trigger.event_name {
-        message_headers.insert(headers::EVENT_NAME.to_owned(), name.clone());
-    }
+    let message_headers: Headers = headers::common(
+        &trigger.id,
+        tcb_model::trigger::TRIGGER_SCHEMA_VERSION,
+        &trace.to_string(),
+        trigger.event_name.as_deref(),
+    )
+    .into_iter()
+    .collect();
     let message = Message {
         key: trigger.key(),
         headers: message_headers,

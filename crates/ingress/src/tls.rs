@@ -129,7 +129,8 @@ pub fn ensure_dev_certificate(dir: &Path) -> Result<DevCertificate, IngressError
     Ok(files)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a file only its owner can read (mode 0600 on Unix): keys and credentials.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;

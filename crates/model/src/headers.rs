@@ -19,6 +19,26 @@ pub const EVENT_NAME: &str = "tcb-event-name";
 /// The normalized message's deterministic id.
 pub const MESSAGE_ID: &str = "tcb-message-id";
 
+/// The headers every message of the bridge carries: trigger id, JSON content type, schema
+/// version, trace context and, when there is one, the event name.
+pub fn common(
+    trigger_id: &uuid::Uuid,
+    schema_version: &str,
+    traceparent: &str,
+    event_name: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut h = vec![
+        (TRIGGER_ID.to_owned(), trigger_id.to_string()),
+        (CONTENT_TYPE.to_owned(), "application/json".to_owned()),
+        (SCHEMA_VERSION.to_owned(), schema_version.to_owned()),
+        (TRACEPARENT.to_owned(), traceparent.to_owned()),
+    ];
+    if let Some(name) = event_name {
+        h.push((EVENT_NAME.to_owned(), name.to_owned()));
+    }
+    h
+}
+
 /// CloudEvents 1.0 attributes of an output message, in the Kafka binding's `ce_` form. The AMQP
 /// binding writes the same attributes with the `cloudEvents:` prefix instead.
 pub fn cloud_events(message: &crate::OrderMessage) -> Vec<(String, String)> {

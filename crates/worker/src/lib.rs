@@ -341,33 +341,25 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
 }
 
 fn output(delivery: &Delivery, message: &OrderMessage) -> Message {
-    let incoming = &delivery.message.headers;
-    let mut h = Headers::new();
-    h.insert(
-        headers::TRIGGER_ID.to_owned(),
-        message.trigger.id.to_string(),
-    );
-    h.insert(
-        headers::CONTENT_TYPE.to_owned(),
-        "application/json".to_owned(),
-    );
-    h.insert(
-        headers::SCHEMA_VERSION.to_owned(),
-        tcb_model::message::ORDER_MESSAGE_SCHEMA_VERSION.to_owned(),
-    );
-    h.insert(
-        headers::MESSAGE_ID.to_owned(),
-        message.message_id.to_string(),
-    );
-    if let Some(name) = &message.event_name {
-        h.insert(headers::EVENT_NAME.to_owned(), name.clone());
-    }
-    let trace = incoming
+    let trace = delivery
+        .message
+        .headers
         .get(headers::TRACEPARENT)
         .and_then(|t| TraceParent::parse(t))
         .map(|t| t.child())
         .unwrap_or_else(TraceParent::new_root);
-    h.insert(headers::TRACEPARENT.to_owned(), trace.to_string());
+    let mut h: Headers = headers::common(
+        &message.trigger.id,
+        tcb_model::message::ORDER_MESSAGE_SCHEMA_VERSION,
+        &trace.to_string(),
+        message.event_name.as_deref(),
+    )
+    .into_iter()
+    .collect();
+    h.insert(
+        headers::MESSAGE_ID.to_owned(),
+        message.message_id.to_string(),
+    );
     h.extend(headers::cloud_events(message));
     Message {
         key: delivery.message.key.clone(),
