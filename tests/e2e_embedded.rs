@@ -372,7 +372,7 @@ async fn bad_requests_get_their_status_and_publish_nothing() {
             "unknown path",
             http.get(format!(
                 "https://localhost:{}/nowhere/o-1",
-                bridge.ingress.port()
+                bridge.ingress.unwrap().port()
             ))
             .basic_auth(USER, Some(PASSWORD)),
             404,

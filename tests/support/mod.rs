@@ -17,17 +17,75 @@ use tcb_simulator::{Sender, SenderAuth, SenderConfig, SimConfig, Simulator};
 pub const USER: &str = "tradecloud";
 pub const PASSWORD: &str = "e2e-webhook-pw";
 
+/// Which bus a world runs on.
+#[derive(Clone)]
+pub enum Backend {
+    Embedded,
+    /// `uri` is what the bridge connects to (maybe through a proxy); the test itself uses
+    /// [`rabbitmq_uri`]. Names start with `prefix`.
+    RabbitMq {
+        uri: String,
+        prefix: String,
+    },
+}
+
+/// The broker the RabbitMQ tests use (RABBITMQ_URI, default the local guest account).
+pub fn rabbitmq_uri() -> String {
+    std::env::var("RABBITMQ_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+impl Backend {
+    fn toml(&self, dir: &Path) -> String {
+        match self {
+            Backend::Embedded => format!(
+                "[bus]\nbackend = \"embedded\"\npath = \"{}\"\n",
+                dir.join("data/bridge.db").display()
+            ),
+            Backend::RabbitMq { uri, prefix } => format!(
+                r#"[bus]
+backend = "rabbitmq"
+uri = "{uri}"
+heartbeat_seconds = 2
+connect_timeout_ms = 3000
+exchange = "{prefix}.x"
+dead_letter_exchange = "{prefix}.dlx"
+
+[bus.topics]
+triggers = "{prefix}.triggers"
+orders = "{prefix}.orders"
+dead_letters = "{prefix}.dead"
+"#
+            ),
+        }
+    }
+}
+
 /// A test's world: a folder, the Tradecloud simulator, a certificate, a config file.
 pub struct World {
     pub dir: tempfile::TempDir,
     pub sim: Simulator,
     pub cert: DevCertificate,
     pub config: PathBuf,
+    pub backend: Backend,
 }
 
 impl World {
     /// `max_body_bytes`: the ingress's body limit.
     pub fn new(max_body_bytes: usize) -> Self {
+        Self::with(Backend::Embedded, max_body_bytes, 5000)
+    }
+
+    pub fn with(backend: Backend, max_body_bytes: usize, ack_timeout_ms: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sim_config = SimConfig::default();
         let sim =
@@ -36,13 +94,12 @@ impl World {
         let config = dir.path().join("bridge.toml");
         let text = format!(
             r#"
-[bus]
-backend = "embedded"
-path = "{db}"
-
+{bus}
 [ingress]
 listen = "127.0.0.1:0"
 max_body_bytes = {max_body_bytes}
+ack_timeout_ms = {ack_timeout_ms}
+retry_after_seconds = 1
 tls = {{ mode = "files", cert = "{cert}", key = "{key}" }}
 auth = {{ kind = "basic", username = "{USER}", password = "${{E2E_WEBHOOK_PASSWORD}}" }}
 
@@ -66,7 +123,7 @@ listen = "127.0.0.1:0"
 log_format = "json"
 log_level = "info"
 "#,
-            db = dir.path().join("data/bridge.db").display(),
+            bus = backend.toml(dir.path()),
             cert = cert.cert.display(),
             key = cert.key.display(),
             api = sim.base_url(),
@@ -80,6 +137,7 @@ log_level = "info"
             sim,
             cert,
             config,
+            backend,
         }
     }
 
@@ -87,16 +145,40 @@ log_level = "info"
         self.dir.path().join("data/bridge.db")
     }
 
-    /// The bus the bridge uses, opened from the test process (SQLite allows both at once).
+    /// The bus the bridge uses, opened from the test process (directly, never through a proxy).
     pub async fn bus(&self) -> Bus {
-        tcb_bus::connect(&BusConfig::Embedded(EmbeddedConfig::at(self.db())))
-            .await
-            .unwrap()
+        let config = match &self.backend {
+            Backend::Embedded => BusConfig::Embedded(EmbeddedConfig::at(self.db())),
+            Backend::RabbitMq { prefix, .. } => {
+                let direct = Backend::RabbitMq {
+                    uri: rabbitmq_uri(),
+                    prefix: prefix.clone(),
+                };
+                let table: toml::Table = toml::from_str(&direct.toml(self.dir.path())).unwrap();
+                table["bus"].clone().try_into().unwrap()
+            }
+        };
+        let bus = tcb_bus::connect(&config).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Err(e) = bus.publisher().check_ready().await {
+            assert!(
+                Instant::now() < deadline,
+                "the test's bus is not ready: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bus
     }
 
     pub fn start_bridge(&self) -> Bridge {
+        self.start("run")
+    }
+
+    /// `run`, `ingress` or `worker`.
+    pub fn start(&self, subcommand: &str) -> Bridge {
         Bridge::start(
             &self.config,
+            subcommand,
             &[
                 ("E2E_WEBHOOK_PASSWORD", PASSWORD),
                 ("E2E_TRADECLOUD_PASSWORD", &SimConfig::default().password),
@@ -134,15 +216,16 @@ log_level = "info"
 /// `tradecloud-bridge run` as a child process.
 pub struct Bridge {
     child: Child,
-    pub ingress: SocketAddr,
+    /// Unset for `worker`.
+    pub ingress: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Bridge {
-    pub fn start(config: &Path, env: &[(&str, &str)]) -> Self {
+    pub fn start(config: &Path, subcommand: &str, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"));
-        cmd.arg("run")
+        cmd.arg(subcommand)
             .arg("--config")
             .arg(config)
             .env_remove("RUST_LOG");
@@ -172,11 +255,11 @@ impl Bridge {
                     (v["message"] == msg).then(|| v["addr"].as_str()?.parse::<SocketAddr>().ok())?
                 })
             };
-            if let (Some(i), Some(a)) = (
-                found("ingress listening"),
-                found("admin listening (/healthz, /readyz)"),
-            ) {
-                break (i, a);
+            let ingress = found("ingress listening");
+            if let Some(a) = found("admin listening (/healthz, /readyz)")
+                && (ingress.is_some() || subcommand == "worker")
+            {
+                break (ingress, a);
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
@@ -200,7 +283,18 @@ impl Bridge {
     }
 
     pub fn url(&self) -> String {
-        format!("https://localhost:{}/webhook", self.ingress.port())
+        format!(
+            "https://localhost:{}/webhook",
+            self.ingress.expect("an ingress").port()
+        )
+    }
+
+    /// The status of `GET /readyz`.
+    pub async fn readyz(&self) -> u16 {
+        reqwest::get(format!("http://{}/readyz", self.admin))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
     }
 
     /// SIGKILL: no shutdown code runs.

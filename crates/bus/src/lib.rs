@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "embedded")]
 pub mod embedded;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 
 /// Message headers: string to string, the common ground of Kafka, AMQP and the embedded store.
 pub type Headers = BTreeMap<String, String>;
@@ -143,12 +145,15 @@ impl Default for TopicsConfig {
 
 /// The `[bus]` section: which broker to use, picked by `backend`. `backend = "embedded"` needs
 /// no broker. Each backend's section carries its own `topics`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase")]
 pub enum BusConfig {
     /// The on-disk queue: one SQLite file, one machine.
     #[cfg(feature = "embedded")]
     Embedded(embedded::EmbeddedConfig),
+    /// RabbitMQ: publisher confirms, a durable topic exchange, one queue per topic.
+    #[cfg(feature = "rabbitmq")]
+    Rabbitmq(rabbitmq::RabbitMqConfig),
 }
 
 impl BusConfig {
@@ -157,6 +162,18 @@ impl BusConfig {
         match self {
             #[cfg(feature = "embedded")]
             BusConfig::Embedded(c) => &c.topics,
+            #[cfg(feature = "rabbitmq")]
+            BusConfig::Rabbitmq(c) => &c.topics,
+        }
+    }
+
+    /// The backend's name, as written in `backend = "..."`.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "embedded")]
+            BusConfig::Embedded(_) => "embedded",
+            #[cfg(feature = "rabbitmq")]
+            BusConfig::Rabbitmq(_) => "rabbitmq",
         }
     }
 }
@@ -216,6 +233,15 @@ pub async fn connect(config: &BusConfig) -> Result<Bus, BusError> {
             Ok(Bus::new(
                 Arc::new(store.clone()),
                 Arc::new(store),
+                c.topics.clone(),
+            ))
+        }
+        #[cfg(feature = "rabbitmq")]
+        BusConfig::Rabbitmq(c) => {
+            let mq = rabbitmq::RabbitMq::open(c)?;
+            Ok(Bus::new(
+                Arc::new(mq.clone()),
+                Arc::new(mq),
                 c.topics.clone(),
             ))
         }

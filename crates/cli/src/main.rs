@@ -179,9 +179,7 @@ fn check_config(path: &std::path::Path) -> Result<(), CliError> {
         tcb_tradecloud::TradecloudClient::new(&worker.tradecloud)
             .map_err(tcb_worker::WorkerError::from)?;
     }
-    let backend = match &config.bus {
-        tcb_bus::BusConfig::Embedded(_) => "embedded",
-    };
+    let backend = config.bus.backend_name();
     println!(
         "{}: OK (bus: {backend}; ingress: {}; worker: {})",
         path.display(),

@@ -1,0 +1,179 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The RabbitMQ backend against the real broker (RABBITMQ_URI, default the local guest account).
+//! A missing broker fails these tests: scripts/services.sh starts one.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use secrecy::SecretString;
+use tcb_bus::rabbitmq::{QueueType, RabbitMq, RabbitMqConfig};
+use tcb_bus::{BusConfig, BusError, Headers, Message, TopicsConfig, connect};
+
+pub fn uri() -> String {
+    std::env::var("RABBITMQ_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("tcb-test-{}-{nanos}", std::process::id())
+}
+
+fn config(prefix: &str, queue_type: QueueType) -> RabbitMqConfig {
+    RabbitMqConfig {
+        uri: SecretString::from(uri()),
+        heartbeat_seconds: 5,
+        prefetch: 16,
+        queue_type,
+        exchange: format!("{prefix}.x"),
+        dead_letter_exchange: format!("{prefix}.dlx"),
+        delivery_limit: 3,
+        single_active_consumer: true,
+        publish_channels: 2,
+        connect_timeout_ms: 5_000,
+        topics: TopicsConfig {
+            triggers: format!("{prefix}.triggers"),
+            orders: format!("{prefix}.orders"),
+            dead_letters: format!("{prefix}.dead"),
+        },
+    }
+}
+
+/// Deletes what a test declared.
+async fn cleanup(c: &RabbitMqConfig) {
+    let conn = lapin::Connection::connect(&uri(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for q in [&c.topics.triggers, &c.topics.orders, &c.topics.dead_letters] {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in [&c.exchange, &c.dead_letter_exchange] {
+        let _ = ch
+            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+fn msg(key: &str, event: Option<&str>, n: u32) -> Message {
+    let mut headers = Headers::new();
+    headers.insert("n".to_owned(), n.to_string());
+    headers.insert("ce_id".to_owned(), format!("id-{n}"));
+    if let Some(e) = event {
+        headers.insert("tcb-event-name".to_owned(), e.to_owned());
+    }
+    Message {
+        key: key.to_owned(),
+        headers,
+        payload: format!("payload-{n}").into_bytes(),
+    }
+}
+
+/// Waits until the bus is connected.
+async fn ready(bus: &tcb_bus::Bus) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Err(e) = bus.publisher().check_ready().await {
+        assert!(std::time::Instant::now() < deadline, "not connected: {e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn next(c: &mut Box<dyn tcb_bus::Consumer>) -> tcb_bus::Delivery {
+    tokio::time::timeout(Duration::from_secs(10), c.next())
+        .await
+        .expect("a delivery within 10 s")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn publishes_with_confirms_and_consumes_with_headers_and_keys() {
+    for queue_type in [QueueType::Quorum, QueueType::Classic] {
+        let c = config(&unique(), queue_type);
+        let bus = connect(&BusConfig::Rabbitmq(c.clone())).await.unwrap();
+        ready(&bus).await;
+        let mut consumer = bus.consumer(&c.topics.orders, Some("g")).await.unwrap();
+        for n in 0..3 {
+            let event = (n % 2 == 0).then_some("OrderIssuedByBuyer");
+            bus.publisher()
+                .publish(&c.topics.orders, msg("order-1", event, n))
+                .await
+                .unwrap();
+        }
+        for n in 0..3 {
+            let d = next(&mut consumer).await;
+            assert_eq!(
+                d.message,
+                msg("order-1", (n % 2 == 0).then_some("OrderIssuedByBuyer"), n),
+                "{queue_type:?}"
+            );
+            let expected_key = if n % 2 == 0 {
+                ".orders.OrderIssuedByBuyer#"
+            } else {
+                ".orders.order#"
+            };
+            assert!(d.position.contains(expected_key), "{}", d.position);
+            d.ack().await.unwrap();
+        }
+        cleanup(&c).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unroutable_publish_is_an_error_and_nack_redelivers() {
+    let c = config(&unique(), QueueType::Quorum);
+    let bus = connect(&BusConfig::Rabbitmq(c.clone())).await.unwrap();
+    ready(&bus).await;
+    let p = bus.publisher();
+    let e = p
+        .publish("no-such-topic", msg("k", None, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BusError::Rejected(_)), "{e}");
+    p.publish(&c.topics.triggers, msg("k", None, 2))
+        .await
+        .unwrap();
+    let mut consumer = bus.consumer(&c.topics.triggers, Some("w")).await.unwrap();
+    next(&mut consumer).await.nack().await.unwrap();
+    let again = next(&mut consumer).await;
+    assert_eq!(again.message.headers["n"], "2");
+    again.ack().await.unwrap();
+    cleanup(&c).await;
+}
+
+#[tokio::test]
+async fn a_broker_that_is_not_there_is_not_ready_and_publishes_fail_fast() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut c = config(&unique(), QueueType::Classic);
+    c.uri = SecretString::from(format!("amqp://guest:secret-pw@127.0.0.1:{port}/%2f"));
+    let bus = connect(&BusConfig::Rabbitmq(c)).await.unwrap();
+    let started = std::time::Instant::now();
+    let e = bus
+        .publisher()
+        .publish("t", msg("k", None, 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, BusError::Unavailable(_)) && started.elapsed() < Duration::from_secs(1),
+        "{e}"
+    );
+    assert!(bus.publisher().check_ready().await.is_err());
+    assert!(!e.to_string().contains("secret-pw"));
+}
+
+#[test]
+fn a_bad_uri_is_a_config_error_without_the_password() {
+    let mut c = config("x", QueueType::Classic);
+    c.uri = SecretString::from("http://user:pw-123@host".to_owned());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(async { RabbitMq::open(&c).err().unwrap() });
+    assert!(matches!(e, BusError::Config(_)), "{e}");
+    assert!(!e.to_string().contains("pw-123"), "{e}");
+}

@@ -1,0 +1,441 @@
+//! End to end on RabbitMQ (the real broker, RABBITMQ_URI): ingress and worker as processes, the
+//! Tradecloud simulator, a TCP proxy to cut the broker connection, and a broker restart.
+//! A broker that is not there fails these tests (scripts/services.sh starts it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/proxy.rs"]
+mod proxy;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use support::{Backend, Bridge, World, collect_until, rabbitmq_uri, unique};
+use tcb_model::message::Scope;
+use tcb_model::{OrderMessage, headers};
+use tcb_simulator::{Sender, Webhook, orders};
+
+/// The tests share one broker and one of them restarts it: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn message(d: &tcb_bus::Delivery) -> OrderMessage {
+    serde_json::from_slice(&d.message.payload).unwrap()
+}
+
+fn trigger_ids(d: &[tcb_bus::Delivery]) -> BTreeSet<String> {
+    d.iter()
+        .map(|m| message(m).trigger.id.to_string())
+        .collect()
+}
+
+fn broker_addr() -> SocketAddr {
+    let uri = rabbitmq_uri();
+    let host_port = uri
+        .split('@')
+        .next_back()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    host_port
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5672)))
+}
+
+fn with_addr(uri: &str, addr: SocketAddr) -> String {
+    let (head, tail) = uri.split_once('@').unwrap();
+    let vhost = tail.split_once('/').map(|(_, v)| v).unwrap_or("%2f");
+    format!("{head}@{addr}/{vhost}")
+}
+
+struct Names(String);
+
+impl Drop for Names {
+    fn drop(&mut self) {
+        let prefix = self.0.clone();
+        // Delete what the test declared, on a fresh runtime (Drop is not async).
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let Ok(conn) = lapin::Connection::connect(
+                    &rabbitmq_uri(),
+                    lapin::ConnectionProperties::default(),
+                )
+                .await
+                else {
+                    return;
+                };
+                let Ok(ch) = conn.create_channel().await else {
+                    return;
+                };
+                for q in ["triggers", "orders", "dead"] {
+                    let _ = ch
+                        .queue_delete(
+                            format!("{prefix}.{q}").into(),
+                            QueueDeleteOptions::default(),
+                        )
+                        .await;
+                }
+                for x in ["x", "dlx"] {
+                    let _ = ch
+                        .exchange_delete(
+                            format!("{prefix}.{x}").into(),
+                            ExchangeDeleteOptions::default(),
+                        )
+                        .await;
+                }
+                let _ = conn.close(200, "cleanup".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+fn world(uri: String, ack_timeout_ms: u64) -> (World, Names) {
+    let prefix = unique("tcb-e2e");
+    let w = World::with(
+        Backend::RabbitMq {
+            uri,
+            prefix: prefix.clone(),
+        },
+        1 << 20,
+        ack_timeout_ms,
+    );
+    (w, Names(prefix))
+}
+
+async fn wait_ready(bridge: &Bridge, want: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = bridge.readyz().await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {got}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_processes_deliver_every_kind_with_routing_keys_and_dead_letter_poison() {
+    let _serial = SERIAL.lock().await;
+    let (world, _names) = world(rabbitmq_uri(), 5000);
+    let ingress = world.start("ingress");
+    let worker = world.start("worker");
+    wait_ready(&ingress, 200, Duration::from_secs(20)).await;
+    wait_ready(&worker, 200, Duration::from_secs(20)).await;
+    let sender = world.sender(&ingress, 1);
+    let v = world.sim.bump("rmq-get");
+    let post = serde_json::to_vec(&orders::event(
+        "rmq-post",
+        5,
+        "OrderLinesConfirmedBySupplier",
+        "rmq-m1",
+    ))
+    .unwrap();
+    let put = serde_json::to_vec(&orders::event(
+        "rmq-put",
+        6,
+        "OrderLinesShippedByBuyer",
+        "rmq-m2",
+    ))
+    .unwrap();
+    let poison = br#"{"eventName":"OrderIssuedByBuyer","orderEvent":{"orderId":"rmq-bad","lines":"not a list"}}"#.to_vec();
+    let calls = [
+        Webhook::GetPath("rmq-get".to_owned()),
+        Webhook::GetQuery("rmq-get".to_owned()),
+        Webhook::Post(post),
+        Webhook::Put(put),
+        Webhook::Post(poison),
+        Webhook::GetPath("missing-rmq".to_owned()),
+    ];
+    let mut ids = Vec::new();
+    for c in &calls {
+        let o = sender.send(c).await;
+        assert_eq!(o.status, Some(200), "{c:?}: {o:?}");
+        ids.push(o.trigger_id.unwrap());
+    }
+    let bus = world.bus().await;
+    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
+    let got = collect_until(&mut out, Duration::from_secs(60), |d| d.len() >= 4).await;
+    assert_eq!(got.len(), 4);
+    let find = |id: &str| {
+        got.iter()
+            .find(|d| message(d).trigger.id.to_string() == id)
+            .unwrap_or_else(|| panic!("{id} missing"))
+    };
+    let orders_topic = bus.topics.orders.clone();
+    for (i, routing, scope) in [
+        (0, "order", Scope::FullOrder),
+        (1, "order", Scope::FullOrder),
+        (2, "OrderLinesConfirmedBySupplier", Scope::PartialEvent),
+        (3, "OrderLinesShippedByBuyer", Scope::PartialEvent),
+    ] {
+        let d = find(&ids[i]);
+        let m = message(d);
+        assert_eq!(m.scope, scope);
+        assert!(
+            d.position
+                .starts_with(&format!("{orders_topic}.{routing}#")),
+            "{}",
+            d.position
+        );
+        assert_eq!(d.message.key, m.order_id.clone().unwrap());
+        assert_eq!(
+            d.message.headers["ce_id"],
+            m.message_id.to_string(),
+            "CloudEvents come back as ce_*"
+        );
+        assert_eq!(d.message.headers[headers::TRIGGER_ID], ids[i]);
+        assert!(d.message.headers[headers::TRACEPARENT].starts_with("00-"));
+    }
+    assert_eq!(message(find(&ids[0])).order_version, Some(v as i64));
+    assert_eq!(
+        message(find(&ids[2])).event_name.as_deref(),
+        Some("OrderLinesConfirmedBySupplier")
+    );
+
+    let mut dead = bus
+        .consumer(&bus.topics.dead_letters, Some("ops"))
+        .await
+        .unwrap();
+    let dl = collect_until(&mut dead, Duration::from_secs(30), |d| d.len() >= 2).await;
+    assert_eq!(dl.len(), 2);
+    let reasons: Vec<_> = dl
+        .iter()
+        .map(|d| d.message.headers[headers::DEAD_LETTER_REASON].clone())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("event body does not parse")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("not found")),
+        "{reasons:?}"
+    );
+}
+
+/// Fires triggers one after another until stopped; keeps every answer.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<Mutex<Vec<String>>>,
+    statuses: Arc<Mutex<Vec<Option<u16>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stream {
+    fn start(sender: Sender, tag: &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
+        let statuses: Arc<Mutex<Vec<Option<u16>>>> = Arc::default();
+        let task = {
+            let (stop, accepted, statuses) = (stop.clone(), accepted.clone(), statuses.clone());
+            tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    i += 1;
+                    let order = format!("{tag}-{}", i % 10);
+                    let w = if i.is_multiple_of(5) {
+                        Webhook::GetPath(order)
+                    } else {
+                        let body = orders::event(
+                            &order,
+                            i,
+                            "OrderLinesUpdatedByBuyer",
+                            &format!("{tag}-{i}"),
+                        );
+                        Webhook::Post(serde_json::to_vec(&body).unwrap())
+                    };
+                    let o = sender.send(&w).await;
+                    statuses.lock().unwrap().push(o.status);
+                    if o.accepted() {
+                        accepted.lock().unwrap().push(o.trigger_id.unwrap());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await; // pacing, not waiting
+                }
+            })
+        };
+        Self {
+            stop,
+            accepted,
+            statuses,
+            task,
+        }
+    }
+
+    fn answers(&self) -> usize {
+        self.statuses.lock().unwrap().len()
+    }
+
+    fn count(&self, status: u16) -> usize {
+        self.statuses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| **s == Some(status))
+            .count()
+    }
+
+    /// Waits until `n` more answers came in.
+    async fn advance(&self, n: usize) {
+        let target = self.answers() + n;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.answers() < target {
+            assert!(Instant::now() < deadline, "the stream stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn finish(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        self.accepted.lock().unwrap().iter().cloned().collect()
+    }
+}
+
+async fn assert_all_delivered(world: &World, accepted: &BTreeSet<String>) {
+    let bus = world.bus().await;
+    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
+    let got = collect_until(&mut out, Duration::from_secs(90), |d| {
+        accepted.is_subset(&trigger_ids(d))
+    })
+    .await;
+    let delivered = trigger_ids(&got);
+    let missing: Vec<_> = accepted.difference(&delivered).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged triggers never delivered: {missing:?}",
+        missing.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_and_a_half_open_connection_give_503_then_recover_without_a_restart() {
+    let _serial = SERIAL.lock().await;
+    let proxy = proxy::Proxy::start(broker_addr()).await;
+    let (world, _names) = world(with_addr(&rabbitmq_uri(), proxy.addr), 1500);
+    let bridge = world.start_bridge();
+    wait_ready(&bridge, 200, Duration::from_secs(20)).await;
+    let stream = Stream::start(world.sender(&bridge, 1), "cut");
+    stream.advance(10).await;
+
+    // A cut: connections close, new ones are refused.
+    proxy.cut();
+    wait_ready(&bridge, 503, Duration::from_secs(10)).await;
+    let before = stream.count(503);
+    stream.advance(10).await;
+    assert!(
+        stream.count(503) >= before + 5,
+        "503s while the broker is unreachable"
+    );
+    proxy.restore();
+    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
+    let ok_before = stream.count(200);
+    stream.advance(10).await;
+    assert!(
+        stream.count(200) > ok_before,
+        "accepting again after recovery"
+    );
+
+    // Half-open: the socket stays up, nothing passes; heartbeats (2 s) must notice.
+    proxy.blackhole();
+    wait_ready(&bridge, 503, Duration::from_secs(20)).await;
+    let before = stream.count(503);
+    stream.advance(5).await;
+    assert!(stream.count(503) >= before + 3, "503s while half-open");
+    proxy.restore();
+    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
+    stream.advance(10).await;
+
+    let accepted = stream.finish().await;
+    assert!(!accepted.is_empty());
+    assert_all_delivered(&world, &accepted).await;
+    assert!(!bridge.logs_contain("\"status\":500"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let (world, _names) = world(rabbitmq_uri(), 1500);
+    let bridge = world.start_bridge();
+    wait_ready(&bridge, 200, Duration::from_secs(20)).await;
+    let stream = Stream::start(world.sender(&bridge, 1), "restart");
+    stream.advance(10).await;
+    let stop = std::process::Command::new("rabbitmqctl")
+        .arg("stop_app")
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        stop.status.success(),
+        "stop_app: {}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    wait_ready(&bridge, 503, Duration::from_secs(20)).await;
+    let before = stream.count(503);
+    stream.advance(5).await;
+    let start = std::process::Command::new("rabbitmqctl")
+        .arg("start_app")
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        start.status.success(),
+        "start_app: {}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    assert!(
+        stream.count(503) >= before + 3,
+        "503s while the broker is down"
+    );
+    wait_ready(&bridge, 200, Duration::from_secs(60)).await;
+    stream.advance(10).await;
+    let accepted = stream.finish().await;
+    assert_all_delivered(&world, &accepted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_with_sigkill_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let (world, _names) = world(rabbitmq_uri(), 5000);
+    let ingress = world.start("ingress");
+    let mut worker = world.start("worker");
+    wait_ready(&ingress, 200, Duration::from_secs(20)).await;
+    let sender = world.sender(&ingress, 1);
+    // GETs: held to 10 fetches/s, so a backlog waits when the worker dies.
+    let mut accepted = BTreeSet::new();
+    for i in 0..40 {
+        let o = sender
+            .send(&Webhook::GetPath(format!("kill-order-{}", i % 15)))
+            .await;
+        assert!(o.accepted(), "{o:?}");
+        accepted.insert(o.trigger_id.unwrap());
+    }
+    let bus = world.bus().await;
+    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
+    let early = collect_until(&mut out, Duration::from_secs(30), |d| d.len() >= 5).await;
+    worker.kill();
+    assert!(
+        early.len() < accepted.len(),
+        "killed while work was pending"
+    );
+    let _worker = world.start("worker");
+    let mut seen = trigger_ids(&early);
+    let rest = collect_until(&mut out, Duration::from_secs(90), |d| {
+        accepted.is_subset(&seen.union(&trigger_ids(d)).cloned().collect())
+    })
+    .await;
+    seen.extend(trigger_ids(&rest));
+    let missing: Vec<_> = accepted.difference(&seen).collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+}
