@@ -403,11 +403,18 @@ password = "p"
     }
 
     #[test]
-    fn the_example_config_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/bridge.example.toml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let env = [("TCB_WEBHOOK_PASSWORD", "x"), ("TRADECLOUD_PASSWORD", "y")];
-        let c = load(&text, &env).unwrap();
-        assert!(c.ingress.is_some() && c.worker.is_some());
+    fn the_example_configs_are_valid() {
+        for (file, backend) in [("bridge.example.toml", "embedded"), ("bridge.rabbitmq.toml", "rabbitmq")] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(file);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let env = [
+                ("TCB_WEBHOOK_PASSWORD", "x"),
+                ("TRADECLOUD_PASSWORD", "y"),
+                ("RABBITMQ_PASSWORD", "z"),
+            ];
+            let c = load(&text, &env).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(c.ingress.is_some() && c.worker.is_some(), "{file}");
+            assert_eq!(c.bus.backend_name(), backend);
+        }
     }
 }
