@@ -37,3 +37,22 @@ if ! port_open 5672; then
   wait_port 5672 120 RabbitMQ
 fi
 echo "services: RabbitMQ is up on 127.0.0.1:5672"
+
+# A Kafka-protocol broker on 127.0.0.1:9092: tansu (crates.io), since no JVM Kafka can be had here.
+# The first install compiles for about 15 minutes; later runs find it on PATH.
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! port_open 9092; then
+  if ! command -v tansu >/dev/null 2>&1; then
+    echo "services: installing tansu 0.6.0 (cargo install, about 15 minutes the first time)"
+    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql
+  fi
+  echo "services: starting tansu"
+  data="${TMPDIR:-/tmp}/tradecloud-bridge-tansu"
+  mkdir -p "$data"
+  (cd "$data" && nohup tansu broker \
+    --listener-url tcp://127.0.0.1:9092 \
+    --advertised-listener-url tcp://127.0.0.1:9092 \
+    --storage-engine memory://tansu/ >"$data/tansu.log" 2>&1 &)
+  wait_port 9092 30 tansu
+fi
+echo "services: Kafka protocol (tansu) is up on 127.0.0.1:9092"

@@ -11,28 +11,19 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use support::{Backend, Bridge, World, collect_until, rabbitmq_uri, unique};
+use support::{
+    Backend, Stream, World, assert_all_delivered, collect_until, message, rabbitmq_uri,
+    trigger_ids, unique, wait_ready,
+};
+use tcb_model::headers;
 use tcb_model::message::Scope;
-use tcb_model::{OrderMessage, headers};
-use tcb_simulator::{Sender, Webhook, orders};
+use tcb_simulator::{Webhook, orders};
 
 /// The tests share one broker and one of them restarts it: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn message(d: &tcb_bus::Delivery) -> OrderMessage {
-    serde_json::from_slice(&d.message.payload).unwrap()
-}
-
-fn trigger_ids(d: &[tcb_bus::Delivery]) -> BTreeSet<String> {
-    d.iter()
-        .map(|m| message(m).trigger.id.to_string())
-        .collect()
-}
 
 fn broker_addr() -> SocketAddr {
     let uri = rabbitmq_uri();
@@ -108,21 +99,6 @@ fn world(uri: String, ack_timeout_ms: u64) -> (World, Names) {
         ack_timeout_ms,
     );
     (w, Names(prefix))
-}
-
-async fn wait_ready(bridge: &Bridge, want: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let got = bridge.readyz().await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz stayed {got}, wanted {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,101 +199,6 @@ async fn separate_processes_deliver_every_kind_with_routing_keys_and_dead_letter
     assert!(
         reasons.iter().any(|r| r.contains("not found")),
         "{reasons:?}"
-    );
-}
-
-/// Fires triggers one after another until stopped; keeps every answer.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    accepted: Arc<Mutex<Vec<String>>>,
-    statuses: Arc<Mutex<Vec<Option<u16>>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Stream {
-    fn start(sender: Sender, tag: &'static str) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
-        let statuses: Arc<Mutex<Vec<Option<u16>>>> = Arc::default();
-        let task = {
-            let (stop, accepted, statuses) = (stop.clone(), accepted.clone(), statuses.clone());
-            tokio::spawn(async move {
-                let deadline = Instant::now() + Duration::from_secs(120);
-                let mut i = 0u64;
-                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                    i += 1;
-                    let order = format!("{tag}-{}", i % 10);
-                    let w = if i.is_multiple_of(5) {
-                        Webhook::GetPath(order)
-                    } else {
-                        let body = orders::event(
-                            &order,
-                            i,
-                            "OrderLinesUpdatedByBuyer",
-                            &format!("{tag}-{i}"),
-                        );
-                        Webhook::Post(serde_json::to_vec(&body).unwrap())
-                    };
-                    let o = sender.send(&w).await;
-                    statuses.lock().unwrap().push(o.status);
-                    if o.accepted() {
-                        accepted.lock().unwrap().push(o.trigger_id.unwrap());
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await; // pacing, not waiting
-                }
-            })
-        };
-        Self {
-            stop,
-            accepted,
-            statuses,
-            task,
-        }
-    }
-
-    fn answers(&self) -> usize {
-        self.statuses.lock().unwrap().len()
-    }
-
-    fn count(&self, status: u16) -> usize {
-        self.statuses
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| **s == Some(status))
-            .count()
-    }
-
-    /// Waits until `n` more answers came in.
-    async fn advance(&self, n: usize) {
-        let target = self.answers() + n;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.answers() < target {
-            assert!(Instant::now() < deadline, "the stream stalled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn finish(self) -> BTreeSet<String> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.task.await.unwrap();
-        self.accepted.lock().unwrap().iter().cloned().collect()
-    }
-}
-
-async fn assert_all_delivered(world: &World, accepted: &BTreeSet<String>) {
-    let bus = world.bus().await;
-    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
-    let got = collect_until(&mut out, Duration::from_secs(90), |d| {
-        accepted.is_subset(&trigger_ids(d))
-    })
-    .await;
-    let delivered = trigger_ids(&got);
-    let missing: Vec<_> = accepted.difference(&delivered).collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged triggers never delivered: {missing:?}",
-        missing.len()
     );
 }
 

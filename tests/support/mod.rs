@@ -9,10 +9,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tcb_bus::embedded::EmbeddedConfig;
 use tcb_bus::{Bus, BusConfig, Delivery};
 use tcb_ingress::tls::{DevCertificate, ensure_dev_certificate};
-use tcb_simulator::{Sender, SenderAuth, SenderConfig, SimConfig, Simulator};
+
+use tcb_model::OrderMessage;
+use tcb_simulator::{Sender, SenderAuth, SenderConfig, SimConfig, Simulator, Webhook, orders};
 
 pub const USER: &str = "tradecloud";
 pub const PASSWORD: &str = "e2e-webhook-pw";
@@ -27,6 +31,16 @@ pub enum Backend {
         uri: String,
         prefix: String,
     },
+    /// `bootstrap` is what the bridge connects to; the test uses the same.
+    Kafka {
+        bootstrap: String,
+        prefix: String,
+    },
+}
+
+/// The Kafka-protocol broker of the tests (KAFKA_BOOTSTRAP, default 127.0.0.1:9092).
+pub fn kafka_bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
 /// The broker the RabbitMQ tests use (RABBITMQ_URI, default the local guest account).
@@ -59,6 +73,21 @@ heartbeat_seconds = 2
 connect_timeout_ms = 3000
 exchange = "{prefix}.x"
 dead_letter_exchange = "{prefix}.dlx"
+
+[bus.topics]
+triggers = "{prefix}.triggers"
+orders = "{prefix}.orders"
+dead_letters = "{prefix}.dead"
+"#
+            ),
+            Backend::Kafka { bootstrap, prefix } => format!(
+                r#"[bus]
+backend = "kafka"
+bootstrap_servers = "{bootstrap}"
+message_timeout_ms = 3000
+partitions = 4
+session_timeout_ms = 6000
+commit_interval_ms = 300
 
 [bus.topics]
 triggers = "{prefix}.triggers"
@@ -155,6 +184,11 @@ log_level = "info"
                     prefix: prefix.clone(),
                 };
                 let table: toml::Table = toml::from_str(&direct.toml(self.dir.path())).unwrap();
+                table["bus"].clone().try_into().unwrap()
+            }
+            Backend::Kafka { .. } => {
+                let table: toml::Table =
+                    toml::from_str(&self.backend.toml(self.dir.path())).unwrap();
                 table["bus"].clone().try_into().unwrap()
             }
         };
@@ -349,4 +383,124 @@ pub async fn collect_until(
         }
     }
     got
+}
+
+pub fn message(d: &tcb_bus::Delivery) -> OrderMessage {
+    serde_json::from_slice(&d.message.payload).unwrap()
+}
+
+pub fn trigger_ids(d: &[tcb_bus::Delivery]) -> BTreeSet<String> {
+    d.iter()
+        .map(|m| message(m).trigger.id.to_string())
+        .collect()
+}
+
+pub async fn wait_ready(bridge: &Bridge, want: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = bridge.readyz().await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {got}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Fires triggers one after another until stopped; keeps every answer.
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<Mutex<Vec<String>>>,
+    statuses: Arc<Mutex<Vec<Option<u16>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stream {
+    pub fn start(sender: Sender, tag: &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
+        let statuses: Arc<Mutex<Vec<Option<u16>>>> = Arc::default();
+        let task = {
+            let (stop, accepted, statuses) = (stop.clone(), accepted.clone(), statuses.clone());
+            tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    i += 1;
+                    let order = format!("{tag}-{}", i % 10);
+                    let w = if i.is_multiple_of(5) {
+                        Webhook::GetPath(order)
+                    } else {
+                        let body = orders::event(
+                            &order,
+                            i,
+                            "OrderLinesUpdatedByBuyer",
+                            &format!("{tag}-{i}"),
+                        );
+                        Webhook::Post(serde_json::to_vec(&body).unwrap())
+                    };
+                    let o = sender.send(&w).await;
+                    statuses.lock().unwrap().push(o.status);
+                    if o.accepted() {
+                        accepted.lock().unwrap().push(o.trigger_id.unwrap());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await; // pacing, not waiting
+                }
+            })
+        };
+        Self {
+            stop,
+            accepted,
+            statuses,
+            task,
+        }
+    }
+
+    pub fn answers(&self) -> usize {
+        self.statuses.lock().unwrap().len()
+    }
+
+    pub fn count(&self, status: u16) -> usize {
+        self.statuses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| **s == Some(status))
+            .count()
+    }
+
+    /// Waits until `n` more answers came in.
+    pub async fn advance(&self, n: usize) {
+        let target = self.answers() + n;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.answers() < target {
+            assert!(Instant::now() < deadline, "the stream stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn finish(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        self.accepted.lock().unwrap().iter().cloned().collect()
+    }
+}
+
+pub async fn assert_all_delivered(world: &World, accepted: &BTreeSet<String>) {
+    let bus = world.bus().await;
+    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
+    let got = collect_until(&mut out, Duration::from_secs(90), |d| {
+        accepted.is_subset(&trigger_ids(d))
+    })
+    .await;
+    let delivered = trigger_ids(&got);
+    let missing: Vec<_> = accepted.difference(&delivered).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged triggers never delivered: {missing:?}",
+        missing.len()
+    );
 }

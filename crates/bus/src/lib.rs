@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "embedded")]
 pub mod embedded;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 
@@ -154,6 +156,9 @@ pub enum BusConfig {
     /// RabbitMQ: publisher confirms, a durable topic exchange, one queue per topic.
     #[cfg(feature = "rabbitmq")]
     Rabbitmq(rabbitmq::RabbitMqConfig),
+    /// Kafka: idempotent producer with `acks=all`, consumer groups with manual offsets.
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::KafkaConfig),
 }
 
 impl BusConfig {
@@ -164,6 +169,8 @@ impl BusConfig {
             BusConfig::Embedded(c) => &c.topics,
             #[cfg(feature = "rabbitmq")]
             BusConfig::Rabbitmq(c) => &c.topics,
+            #[cfg(feature = "kafka")]
+            BusConfig::Kafka(c) => &c.topics,
         }
     }
 
@@ -174,6 +181,8 @@ impl BusConfig {
             BusConfig::Embedded(_) => "embedded",
             #[cfg(feature = "rabbitmq")]
             BusConfig::Rabbitmq(_) => "rabbitmq",
+            #[cfg(feature = "kafka")]
+            BusConfig::Kafka(_) => "kafka",
         }
     }
 }
@@ -242,6 +251,15 @@ pub async fn connect(config: &BusConfig) -> Result<Bus, BusError> {
             Ok(Bus::new(
                 Arc::new(mq.clone()),
                 Arc::new(mq),
+                c.topics.clone(),
+            ))
+        }
+        #[cfg(feature = "kafka")]
+        BusConfig::Kafka(c) => {
+            let kafka = kafka::Kafka::open(c).await?;
+            Ok(Bus::new(
+                Arc::new(kafka.clone()),
+                Arc::new(kafka),
                 c.topics.clone(),
             ))
         }

@@ -404,8 +404,13 @@ password = "p"
 
     #[test]
     fn the_example_configs_are_valid() {
-        for (file, backend) in [("bridge.example.toml", "embedded"), ("bridge.rabbitmq.toml", "rabbitmq")] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(file);
+        for (file, backend) in [
+            ("bridge.example.toml", "embedded"),
+            ("bridge.rabbitmq.toml", "rabbitmq"),
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../deploy")
+                .join(file);
             let text = std::fs::read_to_string(&path).unwrap();
             let env = [
                 ("TCB_WEBHOOK_PASSWORD", "x"),

@@ -1,0 +1,168 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The Kafka backend against a real Kafka-protocol broker (KAFKA_BOOTSTRAP, default
+//! 127.0.0.1:9092, started by scripts/services.sh). A missing broker fails these tests.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tcb_bus::kafka::KafkaConfig;
+use tcb_bus::{Bus, BusConfig, BusError, Headers, Message, TopicsConfig, connect};
+
+fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("tcb-test-{}-{nanos}", std::process::id())
+}
+
+fn config(prefix: &str, servers: &str) -> KafkaConfig {
+    KafkaConfig {
+        bootstrap_servers: servers.to_owned(),
+        security_protocol: None,
+        sasl_mechanism: None,
+        sasl_username: None,
+        sasl_password: None,
+        ssl_ca_location: None,
+        properties: BTreeMap::new(),
+        message_timeout_ms: 3_000,
+        compression: "lz4".to_owned(),
+        create_topics: true,
+        partitions: 3,
+        replication_factor: 1,
+        session_timeout_ms: 6_000,
+        max_poll_interval_ms: 300_000,
+        commit_interval_ms: 200,
+        topics: TopicsConfig {
+            triggers: format!("{prefix}.triggers"),
+            orders: format!("{prefix}.orders"),
+            dead_letters: format!("{prefix}.dead"),
+        },
+    }
+}
+
+fn msg(key: &str, n: u32) -> Message {
+    let mut headers = Headers::new();
+    headers.insert("n".to_owned(), n.to_string());
+    headers.insert("ce_id".to_owned(), format!("id-{n}"));
+    Message {
+        key: key.to_owned(),
+        headers,
+        payload: format!("payload-{n}").into_bytes(),
+    }
+}
+
+async fn ready(bus: &Bus) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = bus.publisher().check_ready().await {
+        assert!(Instant::now() < deadline, "not ready: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn next(c: &mut Box<dyn tcb_bus::Consumer>) -> tcb_bus::Delivery {
+    tokio::time::timeout(Duration::from_secs(30), c.next())
+        .await
+        .expect("a delivery within 30 s")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_keys_messages_arrive_in_order_with_headers() {
+    let c = config(&unique(), &bootstrap());
+    let bus = connect(&BusConfig::Kafka(c.clone())).await.unwrap();
+    ready(&bus).await;
+    for n in 0..5 {
+        bus.publisher()
+            .publish(&c.topics.orders, msg("order-7", n))
+            .await
+            .unwrap();
+    }
+    let mut consumer = bus.consumer(&c.topics.orders, Some("g1")).await.unwrap();
+    for n in 0..5 {
+        let d = next(&mut consumer).await;
+        assert_eq!(d.message, msg("order-7", n));
+        d.ack().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_are_committed_only_past_contiguous_acks() {
+    let c = config(&unique(), &bootstrap());
+    let bus = connect(&BusConfig::Kafka(c.clone())).await.unwrap();
+    ready(&bus).await;
+    for n in 0..3 {
+        bus.publisher()
+            .publish(&c.topics.triggers, msg("same-key", n))
+            .await
+            .unwrap();
+    }
+    {
+        let mut consumer = bus.consumer(&c.topics.triggers, Some("g2")).await.unwrap();
+        let d0 = next(&mut consumer).await;
+        let d1 = next(&mut consumer).await;
+        let d2 = next(&mut consumer).await;
+        d1.ack().await.unwrap();
+        d2.ack().await.unwrap();
+        drop(d0); // never acked: nothing may be committed past it
+    }
+    let mut again = bus.consumer(&c.topics.triggers, Some("g2")).await.unwrap();
+    let d = next(&mut again).await;
+    assert_eq!(
+        d.message.headers["n"], "0",
+        "redelivered from the first unacked offset"
+    );
+    d.ack().await.unwrap();
+    for n in 1..3 {
+        let d = next(&mut again).await;
+        assert_eq!(d.message.headers["n"], n.to_string());
+        d.ack().await.unwrap();
+    }
+    drop(again); // closing commits the stored offsets
+    let mut after = bus.consumer(&c.topics.triggers, Some("g2")).await.unwrap();
+    bus.publisher()
+        .publish(&c.topics.triggers, msg("same-key", 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut after).await.message.headers["n"],
+        "3",
+        "everything before was committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_fails_publishes_within_the_message_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut c = config(&unique(), &addr.to_string());
+    c.message_timeout_ms = 1_000;
+    let bus = connect(&BusConfig::Kafka(c.clone())).await.unwrap();
+    assert!(bus.publisher().check_ready().await.is_err());
+    let started = Instant::now();
+    let e = bus
+        .publisher()
+        .publish(&c.topics.triggers, msg("k", 1))
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failed at the message timeout, not later: {e}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_librdkafka_property_is_a_config_error() {
+    let mut c = config(&unique(), &bootstrap());
+    c.properties
+        .insert("no.such.property".to_owned(), "1".to_owned());
+    let e = connect(&BusConfig::Kafka(c)).await.err().unwrap();
+    assert!(matches!(e, BusError::Config(_)), "{e}");
+    assert!(e.to_string().contains("no.such.property"), "{e}");
+}

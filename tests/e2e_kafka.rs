@@ -1,0 +1,241 @@
+//! End to end on Kafka (a real Kafka-protocol broker: KAFKA_BOOTSTRAP, default 127.0.0.1:9092, and
+//! for the broker-restart test a private tansu the test controls): ingress and workers as
+//! processes, the Tradecloud simulator. A broker that is not there fails these tests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/mod.rs"]
+mod support;
+#[path = "support/tansu.rs"]
+mod tansu;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use support::{
+    Backend, Bridge, Stream, World, assert_all_delivered, collect_until, kafka_bootstrap, message,
+    trigger_ids, unique, wait_ready,
+};
+use tcb_model::headers;
+use tcb_model::message::Scope;
+use tcb_simulator::{Webhook, orders};
+
+fn world(bootstrap: String, ack_timeout_ms: u64) -> World {
+    World::with(
+        Backend::Kafka {
+            bootstrap,
+            prefix: unique("tcb-e2e"),
+        },
+        1 << 20,
+        ack_timeout_ms,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_processes_deliver_keyed_messages_with_headers_and_dead_letter_poison() {
+    let world = world(kafka_bootstrap(), 5000);
+    let ingress = world.start("ingress");
+    let _worker = world.start("worker");
+    wait_ready(&ingress, 200, Duration::from_secs(30)).await;
+    let sender = world.sender(&ingress, 1);
+    let v = world.sim.bump("kafka-get");
+    let post = serde_json::to_vec(&orders::event(
+        "kafka-post",
+        4,
+        "OrderLinesConfirmedBySupplier",
+        "k-m1",
+    ))
+    .unwrap();
+    let put = serde_json::to_vec(&orders::event(
+        "kafka-put",
+        9,
+        "OrderLinesShippedByBuyer",
+        "k-m2",
+    ))
+    .unwrap();
+    let calls = [
+        Webhook::GetPath("kafka-get".to_owned()),
+        Webhook::GetQuery("kafka-get".to_owned()),
+        Webhook::Post(post),
+        Webhook::Put(put),
+        Webhook::Post(
+            br#"{"eventName":"OrderIssuedByBuyer","orderEvent":{"orderId":"k-bad","lines":7}}"#
+                .to_vec(),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for c in &calls {
+        let o = sender.send(c).await;
+        assert_eq!(o.status, Some(200), "{o:?}");
+        ids.push(o.trigger_id.unwrap());
+    }
+    let bus = world.bus().await;
+    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
+    let got = collect_until(&mut out, Duration::from_secs(60), |d| d.len() >= 4).await;
+    assert_eq!(got.len(), 4);
+    for (i, scope, key) in [
+        (0, Scope::FullOrder, "kafka-get"),
+        (1, Scope::FullOrder, "kafka-get"),
+        (2, Scope::PartialEvent, "kafka-post"),
+        (3, Scope::PartialEvent, "kafka-put"),
+    ] {
+        let d = got
+            .iter()
+            .find(|d| message(d).trigger.id.to_string() == ids[i])
+            .expect("delivered");
+        let m = message(d);
+        assert_eq!((m.scope, d.message.key.as_str()), (scope, key));
+        assert_eq!(d.message.headers[headers::TRIGGER_ID], ids[i]);
+        assert_eq!(d.message.headers["ce_id"], m.message_id.to_string());
+        assert_eq!(d.message.headers["ce_specversion"], "1.0");
+        assert!(d.message.headers[headers::TRACEPARENT].starts_with("00-"));
+        if scope == Scope::FullOrder {
+            assert_eq!(m.order_version, Some(v as i64));
+        }
+    }
+    let get_positions: Vec<&str> = got
+        .iter()
+        .filter(|d| d.message.key == "kafka-get")
+        .map(|d| d.position.as_str())
+        .collect();
+    let partition = |p: &str| p.split('/').next().unwrap().to_owned();
+    assert_eq!(
+        partition(get_positions[0]),
+        partition(get_positions[1]),
+        "one key, one partition"
+    );
+
+    let mut dead = bus
+        .consumer(&bus.topics.dead_letters, Some("ops"))
+        .await
+        .unwrap();
+    let dl = collect_until(&mut dead, Duration::from_secs(30), |d| !d.is_empty()).await;
+    assert_eq!(dl[0].message.headers[headers::TRIGGER_ID], ids[4]);
+    assert!(
+        dl[0].message.headers[headers::DEAD_LETTER_REASON].contains("event body does not parse")
+    );
+}
+
+/// The partitions a worker has now, from its last "partitions assigned" log line.
+fn assigned(worker: &Bridge) -> Option<u64> {
+    worker.logs.lock().unwrap().iter().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["message"] == "partitions assigned").then(|| v["partitions"].as_u64())?
+    })
+}
+
+fn done_count(worker: &Bridge) -> usize {
+    worker
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("\"trigger done\""))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_in_one_group_share_the_partitions() {
+    let world = world(kafka_bootstrap(), 5000);
+    let ingress = world.start("ingress");
+    let a = world.start("worker");
+    let b = world.start("worker");
+    // Both members hold half of the 4 partitions before any trigger is sent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(assigned(&a) == Some(2) && assigned(&b) == Some(2)) {
+        assert!(
+            Instant::now() < deadline,
+            "the group did not settle: a={:?} b={:?}",
+            assigned(&a),
+            assigned(&b)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_ready(&ingress, 200, Duration::from_secs(30)).await;
+    let sender = world.sender(&ingress, 1);
+    let mut accepted = BTreeSet::new();
+    for i in 0..40 {
+        let body = orders::event(
+            &format!("share-{}", i % 20),
+            2,
+            "OrderLinesUpdatedByBuyer",
+            &format!("share-{i}"),
+        );
+        let o = sender
+            .send(&Webhook::Post(serde_json::to_vec(&body).unwrap()))
+            .await;
+        assert!(o.accepted(), "{o:?}");
+        accepted.insert(o.trigger_id.unwrap());
+    }
+    assert_all_delivered(&world, &accepted).await;
+    assert!(
+        done_count(&a) > 0 && done_count(&b) > 0,
+        "both workers worked: {} and {}",
+        done_count(&a),
+        done_count(&b)
+    );
+    assert_eq!(done_count(&a) + done_count(&b), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_with_sigkill_loses_nothing() {
+    let world = world(kafka_bootstrap(), 5000);
+    let ingress = world.start("ingress");
+    let mut worker = world.start("worker");
+    wait_ready(&ingress, 200, Duration::from_secs(30)).await;
+    let sender = world.sender(&ingress, 1);
+    let mut accepted = BTreeSet::new();
+    for i in 0..40 {
+        let o = sender
+            .send(&Webhook::GetPath(format!("kkill-{}", i % 15)))
+            .await;
+        assert!(o.accepted(), "{o:?}");
+        accepted.insert(o.trigger_id.unwrap());
+    }
+    let bus = world.bus().await;
+    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
+    let early = collect_until(&mut out, Duration::from_secs(60), |d| d.len() >= 5).await;
+    worker.kill();
+    assert!(
+        early.len() < accepted.len(),
+        "killed while work was pending"
+    );
+    let _worker = world.start("worker");
+    let mut seen = trigger_ids(&early);
+    let rest = collect_until(&mut out, Duration::from_secs(120), |d| {
+        accepted.is_subset(&seen.union(&trigger_ids(d)).cloned().collect())
+    })
+    .await;
+    seen.extend(trigger_ids(&rest));
+    let missing: Vec<_> = accepted.difference(&seen).collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_broker_gives_503_and_red_readiness_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = tansu::Tansu::start(dir.path());
+    let world = world(broker.bootstrap(), 2000);
+    let bridge = world.start_bridge();
+    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
+    let stream = Stream::start(world.sender(&bridge, 1), "kstop");
+    stream.advance(10).await;
+    broker.kill();
+    wait_ready(&bridge, 503, Duration::from_secs(20)).await;
+    let before = stream.count(503);
+    stream.advance(3).await;
+    assert!(
+        stream.count(503) >= before + 2,
+        "503s while the broker is down"
+    );
+    broker.restart();
+    wait_ready(&bridge, 200, Duration::from_secs(60)).await;
+    let ok = stream.count(200);
+    stream.advance(10).await;
+    assert!(
+        stream.count(200) > ok,
+        "accepting again without a restart of the bridge"
+    );
+    let accepted = stream.finish().await;
+    assert_all_delivered(&world, &accepted).await;
+}
