@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 
 echo "== services"
 scripts/services.sh
+scripts/check-deploy.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

@@ -477,3 +477,47 @@ async fn sigterm_stops_cleanly() {
         bridge.logs.lock().unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulate_subcommand_fires_webhooks_that_the_bridge_accepts() {
+    let world = World::new(1 << 20);
+    let bridge = world.start_bridge();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
+        .args([
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--triggers",
+            "5",
+        ])
+        .args(["--bridge-url", &bridge.url(), "--cacert"])
+        .arg(&world.cert.ca)
+        .env("SIMULATOR_PASSWORD", "sim-pw")
+        .env("TCB_WEBHOOK_PASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It keeps serving its API after the burst: read its log until five answers are in.
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "webhook sent" && tx.send(v["status"].as_u64()).is_err() {
+                return;
+            }
+        }
+    });
+    let statuses: Vec<_> = (0..5)
+        .map(|_| rx.recv_timeout(Duration::from_secs(60)).ok().flatten())
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(statuses, vec![Some(200); 5]);
+}

@@ -356,7 +356,7 @@ password = "p"
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("bus.backend: unknown variant `kafkaa`, expected `embedded`"),
+            e.contains("bus.backend: unknown variant `kafkaa`, expected one of `embedded`, `rabbitmq`, `kafka`"),
             "{e}"
         );
         let e = load(
@@ -405,8 +405,12 @@ password = "p"
     #[test]
     fn the_example_configs_are_valid() {
         for (file, backend) in [
+            ("compose/bridge.toml", "kafka"),
+            ("compose/bridge.rabbitmq.toml", "rabbitmq"),
+            ("kubernetes/bridge.toml", "kafka"),
             ("bridge.example.toml", "embedded"),
             ("bridge.rabbitmq.toml", "rabbitmq"),
+            ("bridge.kafka.toml", "kafka"),
         ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../../deploy")
@@ -416,6 +420,7 @@ password = "p"
                 ("TCB_WEBHOOK_PASSWORD", "x"),
                 ("TRADECLOUD_PASSWORD", "y"),
                 ("RABBITMQ_PASSWORD", "z"),
+                ("KAFKA_PASSWORD", "k"),
             ];
             let c = load(&text, &env).unwrap_or_else(|e| panic!("{file}: {e}"));
             assert!(c.ingress.is_some() && c.worker.is_some(), "{file}");

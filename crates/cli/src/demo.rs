@@ -44,7 +44,7 @@ const EVENT_NAMES: [&str; 5] = [
 ];
 
 /// The i-th trigger of the burst: GET (path, query, legacy query), POST and PUT in turn.
-fn webhook(i: usize, sim: &tcb_simulator::Simulator) -> (&'static str, Webhook) {
+pub fn webhook(i: usize, sim: &tcb_simulator::Simulator) -> (&'static str, Webhook) {
     let order = format!("demo-order-{:03}", i % 12);
     match i % 5 {
         0 => {

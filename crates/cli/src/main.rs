@@ -12,6 +12,7 @@ mod consume;
 mod demo;
 mod dev;
 mod serve;
+mod simulate;
 
 use config::{Config, ConfigError};
 use serve::{Parts, Running};
@@ -64,6 +65,13 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// Prints the JSON Schema of the order message (docs/schemas/order-message.v1.json).
     Schema,
+    /// The Tradecloud stand-in: serves the order API, optionally fires webhooks at a bridge.
+    Simulate(simulate::SimulateArgs),
+    /// Writes a development CA and a localhost certificate (dev-ca.pem, dev-cert.pem, dev-key.pem).
+    DevCertificate {
+        #[arg(long, default_value = "tcb-data")]
+        dir: PathBuf,
+    },
 }
 
 /// Errors of the binary: each crate's, composed.
@@ -155,6 +163,20 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Demo(args) => demo::run(args).await,
         Command::CheckConfig(a) => check_config(&a.config),
         Command::Consume(args) => consume::run(args).await,
+        Command::Simulate(args) => {
+            tcb_telemetry::init(&tcb_telemetry::TelemetryConfig::default())?;
+            simulate::run(args).await
+        }
+        Command::DevCertificate { dir } => {
+            let c = tcb_ingress::tls::ensure_dev_certificate(&dir)?;
+            println!(
+                "CA: {}\ncertificate: {}\nkey: {}",
+                c.ca.display(),
+                c.cert.display(),
+                c.key.display()
+            );
+            Ok(())
+        }
         Command::Schema => {
             let schema = serde_json::to_string_pretty(&tcb_model::message::json_schema())
                 .map_err(|e| CliError::Io(e.to_string()))?;
