@@ -27,6 +27,13 @@ pub struct DemoArgs {
     /// Print each message as full JSON instead of a one-line summary.
     #[arg(long)]
     json: bool,
+    /// Only POST/PUT event triggers: no order fetches, so Tradecloud's 10 requests/s limit does not
+    /// pace the run (for measuring the bridge itself).
+    #[arg(long)]
+    events_only: bool,
+    /// Print only the summary, not every message.
+    #[arg(long)]
+    quiet: bool,
     /// Keep the data here instead of a temporary folder.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -44,9 +51,14 @@ const EVENT_NAMES: [&str; 5] = [
 ];
 
 /// The i-th trigger of the burst: GET (path, query, legacy query), POST and PUT in turn.
-pub fn webhook(i: usize, sim: &tcb_simulator::Simulator) -> (&'static str, Webhook) {
+pub fn webhook(
+    i: usize,
+    sim: &tcb_simulator::Simulator,
+    events_only: bool,
+) -> (&'static str, Webhook) {
     let order = format!("demo-order-{:03}", i % 12);
-    match i % 5 {
+    let kind = if events_only { 2 + i % 2 } else { i % 5 };
+    match kind {
         0 => {
             sim.bump(&order);
             ("GET path", Webhook::GetPath(order))
@@ -130,7 +142,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let start = Instant::now();
     let burst = {
         let jobs: Vec<_> = (0..args.triggers)
-            .map(|i| webhook(i, &dev.simulator))
+            .map(|i| webhook(i, &dev.simulator, args.events_only))
             .collect();
         let sent_at = sent_at.clone();
         let sender = sender.clone();
@@ -198,7 +210,9 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
                 let latency = begun.map(|b| b.elapsed()).unwrap_or_default();
                 let _ = end_to_end.record(latency.as_micros() as u64);
                 delivered += 1;
-                print_message(&message, latency, args.json);
+                if !args.quiet {
+                    print_message(&message, latency, args.json);
+                }
             }
         }
     }
@@ -233,6 +247,16 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         "  wall time                   {:.2} s",
         elapsed.as_secs_f64()
     );
+    println!(
+        "  throughput                  {:.0} triggers/s end to end",
+        delivered as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    if let Some(kib) = peak_rss_kib() {
+        println!(
+            "  peak memory                 {:.1} MiB RSS (bridge, simulator and sender in one process)",
+            kib as f64 / 1024.0
+        );
+    }
     println!("  Tradecloud API              {:?}", dev.simulator.stats());
     running.stop().await;
     dev.simulator.stop().await;
@@ -245,6 +269,13 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             args.triggers
         )))
     }
+}
+
+/// Peak resident memory of this process (Linux), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn accepted(outcomes: &[(&str, tcb_simulator::Outcome)]) -> usize {

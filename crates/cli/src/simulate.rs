@@ -72,7 +72,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), CliError> {
         })
         .map_err(|e| CliError::Io(e.to_string()))?;
         for i in 0..args.triggers {
-            let (kind, w) = webhook(i, &sim);
+            let (kind, w) = webhook(i, &sim, false);
             let o = sender.send(&w).await;
             tracing::info!(
                 kind,
