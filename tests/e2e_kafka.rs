@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     Backend, Bridge, Stream, World, assert_all_delivered, collect_until, kafka_bootstrap, message,
-    trigger_ids, unique, wait_ready,
+    unique, wait_ready,
 };
 use tcb_model::headers;
 use tcb_model::message::Scope;
@@ -179,36 +179,7 @@ async fn two_workers_in_one_group_share_the_partitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_with_sigkill_loses_nothing() {
-    let world = world(kafka_bootstrap(), 5000);
-    let ingress = world.start("ingress");
-    let mut worker = world.start("worker");
-    wait_ready(&ingress, 200, Duration::from_secs(30)).await;
-    let sender = world.sender(&ingress, 1);
-    let mut accepted = BTreeSet::new();
-    for i in 0..40 {
-        let o = sender
-            .send(&Webhook::GetPath(format!("kkill-{}", i % 15)))
-            .await;
-        assert!(o.accepted(), "{o:?}");
-        accepted.insert(o.trigger_id.unwrap());
-    }
-    let bus = world.bus().await;
-    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
-    let early = collect_until(&mut out, Duration::from_secs(60), |d| d.len() >= 5).await;
-    worker.kill();
-    assert!(
-        early.len() < accepted.len(),
-        "killed while work was pending"
-    );
-    let _worker = world.start("worker");
-    let mut seen = trigger_ids(&early);
-    let rest = collect_until(&mut out, Duration::from_secs(120), |d| {
-        accepted.is_subset(&seen.union(&trigger_ids(d)).cloned().collect())
-    })
-    .await;
-    seen.extend(trigger_ids(&rest));
-    let missing: Vec<_> = accepted.difference(&seen).collect();
-    assert!(missing.is_empty(), "lost: {missing:?}");
+    support::worker_sigkill_loses_nothing(&world(kafka_bootstrap(), 5000)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,14 +9,13 @@ mod proxy;
 #[path = "support/mod.rs"]
 mod support;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use support::{
-    Backend, Stream, World, assert_all_delivered, collect_until, message, rabbitmq_uri,
-    trigger_ids, unique, wait_ready,
+    Backend, Stream, World, assert_all_delivered, collect_until, message, rabbitmq_uri, unique,
+    wait_ready,
 };
 use tcb_model::headers;
 use tcb_model::message::Scope;
@@ -289,34 +288,5 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
 async fn a_worker_killed_with_sigkill_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let (world, _names) = world(rabbitmq_uri(), 5000);
-    let ingress = world.start("ingress");
-    let mut worker = world.start("worker");
-    wait_ready(&ingress, 200, Duration::from_secs(20)).await;
-    let sender = world.sender(&ingress, 1);
-    // GETs: held to 10 fetches/s, so a backlog waits when the worker dies.
-    let mut accepted = BTreeSet::new();
-    for i in 0..40 {
-        let o = sender
-            .send(&Webhook::GetPath(format!("kill-order-{}", i % 15)))
-            .await;
-        assert!(o.accepted(), "{o:?}");
-        accepted.insert(o.trigger_id.unwrap());
-    }
-    let bus = world.bus().await;
-    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
-    let early = collect_until(&mut out, Duration::from_secs(30), |d| d.len() >= 5).await;
-    worker.kill();
-    assert!(
-        early.len() < accepted.len(),
-        "killed while work was pending"
-    );
-    let _worker = world.start("worker");
-    let mut seen = trigger_ids(&early);
-    let rest = collect_until(&mut out, Duration::from_secs(90), |d| {
-        accepted.is_subset(&seen.union(&trigger_ids(d)).cloned().collect())
-    })
-    .await;
-    seen.extend(trigger_ids(&rest));
-    let missing: Vec<_> = accepted.difference(&seen).collect();
-    assert!(missing.is_empty(), "lost: {missing:?}");
+    support::worker_sigkill_loses_nothing(&world).await;
 }

@@ -504,3 +504,38 @@ pub async fn assert_all_delivered(world: &World, accepted: &BTreeSet<String>) {
         missing.len()
     );
 }
+
+/// Ingress and worker as processes; GET triggers (held to 10 fetches/s) build a backlog; the
+/// worker is killed with SIGKILL while work is pending and started again: every acknowledged
+/// trigger must arrive.
+pub async fn worker_sigkill_loses_nothing(world: &World) {
+    let ingress = world.start("ingress");
+    let mut worker = world.start("worker");
+    wait_ready(&ingress, 200, Duration::from_secs(30)).await;
+    let sender = world.sender(&ingress, 1);
+    let mut accepted = BTreeSet::new();
+    for i in 0..40 {
+        let o = sender
+            .send(&Webhook::GetPath(format!("kill-order-{}", i % 15)))
+            .await;
+        assert!(o.accepted(), "{o:?}");
+        accepted.insert(o.trigger_id.unwrap());
+    }
+    let bus = world.bus().await;
+    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
+    let early = collect_until(&mut out, Duration::from_secs(60), |d| d.len() >= 5).await;
+    worker.kill();
+    assert!(
+        early.len() < accepted.len(),
+        "killed while work was pending"
+    );
+    let _worker = world.start("worker");
+    let mut seen = trigger_ids(&early);
+    let rest = collect_until(&mut out, Duration::from_secs(120), |d| {
+        accepted.is_subset(&seen.union(&trigger_ids(d)).cloned().collect())
+    })
+    .await;
+    seen.extend(trigger_ids(&rest));
+    let missing: Vec<_> = accepted.difference(&seen).collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+}

@@ -1,10 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The embedded backend against a real SQLite file.
 
+mod common;
+use common::*;
 use std::time::Duration;
 
 use tcb_bus::embedded::EmbeddedConfig;
-use tcb_bus::{Bus, BusConfig, Headers, Message, connect};
+use tcb_bus::{Bus, BusConfig, connect};
 
 async fn open(dir: &tempfile::TempDir) -> Bus {
     connect(&BusConfig::Embedded(EmbeddedConfig::at(
@@ -12,23 +14,6 @@ async fn open(dir: &tempfile::TempDir) -> Bus {
     )))
     .await
     .unwrap()
-}
-
-fn msg(key: &str, n: u32) -> Message {
-    let mut headers = Headers::new();
-    headers.insert("n".to_owned(), n.to_string());
-    Message {
-        key: key.to_owned(),
-        headers,
-        payload: format!("payload-{n}").into_bytes(),
-    }
-}
-
-async fn next(c: &mut Box<dyn tcb_bus::Consumer>) -> tcb_bus::Delivery {
-    tokio::time::timeout(Duration::from_secs(10), c.next())
-        .await
-        .expect("a delivery within 10 s")
-        .unwrap()
 }
 
 #[tokio::test]

@@ -2,22 +2,16 @@
 //! The Kafka backend against a real Kafka-protocol broker (KAFKA_BOOTSTRAP, default
 //! 127.0.0.1:9092, started by scripts/services.sh). A missing broker fails these tests.
 
+mod common;
+use common::*;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tcb_bus::kafka::KafkaConfig;
-use tcb_bus::{Bus, BusConfig, BusError, Headers, Message, TopicsConfig, connect};
+use tcb_bus::{BusConfig, BusError, TopicsConfig, connect};
 
 fn bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
-}
-
-fn unique() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("tcb-test-{}-{nanos}", std::process::id())
 }
 
 fn config(prefix: &str, servers: &str) -> KafkaConfig {
@@ -43,32 +37,6 @@ fn config(prefix: &str, servers: &str) -> KafkaConfig {
             dead_letters: format!("{prefix}.dead"),
         },
     }
-}
-
-fn msg(key: &str, n: u32) -> Message {
-    let mut headers = Headers::new();
-    headers.insert("n".to_owned(), n.to_string());
-    headers.insert("ce_id".to_owned(), format!("id-{n}"));
-    Message {
-        key: key.to_owned(),
-        headers,
-        payload: format!("payload-{n}").into_bytes(),
-    }
-}
-
-async fn ready(bus: &Bus) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while let Err(e) = bus.publisher().check_ready().await {
-        assert!(Instant::now() < deadline, "not ready: {e}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn next(c: &mut Box<dyn tcb_bus::Consumer>) -> tcb_bus::Delivery {
-    tokio::time::timeout(Duration::from_secs(30), c.next())
-        .await
-        .expect("a delivery within 30 s")
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

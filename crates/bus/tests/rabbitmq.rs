@@ -2,24 +2,18 @@
 //! The RabbitMQ backend against the real broker (RABBITMQ_URI, default the local guest account).
 //! A missing broker fails these tests: scripts/services.sh starts one.
 
+mod common;
+use common::*;
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use secrecy::SecretString;
 use tcb_bus::rabbitmq::{QueueType, RabbitMq, RabbitMqConfig};
-use tcb_bus::{BusConfig, BusError, Headers, Message, TopicsConfig, connect};
+use tcb_bus::{BusConfig, BusError, Message, TopicsConfig, connect};
 
 pub fn uri() -> String {
     std::env::var("RABBITMQ_URI")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
-fn unique() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("tcb-test-{}-{nanos}", std::process::id())
 }
 
 fn config(prefix: &str, queue_type: QueueType) -> RabbitMqConfig {
@@ -61,34 +55,12 @@ async fn cleanup(c: &RabbitMqConfig) {
     let _ = conn.close(200, "done".into()).await;
 }
 
-fn msg(key: &str, event: Option<&str>, n: u32) -> Message {
-    let mut headers = Headers::new();
-    headers.insert("n".to_owned(), n.to_string());
-    headers.insert("ce_id".to_owned(), format!("id-{n}"));
+fn event_msg(key: &str, event: Option<&str>, n: u32) -> Message {
+    let mut m = msg(key, n);
     if let Some(e) = event {
-        headers.insert("tcb-event-name".to_owned(), e.to_owned());
+        m.headers.insert("tcb-event-name".to_owned(), e.to_owned());
     }
-    Message {
-        key: key.to_owned(),
-        headers,
-        payload: format!("payload-{n}").into_bytes(),
-    }
-}
-
-/// Waits until the bus is connected.
-async fn ready(bus: &tcb_bus::Bus) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while let Err(e) = bus.publisher().check_ready().await {
-        assert!(std::time::Instant::now() < deadline, "not connected: {e}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn next(c: &mut Box<dyn tcb_bus::Consumer>) -> tcb_bus::Delivery {
-    tokio::time::timeout(Duration::from_secs(10), c.next())
-        .await
-        .expect("a delivery within 10 s")
-        .unwrap()
+    m
 }
 
 #[tokio::test]
@@ -101,7 +73,7 @@ async fn publishes_with_confirms_and_consumes_with_headers_and_keys() {
         for n in 0..3 {
             let event = (n % 2 == 0).then_some("OrderIssuedByBuyer");
             bus.publisher()
-                .publish(&c.topics.orders, msg("order-1", event, n))
+                .publish(&c.topics.orders, event_msg("order-1", event, n))
                 .await
                 .unwrap();
         }
@@ -109,7 +81,7 @@ async fn publishes_with_confirms_and_consumes_with_headers_and_keys() {
             let d = next(&mut consumer).await;
             assert_eq!(
                 d.message,
-                msg("order-1", (n % 2 == 0).then_some("OrderIssuedByBuyer"), n),
+                event_msg("order-1", (n % 2 == 0).then_some("OrderIssuedByBuyer"), n),
                 "{queue_type:?}"
             );
             let expected_key = if n % 2 == 0 {
@@ -130,14 +102,9 @@ async fn an_unroutable_publish_is_an_error_and_nack_redelivers() {
     let bus = connect(&BusConfig::Rabbitmq(c.clone())).await.unwrap();
     ready(&bus).await;
     let p = bus.publisher();
-    let e = p
-        .publish("no-such-topic", msg("k", None, 1))
-        .await
-        .unwrap_err();
+    let e = p.publish("no-such-topic", msg("k", 1)).await.unwrap_err();
     assert!(matches!(e, BusError::Rejected(_)), "{e}");
-    p.publish(&c.topics.triggers, msg("k", None, 2))
-        .await
-        .unwrap();
+    p.publish(&c.topics.triggers, msg("k", 2)).await.unwrap();
     let mut consumer = bus.consumer(&c.topics.triggers, Some("w")).await.unwrap();
     next(&mut consumer).await.nack().await.unwrap();
     let again = next(&mut consumer).await;
@@ -155,11 +122,7 @@ async fn a_broker_that_is_not_there_is_not_ready_and_publishes_fail_fast() {
     c.uri = SecretString::from(format!("amqp://guest:secret-pw@127.0.0.1:{port}/%2f"));
     let bus = connect(&BusConfig::Rabbitmq(c)).await.unwrap();
     let started = std::time::Instant::now();
-    let e = bus
-        .publisher()
-        .publish("t", msg("k", None, 1))
-        .await
-        .unwrap_err();
+    let e = bus.publisher().publish("t", msg("k", 1)).await.unwrap_err();
     assert!(
         matches!(e, BusError::Unavailable(_)) && started.elapsed() < Duration::from_secs(1),
         "{e}"
