@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/proxy.rs"]
+mod proxy;
 #[path = "support/mod.rs"]
 mod support;
 #[path = "support/tansu.rs"]
@@ -182,24 +184,30 @@ async fn a_worker_killed_with_sigkill_loses_nothing() {
     support::worker_sigkill_loses_nothing(&world(kafka_bootstrap(), 5000)).await;
 }
 
+/// The broker goes away (every connection to it reset, new ones refused) and comes back. A private
+/// broker behind a proxy stands in for a broker restart: tansu's durable (SQLite) storage panics
+/// on the idempotent producer's first write after a restart, and its memory storage would lose
+/// the acknowledged triggers with the process (see docs/kafka.md, "Tests").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_broker_gives_503_and_red_readiness_then_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut broker = tansu::Tansu::start(dir.path());
-    let world = world(broker.bootstrap(), 2000);
+async fn an_unreachable_broker_gives_503_and_red_readiness_then_recovers() {
+    let broker_port = tansu::free_port();
+    let proxy =
+        proxy::Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], broker_port))).await;
+    let _broker = tansu::Tansu::start(broker_port, proxy.addr.port());
+    let world = world(proxy.addr.to_string(), 2000);
     let bridge = world.start_bridge();
     wait_ready(&bridge, 200, Duration::from_secs(30)).await;
     let stream = Stream::start(world.sender(&bridge, 1), "kstop");
     stream.advance(10).await;
-    broker.kill();
+    proxy.cut();
     wait_ready(&bridge, 503, Duration::from_secs(20)).await;
     let before = stream.count(503);
     stream.advance(3).await;
     assert!(
         stream.count(503) >= before + 2,
-        "503s while the broker is down"
+        "503s while the broker is away"
     );
-    broker.restart();
+    proxy.restore();
     wait_ready(&bridge, 200, Duration::from_secs(60)).await;
     let ok = stream.count(200);
     stream.advance(10).await;

@@ -1,5 +1,7 @@
 //! A TCP proxy a test controls, to cut or black-hole the bridge's broker connection.
 
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};

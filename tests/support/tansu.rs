@@ -1,14 +1,17 @@
-//! A private Kafka-protocol broker (tansu, SQLite storage) a test can stop and start again.
+//! A private Kafka-protocol broker (tansu, in-memory storage) for tests that must control the
+//! broker's reachability. It advertises the address of a proxy in front of it, so that every
+//! client connection (bootstrap and per-broker) goes through that proxy.
+
+#![allow(dead_code)]
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Tansu {
-    child: Option<Child>,
+    child: Child,
     pub port: u16,
-    dir: PathBuf,
 }
 
 fn binary() -> String {
@@ -23,68 +26,45 @@ fn binary() -> String {
     })
 }
 
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Tansu {
-    /// Starts a broker on a free port, keeping its data in `dir`.
-    pub fn start(dir: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut t = Self {
-            child: None,
-            port,
-            dir: dir.to_owned(),
-        };
-        t.restart();
-        t
-    }
-
-    pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the broker again on the same port with the same data.
-    pub fn restart(&mut self) {
-        std::fs::create_dir_all(&self.dir).unwrap();
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+    /// Listens on `port`, tells clients to connect to `advertised_port`.
+    pub fn start(port: u16, advertised_port: u16) -> Self {
+        let listen = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised_port}");
         let child = Command::new(binary())
-            .current_dir(&self.dir)
             .args([
                 "broker",
                 "--listener-url",
-                &url,
+                &listen,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("tansu starts (scripts/services.sh installs it)");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {}",
-                self.port
-            );
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        Self { child, port }
     }
 }
 
 impl Drop for Tansu {
     fn drop(&mut self) {
-        self.kill();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

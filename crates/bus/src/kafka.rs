@@ -346,7 +346,7 @@ impl Kafka {
         }
     }
 
-    /// Replaces a producer that hit a fatal error (only once per broken producer).
+    /// Replaces a producer that hit a fatal error or lost its producer state (once per producer).
     fn rebuild_producer(&self, broken: &Arc<FutureProducer<Context>>) {
         let Ok(mut slot) = self.producer.write() else {
             return;
@@ -356,12 +356,29 @@ impl Kafka {
         }
         match build_producer(&self.config) {
             Ok(p) => {
-                tracing::warn!("rebuilt the Kafka producer after a fatal error");
+                tracing::warn!("rebuilt the Kafka producer (its producer id was no longer usable)");
                 *slot = Arc::new(p);
             }
             Err(e) => tracing::error!(error = %e, "cannot rebuild the Kafka producer"),
         }
     }
+}
+
+/// Errors that say the broker no longer accepts this producer's id or epoch. librdkafka recovers
+/// from most of them itself; when one reaches us, only a fresh producer (a new id) can publish
+/// again. Seen after the connection to the broker was cut in the middle of publishes (the test
+/// broker then answered every produce request with `ProducerFenced`).
+fn lost_producer_state(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+        )
+    )
 }
 
 fn build_producer(c: &KafkaConfig) -> Result<FutureProducer<Context>, BusError> {
@@ -410,7 +427,7 @@ impl Publisher for Kafka {
                 BusError::Timeout(Duration::from_millis(self.config.message_timeout_ms)),
             ),
             Err((e, _)) => {
-                if producer.client().fatal_error().is_some() {
+                if producer.client().fatal_error().is_some() || lost_producer_state(&e) {
                     self.rebuild_producer(&producer);
                 }
                 Err(unavailable(e))
