@@ -221,6 +221,9 @@ impl ConsumerContext for Context {
     }
 }
 
+/// How long one attempt to create or check the topics may take (start-up waits for the first).
+const TOPIC_SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The Kafka backend: a shared producer and consumers on demand. Cheap to clone.
 #[derive(Clone)]
 pub struct Kafka {
@@ -287,11 +290,11 @@ impl Kafka {
                     )
                 })
                 .collect();
-            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let opts = AdminOptions::new().operation_timeout(Some(TOPIC_SETUP_TIMEOUT));
             let results =
-                tokio::time::timeout(Duration::from_secs(15), admin.create_topics(&new, &opts))
+                tokio::time::timeout(TOPIC_SETUP_TIMEOUT, admin.create_topics(&new, &opts))
                     .await
-                    .map_err(|_| BusError::Timeout(Duration::from_secs(15)))?
+                    .map_err(|_| BusError::Timeout(TOPIC_SETUP_TIMEOUT))?
                     .map_err(unavailable)?;
             for r in results {
                 match r {
@@ -327,7 +330,7 @@ impl Kafka {
         let found = tokio::task::spawn_blocking(move || {
             producer
                 .client()
-                .fetch_metadata(Some(&name), Duration::from_secs(5))
+                .fetch_metadata(Some(&name), TOPIC_SETUP_TIMEOUT)
                 .map(|m| {
                     m.topics().iter().any(|t| {
                         t.name() == name && t.error().is_none() && !t.partitions().is_empty()

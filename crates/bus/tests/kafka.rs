@@ -134,3 +134,28 @@ async fn a_bad_librdkafka_property_is_a_config_error() {
     assert!(matches!(e, BusError::Config(_)), "{e}");
     assert!(e.to_string().contains("no.such.property"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_fails_at_once_as_overloaded() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut c = config(&unique(), &addr.to_string());
+    c.message_timeout_ms = 30_000;
+    c.properties
+        .insert("queue.buffering.max.messages".to_owned(), "1".to_owned());
+    let bus = connect(&BusConfig::Kafka(c.clone())).await.unwrap();
+    // Publishes wait in the one-message queue (there is no broker); the one after finds it full
+    // and must fail at once instead of waiting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let publisher = bus.publisher();
+    let e = loop {
+        let attempt = publisher.publish(&c.topics.triggers, msg("k", 1));
+        match tokio::time::timeout(Duration::from_millis(500), attempt).await {
+            Ok(Err(BusError::Overloaded(m))) => break m,
+            Err(_queued) => assert!(Instant::now() < deadline, "never overloaded"),
+            Ok(other) => panic!("{other:?}"),
+        }
+    };
+    assert!(e.contains("queue is full"), "{e}");
+}
