@@ -521,3 +521,30 @@ async fn the_simulate_subcommand_fires_webhooks_that_the_bridge_accepts() {
     let _ = child.wait();
     assert_eq!(statuses, vec![Some(200); 5]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_speaks_tls_1_2_and_1_3() {
+    let world = World::new(1 << 20);
+    let bridge = world.start_bridge();
+    let ca =
+        reqwest::Certificate::from_pem_bundle(&std::fs::read(&world.cert.ca).unwrap()).unwrap();
+    for (name, builder) in [
+        (
+            "TLS 1.2",
+            reqwest::Client::builder().tls_version_max(reqwest::tls::Version::TLS_1_2),
+        ),
+        (
+            "TLS 1.3",
+            reqwest::Client::builder().tls_version_min(reqwest::tls::Version::TLS_1_3),
+        ),
+    ] {
+        let client = builder.tls_certs_merge(ca.clone()).build().unwrap();
+        let r = client
+            .get(format!("{}/tls-order", bridge.url()))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(r.status(), 200, "{name}");
+    }
+}

@@ -37,6 +37,10 @@ pub struct DemoArgs {
     /// Keep the data here instead of a temporary folder.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Run on the broker of this config file's [bus] section (its other sections are ignored)
+    /// instead of the embedded queue, e.g. to measure Kafka or RabbitMQ.
+    #[arg(long)]
+    bus_config: Option<PathBuf>,
     /// How long to wait for all messages.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
@@ -100,7 +104,10 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         }
     };
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let dev = dev::setup(&dir, any, any)?;
+    let mut dev = dev::setup(&dir, any, any)?;
+    if let Some(path) = &args.bus_config {
+        dev.config.bus = crate::config::Config::load(path)?.bus;
+    }
     let mut telemetry = dev.config.telemetry.clone();
     telemetry.log_level = "warn".to_owned();
     tcb_telemetry::init(&telemetry)?;
@@ -110,7 +117,8 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         .ok_or_else(|| CliError::Demo("the ingress did not start".to_owned()))?;
     let url = format!("https://localhost:{}/webhook", ingress.port());
     println!(
-        "tradecloud-bridge demo: ingress {url}, Tradecloud simulator {}, data {}",
+        "tradecloud-bridge demo: bus {}, ingress {url}, Tradecloud simulator {}, data {}",
+        dev.config.bus.backend_name(),
         dev.simulator.base_url(),
         dir.display()
     );
