@@ -511,13 +511,20 @@ impl ConsumerOpener for RabbitMq {
         topic: &str,
         group: Option<&str>,
     ) -> Result<Box<dyn Consumer>, BusError> {
-        Ok(Box::new(RabbitConsumer {
+        let mut consumer = RabbitConsumer {
             bus: self.clone(),
             topic: topic.to_owned(),
             tail: group.is_none(),
             stream: None,
             backoff: Duration::from_millis(100),
-        }))
+        };
+        // Subscribe now when connected, so that a tail's temporary queue is bound before the
+        // caller goes on (it sees only what is published after that); otherwise `next` does.
+        let eager = Duration::from_millis(self.inner.config.connect_timeout_ms);
+        if let Ok(Err(e)) = tokio::time::timeout(eager, consumer.subscribe()).await {
+            tracing::warn!(error = %e, topic, "cannot subscribe yet; retrying on the first receive");
+        }
+        Ok(Box::new(consumer))
     }
 }
 
@@ -572,7 +579,11 @@ impl RabbitConsumer {
                     queue,
                     // An empty tag: the server names the consumer.
                     "".into(),
-                    BasicConsumeOptions::default(),
+                    // A tail acknowledges nothing: the server forgets what it delivered.
+                    BasicConsumeOptions {
+                        no_ack: self.tail,
+                        ..BasicConsumeOptions::default()
+                    },
                     FieldTable::default(),
                 )
                 .await?;
@@ -623,7 +634,10 @@ impl Consumer for RabbitConsumer {
                         self.topic.clone(),
                         position,
                         message,
-                        Box::new(RabbitAcker(d.acker)),
+                        Box::new(RabbitAcker {
+                            acker: d.acker,
+                            auto_acked: self.tail,
+                        }),
                     ));
                 }
                 Some(Err(e)) => {
@@ -641,12 +655,19 @@ impl Consumer for RabbitConsumer {
     }
 }
 
-struct RabbitAcker(lapin::Acker);
+struct RabbitAcker {
+    acker: lapin::Acker,
+    /// Delivered in no-ack mode (a tail): there is nothing to settle.
+    auto_acked: bool,
+}
 
 #[async_trait]
 impl Acker for RabbitAcker {
     async fn ack(self: Box<Self>) -> Result<(), BusError> {
-        self.0
+        if self.auto_acked {
+            return Ok(());
+        }
+        self.acker
             .ack(BasicAckOptions::default())
             .await
             .map(|_| ())
@@ -654,7 +675,10 @@ impl Acker for RabbitAcker {
     }
 
     async fn nack(self: Box<Self>) -> Result<(), BusError> {
-        self.0
+        if self.auto_acked {
+            return Ok(());
+        }
+        self.acker
             .nack(BasicNackOptions {
                 requeue: true,
                 ..BasicNackOptions::default()

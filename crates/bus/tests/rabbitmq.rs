@@ -140,3 +140,24 @@ fn a_bad_uri_is_a_config_error_without_the_password() {
     assert!(matches!(e, BusError::Config(_)), "{e}");
     assert!(!e.to_string().contains("pw-123"), "{e}");
 }
+
+#[tokio::test]
+async fn a_tail_sees_new_messages_without_acking_past_the_prefetch() {
+    let c = config(&unique(), QueueType::Classic);
+    let bus = connect(&BusConfig::Rabbitmq(c.clone())).await.unwrap();
+    ready(&bus).await;
+    let mut tail = bus.consumer(&c.topics.orders, None).await.unwrap();
+    let n = u32::from(c.prefetch) * 2 + 3;
+    for i in 0..n {
+        bus.publisher()
+            .publish(&c.topics.orders, msg("k", i))
+            .await
+            .unwrap();
+    }
+    for i in 0..n {
+        let d = next(&mut tail).await;
+        assert_eq!(d.message.headers["n"], i.to_string());
+        drop(d); // never acked
+    }
+    cleanup(&c).await;
+}
