@@ -5,13 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v docker-compose >/dev/null 2>&1; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
-fi
-if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
-fi
+scripts/install.sh
 
 echo "== docker-compose config"
 TCB_WEBHOOK_PASSWORD=x docker-compose -f docker-compose.yml config --quiet

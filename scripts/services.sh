@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts the brokers the integration tests need, installing them when missing. Idempotent: what
+# Starts the brokers the integration tests need (install.sh installs them). Idempotent: what
 # already runs is left alone. A broker that cannot be started is a failure (exit 1), never a skip.
 set -euo pipefail
 
@@ -16,21 +16,10 @@ wait_port() { # port seconds name
   done
 }
 
-apt_updated=0
-apt_install() {
-  if ((apt_updated == 0)); then
-    apt-get update -qq
-    apt_updated=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
-}
+"$(dirname "$0")/install.sh"
 
 # RabbitMQ on 127.0.0.1:5672 (guest/guest).
 if ! port_open 5672; then
-  if ! command -v rabbitmq-server >/dev/null 2>&1; then
-    echo "services: installing rabbitmq-server"
-    apt_install rabbitmq-server
-  fi
   echo "services: starting RabbitMQ"
   rabbitmq-server -detached || true
   rabbitmqctl await_startup --timeout 120 >/dev/null 2>&1 || true
@@ -39,13 +28,8 @@ fi
 echo "services: RabbitMQ is up on 127.0.0.1:5672"
 
 # A Kafka-protocol broker on 127.0.0.1:9092: tansu (crates.io), since no JVM Kafka can be had here.
-# The first install compiles for about 15 minutes; later runs find it on PATH.
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! port_open 9092; then
-  if ! command -v tansu >/dev/null 2>&1; then
-    echo "services: installing tansu 0.6.0 (cargo install, about 15 minutes the first time)"
-    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql
-  fi
   echo "services: starting tansu"
   data="${TMPDIR:-/tmp}/tradecloud-bridge-tansu"
   mkdir -p "$data"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the tests and checks need and the machine lacks; does nothing when all is there.
+# Debian packages: one `apt-get update`, then one `apt-get install -y`.
+set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
+
+missing=()
+command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+if ((${#missing[@]} > 0)); then
+  echo "install: apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
+  echo "install: pip install kubernetes-validate"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate==1.37.0
+fi
+
+# tansu, a Kafka-protocol broker (no JVM Kafka can be had here): about 15 minutes the first time.
+if ! command -v tansu >/dev/null 2>&1; then
+  echo "install: cargo install tansu 0.6.0 (about 15 minutes the first time)"
+  cargo install tansu --version 0.6.0 --locked --features dynostore,libsql
+fi
