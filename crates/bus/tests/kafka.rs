@@ -159,3 +159,17 @@ async fn a_full_producer_queue_fails_at_once_as_overloaded() {
     };
     assert!(e.contains("queue is full"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_topics_are_an_error_when_the_bridge_may_not_create_them() {
+    let mut c = config(&unique(), &bootstrap());
+    c.create_topics = false;
+    let e = connect(&BusConfig::Kafka(c.clone())).await.err().unwrap();
+    assert!(matches!(e, BusError::Config(_)), "{e}");
+    assert!(e.to_string().contains(&c.topics.triggers), "{e}");
+    // Once they exist (created here with the defaults), the same config starts.
+    c.create_topics = true;
+    drop(connect(&BusConfig::Kafka(c.clone())).await.unwrap());
+    c.create_topics = false;
+    connect(&BusConfig::Kafka(c)).await.unwrap();
+}

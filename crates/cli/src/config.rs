@@ -145,6 +145,31 @@ impl Config {
         }
     }
 
+    /// Settings that work but are probably not meant; `check-config` prints them, `run` logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let (BusConfig::Kafka(k), Some(i)) = (&self.bus, &self.ingress)
+            && k.message_timeout_ms > i.ack_timeout_ms
+        {
+            w.push(format!(
+                "bus.message_timeout_ms ({}) exceeds ingress.ack_timeout_ms ({}): a publish the \
+                 ingress gave up on (503) may still be delivered later, a duplicate when Tradecloud retries",
+                k.message_timeout_ms, i.ack_timeout_ms
+            ));
+        }
+        if let BusConfig::Rabbitmq(r) = &self.bus
+            && !r.single_active_consumer
+            && self.worker.is_some()
+        {
+            w.push(
+                "bus.single_active_consumer is false: with several workers, one order's triggers \
+                 may be processed out of order (docs/rabbitmq.md)"
+                    .to_owned(),
+            );
+        }
+        w
+    }
+
     pub fn ingress(&self) -> Result<&IngressConfig, ConfigError> {
         self.ingress
             .as_ref()
@@ -390,6 +415,19 @@ password = "p"
         )
         .unwrap();
         assert!(c.worker().unwrap().tradecloud.legacy_password.is_some());
+    }
+
+    #[test]
+    fn a_kafka_timeout_past_the_ack_timeout_is_warned_about() {
+        let text = BASE.replace(
+            "backend = \"embedded\"\npath = \"/tmp/x.db\"",
+            "backend = \"kafka\"\nbootstrap_servers = \"k:9092\"\nmessage_timeout_ms = 9000",
+        );
+        let c = load(&text, &[("PW", "x")]).unwrap();
+        assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
+        assert!(c.warnings()[0].contains("exceeds ingress.ack_timeout_ms (5000)"));
+        let c = load(&text.replace("9000", "5000"), &[("PW", "x")]).unwrap();
+        assert!(c.warnings().is_empty());
     }
 
     #[test]

@@ -202,6 +202,9 @@ fn check_config(path: &std::path::Path) -> Result<(), CliError> {
             .map_err(tcb_worker::WorkerError::from)?;
     }
     let backend = config.bus.backend_name();
+    for warning in config.warnings() {
+        println!("warning: {warning}");
+    }
     println!(
         "{}: OK (bus: {backend}; ingress: {}; worker: {})",
         path.display(),

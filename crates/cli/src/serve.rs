@@ -48,6 +48,9 @@ impl Running {
         } else {
             None
         };
+        for warning in config.warnings() {
+            tracing::warn!(%warning, "configuration");
+        }
         let bus = tcb_bus::connect(&config.bus).await?;
         let admin = Admin::start(config.admin.listen, bus.publisher())?;
         tracing::info!(addr = %admin.local_addr, "admin listening (/healthz, /readyz)");
