@@ -9,14 +9,10 @@ mod support;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use support::{PASSWORD, USER, World, collect_until};
+use support::{PASSWORD, USER, World, collect_until, message};
 use tcb_model::message::Scope;
 use tcb_model::{OrderMessage, TriggerEnvelope, headers, normalize_event, normalize_fetched_order};
 use tcb_simulator::{Webhook, orders};
-
-fn message(d: &tcb_bus::Delivery) -> OrderMessage {
-    serde_json::from_slice(&d.message.payload).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
@@ -75,7 +71,7 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
         .collect();
     assert_eq!(envelopes.len(), calls.len());
 
-    let by_trigger: HashMap<String, (&tcb_bus::Delivery, OrderMessage)> = got
+    let by_trigger: HashMap<String, (&support::Received, OrderMessage)> = got
         .iter()
         .map(|d| (message(d).trigger.id.to_string(), (d, message(d))))
         .collect();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tcb_bus::embedded::EmbeddedConfig;
-use tcb_bus::{Bus, BusConfig, Delivery};
+use tcb_bus::{Bus, BusConfig};
 use tcb_ingress::tls::{DevCertificate, ensure_dev_certificate};
 
 use tcb_model::OrderMessage;
@@ -367,29 +367,45 @@ impl Drop for Bridge {
     }
 }
 
-/// Deliveries from a consumer until `done` says so or the deadline passes.
+/// A message as a test consumer received it.
+pub struct Received {
+    pub topic: String,
+    pub position: String,
+    pub message: tcb_bus::Message,
+}
+
+/// Messages from a consumer until `done` says so or the deadline passes. Each is acked on arrival:
+/// a broker that bounds unacked deliveries (RabbitMQ's prefetch) would otherwise stop sending.
 pub async fn collect_until(
     consumer: &mut Box<dyn tcb_bus::Consumer>,
     deadline: Duration,
-    mut done: impl FnMut(&[Delivery]) -> bool,
-) -> Vec<Delivery> {
+    mut done: impl FnMut(&[Received]) -> bool,
+) -> Vec<Received> {
     let end = Instant::now() + deadline;
     let mut got = Vec::new();
     while !done(&got) {
         let left = end.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, consumer.next()).await {
-            Ok(d) => got.push(d.unwrap()),
+            Ok(d) => {
+                let d = d.unwrap();
+                got.push(Received {
+                    topic: d.topic.clone(),
+                    position: d.position.clone(),
+                    message: d.message.clone(),
+                });
+                d.ack().await.unwrap();
+            }
             Err(_) => break,
         }
     }
     got
 }
 
-pub fn message(d: &tcb_bus::Delivery) -> OrderMessage {
+pub fn message(d: &Received) -> OrderMessage {
     serde_json::from_slice(&d.message.payload).unwrap()
 }
 
-pub fn trigger_ids(d: &[tcb_bus::Delivery]) -> BTreeSet<String> {
+pub fn trigger_ids(d: &[Received]) -> BTreeSet<String> {
     d.iter()
         .map(|m| message(m).trigger.id.to_string())
         .collect()
