@@ -11,6 +11,7 @@ mod config;
 mod consume;
 mod demo;
 mod dev;
+mod replay;
 mod serve;
 mod simulate;
 
@@ -63,6 +64,8 @@ enum Command {
     CheckConfig(ConfigArg),
     /// Prints a topic's messages as JSON lines.
     Consume(consume::ConsumeArgs),
+    /// Moves dead letters back to the triggers topic (after their cause is fixed).
+    Replay(replay::ReplayArgs),
     /// Prints the JSON Schema of the order message (docs/schemas/order-message.v1.json).
     Schema,
     /// The Tradecloud stand-in: serves the order API, optionally fires webhooks at a bridge.
@@ -163,6 +166,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Demo(args) => demo::run(args).await,
         Command::CheckConfig(a) => check_config(&a.config),
         Command::Consume(args) => consume::run(args).await,
+        Command::Replay(args) => replay::run(args).await,
         Command::Simulate(args) => {
             tcb_telemetry::init(&tcb_telemetry::TelemetryConfig::default())?;
             simulate::run(args).await

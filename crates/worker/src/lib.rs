@@ -380,3 +380,46 @@ fn dead_letter(delivery: &Delivery, reason: &str) -> Message {
     );
     message
 }
+
+/// What `replay` did with one dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    pub key: String,
+    pub trigger_id: Option<String>,
+    /// Why it had been dead-lettered.
+    pub reason: Option<String>,
+}
+
+/// Moves dead letters back to the triggers topic (without their dead-letter headers), for the
+/// worker to try again once the cause is fixed. Each is acked on the dead-letter topic only after
+/// the triggers topic holds it. Stops after `limit` messages or when none came for `idle`.
+pub async fn replay(
+    bus: &Bus,
+    group: &str,
+    limit: Option<usize>,
+    idle: Duration,
+    mut on_replayed: impl FnMut(&Replayed),
+) -> Result<usize, BusError> {
+    let mut consumer = bus.consumer(&bus.topics.dead_letters, Some(group)).await?;
+    let publisher = bus.publisher();
+    let mut count = 0;
+    while limit.is_none_or(|l| count < l) {
+        let delivery = match tokio::time::timeout(idle, consumer.next()).await {
+            Ok(d) => d?,
+            Err(_) => break,
+        };
+        let mut message = delivery.message.clone();
+        let reason = message.headers.remove(headers::DEAD_LETTER_REASON);
+        message.headers.remove(headers::DEAD_LETTER_SOURCE);
+        let replayed = Replayed {
+            key: message.key.clone(),
+            trigger_id: message.headers.get(headers::TRIGGER_ID).cloned(),
+            reason,
+        };
+        publisher.publish(&bus.topics.triggers, message).await?;
+        delivery.ack().await?;
+        on_replayed(&replayed);
+        count += 1;
+    }
+    Ok(count)
+}

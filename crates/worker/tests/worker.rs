@@ -279,3 +279,58 @@ async fn shutdown_mid_retry_leaves_the_trigger_for_the_next_worker() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_replayed_after_the_fix_are_processed() {
+    let mut f = fixture().await;
+    // No legacy API configured: a legacy trigger is poison.
+    f.publish(
+        &TriggerEnvelope::order_id("GET", IdKind::LegacyOrderId, "4711", Utc::now()).unwrap(),
+    )
+    .await;
+    let (cancel, task) = f.start();
+    let dead = f.read(&f.bus.topics.dead_letters, 1).await;
+    assert!(dead[0].message.headers[headers::DEAD_LETTER_REASON].contains("legacy_base_url"));
+    cancel.cancel();
+    task.await.unwrap();
+
+    // The fix: the legacy API is configured. Replay, and the worker processes it.
+    f.config.tradecloud.legacy_base_url = Some(f.sim.base_url());
+    f.config.tradecloud.legacy_username = Some(SimConfig::default().legacy_username);
+    f.config.tradecloud.legacy_password =
+        Some(SecretString::from(SimConfig::default().legacy_password));
+    let mut replayed = Vec::new();
+    let n = tcb_worker::replay(&f.bus, "replay", None, Duration::from_millis(500), |r| {
+        replayed.push(r.clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(n, 1);
+    assert!(
+        replayed[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("legacy_base_url")
+    );
+    assert_eq!(replayed[0].key, "4711");
+    let (cancel, task) = f.start();
+    let out = f.read(&f.bus.topics.orders, 1).await;
+    let m = msg(&out[0]);
+    assert_eq!(m.legacy_order_id.as_deref(), Some("4711"));
+    assert!(
+        !out[0]
+            .message
+            .headers
+            .contains_key(headers::DEAD_LETTER_REASON)
+    );
+    cancel.cancel();
+    task.await.unwrap();
+    // Replayed once: a second replay finds nothing.
+    assert_eq!(
+        tcb_worker::replay(&f.bus, "replay", None, Duration::from_millis(300), |_| {})
+            .await
+            .unwrap(),
+        0
+    );
+}
