@@ -167,6 +167,36 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
         Some("13.50")
     );
 
+    // Metrics on the admin port count what happened (the worker counts right after publishing,
+    // so the last count may trail the message by a moment).
+    let expected = [
+        "tcb_ingress_requests_total{status=\"200\"} 5",
+        "tcb_worker_triggers_total{outcome=\"delivered\"} 5",
+        "tcb_ingress_ack_seconds_count 5",
+        "tcb_worker_end_to_end_seconds_count 5",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = reqwest::get(format!("http://{}/metrics", bridge.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|e| !metrics.lines().any(|l| l == **e))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing:?} not in\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Readiness and liveness on the admin port.
     let admin = reqwest::Client::new();
     for path in ["healthz", "readyz"] {

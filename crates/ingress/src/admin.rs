@@ -1,5 +1,6 @@
 //! The admin listener, apart from the public one: `/healthz` (the process serves), `/readyz`
-//! (the broker is reachable and publishes can succeed).
+//! (the broker is reachable and publishes can succeed), `/metrics` (Prometheus text format;
+//! `docs/metrics.md`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,9 @@ pub struct Admin {
 impl Admin {
     pub fn start(listen: SocketAddr, publisher: Arc<dyn Publisher>) -> Result<Self, IngressError> {
         let publisher = web::Data::from(Arc::new(publisher));
+        if tcb_telemetry::metrics::handle().is_none() {
+            tracing::warn!("another metrics recorder is installed: /metrics stays empty");
+        }
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(publisher.clone())
@@ -32,6 +36,7 @@ impl Admin {
                     web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }),
                 )
                 .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics))
         })
         .workers(1)
         .disable_signals()
@@ -60,4 +65,13 @@ async fn readyz(publisher: web::Data<Arc<dyn Publisher>>) -> HttpResponse {
         Err(_) => HttpResponse::ServiceUnavailable()
             .json(json!({"status": "not ready", "reason": "the broker did not answer in time"})),
     }
+}
+
+async fn metrics() -> HttpResponse {
+    let body = tcb_telemetry::metrics::handle()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(body)
 }

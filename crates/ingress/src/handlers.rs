@@ -175,6 +175,7 @@ async fn publish(
         headers: message_headers,
         payload: trigger.to_json(),
     };
+    let started = std::time::Instant::now();
     let outcome = tokio::time::timeout(
         state.ack_timeout,
         state.publisher.publish(&state.topic, message),
@@ -183,6 +184,7 @@ async fn publish(
     let trace_id = trace.trace_id_hex();
     match outcome {
         Ok(Ok(())) => {
+            tcb_telemetry::metrics::ingress_acked(started.elapsed());
             tracing::info!(
                 trigger_id = %trigger.id,
                 order_id = trigger.order_id.as_deref().unwrap_or(""),

@@ -144,6 +144,14 @@ impl Ingress {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap_fn(|req, srv| {
+                    let response = actix_web::dev::Service::call(srv, req);
+                    async move {
+                        let response = response.await?;
+                        tcb_telemetry::metrics::ingress_request(response.status().as_u16());
+                        Ok(response)
+                    }
+                })
                 .configure(|cfg| handlers::routes(cfg, &path))
         })
         .disable_signals()

@@ -282,6 +282,7 @@ async fn fetch(shared: &Shared, trigger: &TriggerEnvelope) -> Result<Vec<u8>, Fa
         match result {
             Ok(bytes) => return Ok(bytes),
             Err(e) if e.is_transient() => {
+                tcb_telemetry::metrics::retry("fetch");
                 tracing::warn!(trigger_id = %trigger.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "fetching the order failed; retrying");
                 if !sleep(shared, backoff).await {
                     return Err(Failure::Cancelled);
@@ -321,6 +322,7 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
         match shared.publisher.publish(&topic, message.clone()).await {
             Ok(()) => break,
             Err(e) => {
+                tcb_telemetry::metrics::retry("publish");
                 tracing::warn!(trigger_id = %trigger_id, error = %e, what, retry_in_ms = backoff.as_millis() as u64, "publishing failed; retrying");
                 if !sleep(shared, backoff).await {
                     return; // unacked: delivered again after restart
@@ -329,6 +331,12 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
             }
         }
     }
+    let dead_lettered = topic == shared.bus.topics.dead_letters;
+    let end_to_end = match (&trigger, dead_lettered) {
+        (Ok(t), false) => (Utc::now() - t.received_at).to_std().ok(),
+        _ => None,
+    };
+    tcb_telemetry::metrics::trigger_settled(dead_lettered, end_to_end);
     let position = delivery.position.clone();
     match delivery.ack().await {
         Ok(()) => {

@@ -1,0 +1,68 @@
+//! Prometheus metrics. Every metric the bridge emits is named here, once; `docs/metrics.md` is the
+//! reference. Served as text on the admin listener's `/metrics`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Webhook requests answered, by HTTP status (`status`).
+pub const INGRESS_REQUESTS: &str = "tcb_ingress_requests_total";
+/// Time from a webhook request to the broker's acknowledgement of its trigger.
+pub const INGRESS_ACK_SECONDS: &str = "tcb_ingress_ack_seconds";
+/// Triggers the worker settled, by `outcome`: `delivered` (order message published) or
+/// `dead_lettered`.
+pub const WORKER_TRIGGERS: &str = "tcb_worker_triggers_total";
+/// Time from a trigger's receipt at the ingress to its order message being confirmed.
+pub const WORKER_END_TO_END_SECONDS: &str = "tcb_worker_end_to_end_seconds";
+/// Retries after transient failures, by `what`: `fetch` (Tradecloud API) or `publish` (the bus).
+pub const WORKER_RETRIES: &str = "tcb_worker_retries_total";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once; `None` if another recorder was installed first.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".to_owned()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0,
+                    ],
+                )
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// A webhook request was answered with `status`.
+pub fn ingress_request(status: u16) {
+    metrics::counter!(INGRESS_REQUESTS, "status" => status.to_string()).increment(1);
+}
+
+/// The broker acknowledged a trigger `elapsed` after its request arrived.
+pub fn ingress_acked(elapsed: Duration) {
+    metrics::histogram!(INGRESS_ACK_SECONDS).record(elapsed.as_secs_f64());
+}
+
+/// A trigger was settled; `end_to_end` is set for delivered ones.
+pub fn trigger_settled(dead_lettered: bool, end_to_end: Option<Duration>) {
+    let outcome = if dead_lettered {
+        "dead_lettered"
+    } else {
+        "delivered"
+    };
+    metrics::counter!(WORKER_TRIGGERS, "outcome" => outcome).increment(1);
+    if let Some(d) = end_to_end {
+        metrics::histogram!(WORKER_END_TO_END_SECONDS).record(d.as_secs_f64());
+    }
+}
+
+/// A transient failure is retried.
+pub fn retry(what: &'static str) {
+    metrics::counter!(WORKER_RETRIES, "what" => what).increment(1);
+}
