@@ -199,22 +199,7 @@ async fn an_unreachable_broker_gives_503_and_red_readiness_then_recovers() {
     wait_ready(&bridge, 200, Duration::from_secs(30)).await;
     let stream = Stream::start(world.sender(&bridge, 1), "kstop");
     stream.advance(10).await;
-    proxy.cut();
-    wait_ready(&bridge, 503, Duration::from_secs(20)).await;
-    let before = stream.count(503);
-    stream.advance(3).await;
-    assert!(
-        stream.count(503) >= before + 2,
-        "503s while the broker is away"
-    );
-    proxy.restore();
-    wait_ready(&bridge, 200, Duration::from_secs(60)).await;
-    let ok = stream.count(200);
-    stream.advance(10).await;
-    assert!(
-        stream.count(200) > ok,
-        "accepting again without a restart of the bridge"
-    );
+    support::outage(&bridge, &stream, 2, || proxy.cut(), || proxy.restore()).await;
     let accepted = stream.finish().await;
     assert_all_delivered(&world, &accepted).await;
 }

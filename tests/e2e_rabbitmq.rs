@@ -24,6 +24,18 @@ use tcb_simulator::{Webhook, orders};
 /// The tests share one broker and one of them restarts it: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+fn rabbitmqctl(command: &str) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .arg(command)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn broker_addr() -> SocketAddr {
     let uri = rabbitmq_uri();
     let host_port = uri
@@ -212,37 +224,20 @@ async fn a_cut_and_a_half_open_connection_give_503_then_recover_without_a_restar
     stream.advance(10).await;
 
     // A cut: connections close, new ones are refused.
-    proxy.cut();
-    wait_ready(&bridge, 503, Duration::from_secs(10)).await;
-    let before = stream.count(503);
-    stream.advance(10).await;
-    assert!(
-        stream.count(503) >= before + 5,
-        "503s while the broker is unreachable"
-    );
-    proxy.restore();
-    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
-    let ok_before = stream.count(200);
-    stream.advance(10).await;
-    assert!(
-        stream.count(200) > ok_before,
-        "accepting again after recovery"
-    );
-
+    support::outage(&bridge, &stream, 5, || proxy.cut(), || proxy.restore()).await;
     // Half-open: the socket stays up, nothing passes; heartbeats (2 s) must notice.
-    proxy.blackhole();
-    wait_ready(&bridge, 503, Duration::from_secs(20)).await;
-    let before = stream.count(503);
-    stream.advance(5).await;
-    assert!(stream.count(503) >= before + 3, "503s while half-open");
-    proxy.restore();
-    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
-    stream.advance(10).await;
+    support::outage(
+        &bridge,
+        &stream,
+        3,
+        || proxy.blackhole(),
+        || proxy.restore(),
+    )
+    .await;
 
     let accepted = stream.finish().await;
     assert!(!accepted.is_empty());
     assert_all_delivered(&world, &accepted).await;
-    assert!(!bridge.logs_contain("\"status\":500"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,33 +248,14 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     wait_ready(&bridge, 200, Duration::from_secs(20)).await;
     let stream = Stream::start(world.sender(&bridge, 1), "restart");
     stream.advance(10).await;
-    let stop = std::process::Command::new("rabbitmqctl")
-        .arg("stop_app")
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        stop.status.success(),
-        "stop_app: {}",
-        String::from_utf8_lossy(&stop.stderr)
-    );
-    wait_ready(&bridge, 503, Duration::from_secs(20)).await;
-    let before = stream.count(503);
-    stream.advance(5).await;
-    let start = std::process::Command::new("rabbitmqctl")
-        .arg("start_app")
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        start.status.success(),
-        "start_app: {}",
-        String::from_utf8_lossy(&start.stderr)
-    );
-    assert!(
-        stream.count(503) >= before + 3,
-        "503s while the broker is down"
-    );
-    wait_ready(&bridge, 200, Duration::from_secs(60)).await;
-    stream.advance(10).await;
+    support::outage(
+        &bridge,
+        &stream,
+        3,
+        || rabbitmqctl("stop_app"),
+        || rabbitmqctl("start_app"),
+    )
+    .await;
     let accepted = stream.finish().await;
     assert_all_delivered(&world, &accepted).await;
 }

@@ -498,11 +498,49 @@ impl Stream {
         }
     }
 
+    /// Stops firing; every answer must have been 200 or 503 (never a 500 or 429, which
+    /// Tradecloud would not retry). Returns the accepted trigger ids.
     pub async fn finish(self) -> BTreeSet<String> {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.unwrap();
+        let statuses = self.statuses.lock().unwrap().clone();
+        let other: Vec<_> = statuses
+            .iter()
+            .filter(|s| !matches!(s, Some(200) | Some(503)))
+            .collect();
+        assert!(
+            other.is_empty(),
+            "answers other than 200 and 503: {other:?}"
+        );
         self.accepted.lock().unwrap().iter().cloned().collect()
     }
+}
+
+/// An outage while `stream` fires: after `begin` the bridge must turn not-ready and answer 503 (at
+/// least `min_503` more times); after `end` it must be ready and accept again, without a restart.
+pub async fn outage(
+    bridge: &Bridge,
+    stream: &Stream,
+    min_503: usize,
+    begin: impl FnOnce(),
+    end: impl FnOnce(),
+) {
+    begin();
+    wait_ready(bridge, 503, Duration::from_secs(20)).await;
+    let before = stream.count(503);
+    stream.advance(min_503 + 2).await;
+    assert!(
+        stream.count(503) >= before + min_503,
+        "503s while the broker is away"
+    );
+    end();
+    wait_ready(bridge, 200, Duration::from_secs(60)).await;
+    let ok = stream.count(200);
+    stream.advance(10).await;
+    assert!(
+        stream.count(200) > ok,
+        "accepting again without a restart of the bridge"
+    );
 }
 
 pub async fn assert_all_delivered(world: &World, accepted: &BTreeSet<String>) {
