@@ -248,6 +248,17 @@ fn basic_matches(req: &HttpRequest, user: &str, password: &str) -> bool {
         .is_some_and(|given| given == format!("{user}:{password}").as_bytes())
 }
 
+/// The rate limit, then the credentials: the answer that refuses the request, if any.
+fn gate(state: &State, authorized: bool) -> Option<HttpResponse> {
+    if !state.admit() {
+        Some(too_many())
+    } else if !authorized {
+        Some(unauthorized(state))
+    } else {
+        None
+    }
+}
+
 fn too_many() -> HttpResponse {
     HttpResponse::TooManyRequests().json(json!({"message": "rate limit exceeded"}))
 }
@@ -314,11 +325,8 @@ async fn get_order(
     state: web::Data<State>,
     id: web::Path<String>,
 ) -> HttpResponse {
-    if !state.admit() {
-        return too_many();
-    }
-    if !state.bearer_valid(&req) {
-        return unauthorized(&state);
+    if let Some(refused) = gate(&state, state.bearer_valid(&req)) {
+        return refused;
     }
     if state
         .fail_next
@@ -343,15 +351,13 @@ async fn get_legacy_order(
     state: web::Data<State>,
     id: web::Path<String>,
 ) -> HttpResponse {
-    if !state.admit() {
-        return too_many();
-    }
-    if !basic_matches(
+    let authorized = basic_matches(
         &req,
         &state.config.legacy_username,
         &state.config.legacy_password,
-    ) {
-        return unauthorized(&state);
+    );
+    if let Some(refused) = gate(&state, authorized) {
+        return refused;
     }
     if id.starts_with("missing") {
         return HttpResponse::NotFound().json(json!({"message": "purchase order not found"}));
