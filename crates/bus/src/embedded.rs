@@ -8,7 +8,8 @@
 //! Layout: `messages` is an append-only log per topic (ids increase); `acks` records which ids a
 //! consumer group has settled. A group's consumer reads ids above its cursor that it has not
 //! acked, so after a crash everything unacked is delivered again. One consumer per group and
-//! topic at a time (the worker); run one bridge process per data file.
+//! topic at a time (the worker); run one bridge process per data file. Messages older than
+//! `retention_hours` are deleted, acked or not, like a Kafka topic's retention.
 //!
 //! Writes go through one writer thread that commits whatever is pending in one transaction (group
 //! commit), so many concurrent publishes share one fsync.
@@ -46,6 +47,10 @@ pub struct EmbeddedConfig {
     /// overloaded (the ingress answers 503) instead of queueing without bound.
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
+    /// Messages older than this are deleted (acked or not, like a Kafka topic's retention), so
+    /// the file does not grow without bound; 0 keeps everything.
+    #[serde(default = "default_retention")]
+    pub retention_hours: u64,
     #[serde(default)]
     pub topics: TopicsConfig,
 }
@@ -54,11 +59,19 @@ fn default_max_pending() -> usize {
     10_000
 }
 
+fn default_retention() -> u64 {
+    24 * 7
+}
+
+/// How often the writer applies the retention.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
 impl EmbeddedConfig {
     pub fn at(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
             max_pending: default_max_pending(),
+            retention_hours: default_retention(),
             topics: TopicsConfig::default(),
         }
     }
@@ -76,12 +89,16 @@ enum Op {
         id: i64,
         reply: oneshot::Sender<Result<(), BusError>>,
     },
+    /// Apply the retention now.
+    Sweep {
+        reply: oneshot::Sender<Result<(), BusError>>,
+    },
 }
 
 impl Op {
     fn reply(self, result: Result<(), BusError>) {
         let reply = match self {
-            Op::Publish { reply, .. } | Op::Ack { reply, .. } => reply,
+            Op::Publish { reply, .. } | Op::Ack { reply, .. } | Op::Sweep { reply } => reply,
         };
         // The caller may have given up waiting (timeout); nothing to tell then.
         let _ = reply.send(result);
@@ -150,6 +167,7 @@ impl EmbeddedStore {
         let conn = open_connection(&config.path)?;
         conn.execute_batch(SCHEMA).map_err(storage)?;
         let (tx, rx) = sync_channel(config.max_pending.max(1));
+        let retention_hours = config.retention_hours;
         let notify = Arc::new(Notify::new());
         let writer_alive = Arc::new(AtomicBool::new(true));
         {
@@ -158,7 +176,7 @@ impl EmbeddedStore {
             std::thread::Builder::new()
                 .name("embedded-writer".to_owned())
                 .spawn(move || {
-                    writer_loop(conn, rx, &notify);
+                    writer_loop(conn, rx, &notify, retention_hours);
                     alive.store(false, Ordering::SeqCst);
                 })
                 .map_err(storage)?;
@@ -196,8 +214,49 @@ impl EmbeddedStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: Receiver<Op>, notify: &Notify) {
-    while let Ok(first) = rx.recv() {
+/// Deletes messages older than the retention, and their acks.
+fn sweep(conn: &Connection, retention_hours: u64) -> Result<(), rusqlite::Error> {
+    if retention_hours == 0 {
+        return Ok(());
+    }
+    let age = format!("-{} seconds", retention_hours.saturating_mul(3600));
+    let cutoff: String = conn.query_row(
+        "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)",
+        params![age],
+        |r| r.get(0),
+    )?;
+    conn.execute(
+        "DELETE FROM acks WHERE id IN (SELECT id FROM messages WHERE published_at < ?1)",
+        params![cutoff],
+    )?;
+    let deleted = conn.execute(
+        "DELETE FROM messages WHERE published_at < ?1",
+        params![cutoff],
+    )?;
+    if deleted > 0 {
+        tracing::info!(
+            deleted,
+            retention_hours,
+            "embedded store: deleted messages past the retention"
+        );
+    }
+    Ok(())
+}
+
+fn writer_loop(mut conn: Connection, rx: Receiver<Op>, notify: &Notify, retention_hours: u64) {
+    let mut last_sweep = std::time::Instant::now();
+    loop {
+        if last_sweep.elapsed() >= SWEEP_INTERVAL {
+            last_sweep = std::time::Instant::now();
+            if let Err(e) = sweep(&conn, retention_hours) {
+                tracing::warn!(error = %e, "embedded store: retention sweep failed");
+            }
+        }
+        let first = match rx.recv_timeout(SWEEP_INTERVAL) {
+            Ok(op) => op,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -232,6 +291,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Op>, notify: &Notify) {
                             .execute(params![group, topic, id])
                             .map(|_| ())
                             .map_err(storage),
+                        Op::Sweep { .. } => sweep(&txn, retention_hours).map_err(storage),
                     };
                     results.push(result);
                 }
@@ -252,6 +312,13 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Op>, notify: &Notify) {
                 }
             }
         }
+    }
+}
+
+impl EmbeddedStore {
+    /// Applies the retention now (the writer also does every ten minutes).
+    pub async fn sweep(&self) -> Result<(), BusError> {
+        self.submit(|reply| Op::Sweep { reply }).await
     }
 }
 

@@ -138,3 +138,30 @@ fn toml_like(json: &str) -> String {
         .unwrap_err()
         .to_string()
 }
+
+#[tokio::test]
+async fn messages_past_the_retention_are_deleted() {
+    use tcb_bus::embedded::EmbeddedStore;
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig::at(dir.path().join("r.db"));
+    let store = EmbeddedStore::open(&config).unwrap();
+    let p: &dyn tcb_bus::Publisher = &store;
+    p.publish("t", msg("k", 1)).await.unwrap();
+    p.publish("t", msg("k", 2)).await.unwrap();
+    // Age the first message past the default retention (7 days).
+    let conn = rusqlite::Connection::open(&config.path).unwrap();
+    conn.execute(
+        "UPDATE messages SET published_at = '2000-01-01T00:00:00.000Z' WHERE payload = ?1",
+        [b"payload-1".to_vec()],
+    )
+    .unwrap();
+    store.sweep().await.unwrap();
+    let mut c = tcb_bus::ConsumerOpener::consumer(&store, "t", Some("g"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut c).await.message, msg("k", 2));
+    let left: i64 = conn
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 1);
+}
