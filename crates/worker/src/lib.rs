@@ -243,16 +243,12 @@ async fn process_one(shared: &Shared, item: Item) {
     settle(shared, item, result).await;
 }
 
+/// GET triggers of one order: one fetch, one output message each.
 async fn process_gets(shared: &Shared, first: Item, rest: Vec<Item>) {
-    let Ok(trigger) = &first.trigger else {
-        return settle(
-            shared,
-            first,
-            Err(Failure::Poison("unreachable".to_owned())),
-        )
-        .await;
+    let fetched = match &first.trigger {
+        Ok(trigger) => fetch(shared, trigger).await,
+        Err(reason) => Err(Failure::Poison(reason.clone())),
     };
-    let fetched = fetch(shared, trigger).await;
     if !rest.is_empty() {
         tracing::debug!(order = %first.delivery.message.key, coalesced = rest.len() + 1, "one fetch for several GET triggers");
     }
