@@ -9,7 +9,7 @@
 //! consumer group has settled. A group's consumer reads ids above its cursor that it has not
 //! acked, so after a crash everything unacked is delivered again. One consumer per group and
 //! topic at a time (the worker); run one bridge process per data file. Messages older than
-//! `retention_hours` are deleted, acked or not, like a Kafka topic's retention.
+//! `retention_hours` are deleted once a consumer group has acked them; unacked ones are kept.
 //!
 //! Writes go through one writer thread that commits whatever is pending in one transaction (group
 //! commit), so many concurrent publishes share one fsync.
@@ -47,8 +47,8 @@ pub struct EmbeddedConfig {
     /// overloaded (the ingress answers 503) instead of queueing without bound.
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
-    /// Messages older than this are deleted (acked or not, like a Kafka topic's retention), so
-    /// the file does not grow without bound; 0 keeps everything.
+    /// Messages older than this are deleted once some consumer group has acked them, so the file
+    /// does not grow without bound; unacked messages are kept. 0 keeps everything.
     #[serde(default = "default_retention")]
     pub retention_hours: u64,
     #[serde(default)]
@@ -214,30 +214,35 @@ impl EmbeddedStore {
     }
 }
 
-/// Deletes messages older than the retention, and their acks.
+/// Deletes messages older than the retention that some consumer group has acked, and their acks.
+/// A message nobody acked is kept however old it is: nothing acknowledged to Tradecloud is lost.
 fn sweep(conn: &Connection, retention_hours: u64) -> Result<(), rusqlite::Error> {
     if retention_hours == 0 {
         return Ok(());
     }
     let age = format!("-{} seconds", retention_hours.saturating_mul(3600));
-    let cutoff: String = conn.query_row(
-        "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)",
-        params![age],
-        |r| r.get(0),
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS sweep_ids (id INTEGER PRIMARY KEY); DELETE FROM sweep_ids;",
     )?;
     conn.execute(
-        "DELETE FROM acks WHERE id IN (SELECT id FROM messages WHERE published_at < ?1)",
-        params![cutoff],
+        "INSERT INTO sweep_ids SELECT m.id FROM messages m
+         WHERE m.published_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)
+           AND EXISTS (SELECT 1 FROM acks a WHERE a.topic = m.topic AND a.id = m.id)",
+        params![age],
+    )?;
+    conn.execute(
+        "DELETE FROM acks WHERE id IN (SELECT id FROM sweep_ids)",
+        [],
     )?;
     let deleted = conn.execute(
-        "DELETE FROM messages WHERE published_at < ?1",
-        params![cutoff],
+        "DELETE FROM messages WHERE id IN (SELECT id FROM sweep_ids)",
+        [],
     )?;
     if deleted > 0 {
         tracing::info!(
             deleted,
             retention_hours,
-            "embedded store: deleted messages past the retention"
+            "embedded store: deleted consumed messages past the retention"
         );
     }
     Ok(())

@@ -140,28 +140,42 @@ fn toml_like(json: &str) -> String {
 }
 
 #[tokio::test]
-async fn messages_past_the_retention_are_deleted() {
+async fn consumed_messages_past_the_retention_are_deleted_unconsumed_ones_kept() {
     use tcb_bus::embedded::EmbeddedStore;
     let dir = tempfile::tempdir().unwrap();
     let config = EmbeddedConfig::at(dir.path().join("r.db"));
     let store = EmbeddedStore::open(&config).unwrap();
     let p: &dyn tcb_bus::Publisher = &store;
-    p.publish("t", msg("k", 1)).await.unwrap();
-    p.publish("t", msg("k", 2)).await.unwrap();
-    // Age the first message past the default retention (7 days).
+    for n in 1..=3 {
+        p.publish("t", msg("k", n)).await.unwrap();
+    }
+    // Message 1 is consumed by group "g"; 1 and 2 are older than the retention (7 days).
+    let mut g = tcb_bus::ConsumerOpener::consumer(&store, "t", Some("g"))
+        .await
+        .unwrap();
+    next(&mut g).await.ack().await.unwrap();
+    drop(g);
     let conn = rusqlite::Connection::open(&config.path).unwrap();
     conn.execute(
-        "UPDATE messages SET published_at = '2000-01-01T00:00:00.000Z' WHERE payload = ?1",
-        [b"payload-1".to_vec()],
+        "UPDATE messages SET published_at = '2000-01-01T00:00:00.000Z' WHERE payload IN (?1, ?2)",
+        [b"payload-1".to_vec(), b"payload-2".to_vec()],
     )
     .unwrap();
     store.sweep().await.unwrap();
-    let mut c = tcb_bus::ConsumerOpener::consumer(&store, "t", Some("g"))
-        .await
+    let left: Vec<Vec<u8>> = conn
+        .prepare("SELECT payload FROM messages ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        left,
+        [b"payload-2".to_vec(), b"payload-3".to_vec()],
+        "the unconsumed old one stays"
+    );
+    let acks: i64 = conn
+        .query_row("SELECT count(*) FROM acks", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(next(&mut c).await.message, msg("k", 2));
-    let left: i64 = conn
-        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(left, 1);
+    assert_eq!(acks, 0, "its ack went with it");
 }
