@@ -58,6 +58,13 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
+/// The `[bus.topics]` table, names after `prefix`.
+fn topics_toml(prefix: &str) -> String {
+    format!(
+        "\n[bus.topics]\ntriggers = \"{prefix}.triggers\"\norders = \"{prefix}.orders\"\ndead_letters = \"{prefix}.dead\"\n"
+    )
+}
+
 impl Backend {
     fn toml(&self, dir: &Path) -> String {
         match self {
@@ -65,36 +72,30 @@ impl Backend {
                 "[bus]\nbackend = \"embedded\"\npath = \"{}\"\n",
                 dir.join("data/bridge.db").display()
             ),
-            Backend::RabbitMq { uri, prefix } => format!(
-                r#"[bus]
+            Backend::RabbitMq { uri, prefix } => {
+                format!(
+                    r#"[bus]
 backend = "rabbitmq"
 uri = "{uri}"
 heartbeat_seconds = 2
 connect_timeout_ms = 3000
 exchange = "{prefix}.x"
 dead_letter_exchange = "{prefix}.dlx"
-
-[bus.topics]
-triggers = "{prefix}.triggers"
-orders = "{prefix}.orders"
-dead_letters = "{prefix}.dead"
 "#
-            ),
-            Backend::Kafka { bootstrap, prefix } => format!(
-                r#"[bus]
+                ) + &topics_toml(prefix)
+            }
+            Backend::Kafka { bootstrap, prefix } => {
+                format!(
+                    r#"[bus]
 backend = "kafka"
 bootstrap_servers = "{bootstrap}"
 message_timeout_ms = 3000
 partitions = 4
 session_timeout_ms = 6000
 commit_interval_ms = 300
-
-[bus.topics]
-triggers = "{prefix}.triggers"
-orders = "{prefix}.orders"
-dead_letters = "{prefix}.dead"
 "#
-            ),
+                ) + &topics_toml(prefix)
+            }
         }
     }
 }

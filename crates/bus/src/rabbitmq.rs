@@ -243,12 +243,13 @@ async fn supervise(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
                     let Some(strong) = inner.upgrade() else {
                         return;
                     };
-                    let reported = tokio::select! {
+                    // A user that saw the link fail wakes the check early.
+                    tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = strong.broken.notified() => true,
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => false,
-                    };
-                    if !link.healthy() || (reported && !link.connection.status().connected()) {
+                        _ = strong.broken.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                    if !link.healthy() {
                         tracing::warn!("RabbitMQ connection lost; reconnecting");
                         strong.link.send_replace(None);
                         let _ = tokio::time::timeout(

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tcb_bus::kafka::KafkaConfig;
-use tcb_bus::{BusConfig, BusError, TopicsConfig, connect};
+use tcb_bus::{BusConfig, BusError, connect};
 
 fn bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
@@ -31,11 +31,7 @@ fn config(prefix: &str, servers: &str) -> KafkaConfig {
         session_timeout_ms: 6_000,
         max_poll_interval_ms: 300_000,
         commit_interval_ms: 200,
-        topics: TopicsConfig {
-            triggers: format!("{prefix}.triggers"),
-            orders: format!("{prefix}.orders"),
-            dead_letters: format!("{prefix}.dead"),
-        },
+        topics: topics(prefix),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use secrecy::SecretString;
 use tcb_bus::rabbitmq::{QueueType, RabbitMq, RabbitMqConfig};
-use tcb_bus::{BusConfig, BusError, Message, TopicsConfig, connect};
+use tcb_bus::{BusConfig, BusError, Message, connect};
 
 pub fn uri() -> String {
     std::env::var("RABBITMQ_URI")
@@ -28,11 +28,7 @@ fn config(prefix: &str, queue_type: QueueType) -> RabbitMqConfig {
         single_active_consumer: true,
         publish_channels: 2,
         connect_timeout_ms: 5_000,
-        topics: TopicsConfig {
-            triggers: format!("{prefix}.triggers"),
-            orders: format!("{prefix}.orders"),
-            dead_letters: format!("{prefix}.dead"),
-        },
+        topics: topics(prefix),
     }
 }
 

@@ -66,29 +66,25 @@ pub fn setup(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Dev, C
     let sim_config = SimConfig::default();
     let simulator = Simulator::start(sim_config.clone(), SocketAddr::from(([127, 0, 0, 1], 0)))
         .map_err(|e| CliError::Io(format!("cannot start the Tradecloud simulator: {e}")))?;
-    let ingress: IngressConfig = IngressConfig {
+    let ingress = IngressConfig::new(
         listen,
-        tls: certificate.tls_config(),
-        auth: AuthConfig::Basic {
+        certificate.tls_config(),
+        AuthConfig::Basic {
             username: credentials.username.clone(),
             password: SecretString::from(credentials.password.clone()),
         },
-        ..defaults_ingress()?
-    };
-    let worker = WorkerConfig {
-        tradecloud: TradecloudConfig {
-            base_url: simulator.base_url(),
-            email: sim_config.email,
-            password: SecretString::from(sim_config.password),
-            legacy_base_url: Some(simulator.base_url()),
-            legacy_username: Some(sim_config.legacy_username),
-            legacy_password: Some(SecretString::from(sim_config.legacy_password)),
-            max_requests_per_second: 10,
-            request_timeout_ms: 10_000,
-            ca_file: None,
-        },
-        ..defaults_worker()?
-    };
+    );
+    let worker = WorkerConfig::new(TradecloudConfig {
+        base_url: simulator.base_url(),
+        email: sim_config.email,
+        password: SecretString::from(sim_config.password),
+        legacy_base_url: Some(simulator.base_url()),
+        legacy_username: Some(sim_config.legacy_username),
+        legacy_password: Some(SecretString::from(sim_config.legacy_password)),
+        max_requests_per_second: 10,
+        request_timeout_ms: 10_000,
+        ca_file: None,
+    });
     let config = Config {
         bus: BusConfig::Embedded(EmbeddedConfig::at(dir.join("bridge.db"))),
         ingress: Some(ingress),
@@ -106,20 +102,4 @@ pub fn setup(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Dev, C
         credentials_file,
         simulator,
     })
-}
-
-/// The ingress defaults, read the way a config file would be.
-fn defaults_ingress() -> Result<IngressConfig, CliError> {
-    toml::from_str(
-        r#"tls = { mode = "off" }
-auth = { kind = "bearer", token = "unused" }"#,
-    )
-    .map_err(|e| CliError::Io(format!("ingress defaults: {e}")))
-}
-
-fn defaults_worker() -> Result<WorkerConfig, CliError> {
-    toml::from_str(
-        r#"tradecloud = { base_url = "http://unused", email = "unused", password = "unused" }"#,
-    )
-    .map_err(|e| CliError::Io(format!("worker defaults: {e}")))
 }

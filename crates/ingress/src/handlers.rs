@@ -64,9 +64,7 @@ async fn get_by_path(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &state)?;
-    let trigger = TriggerEnvelope::order_id("GET", state.path_id, &id, Utc::now())
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    publish(&req, &state, trigger).await
+    publish_order_id(&req, &state, state.path_id, &id).await
 }
 
 async fn get_by_query(
@@ -90,9 +88,19 @@ async fn get_by_query(
             ));
         }
     };
+    publish_order_id(&req, &state, kind, id).await
+}
+
+/// A GET trigger: validates the id and publishes it.
+async fn publish_order_id(
+    req: &HttpRequest,
+    state: &AppState,
+    kind: IdKind,
+    id: &str,
+) -> Result<HttpResponse, ApiError> {
     let trigger = TriggerEnvelope::order_id("GET", kind, id, Utc::now())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    publish(&req, &state, trigger).await
+    publish(req, state, trigger).await
 }
 
 async fn event(

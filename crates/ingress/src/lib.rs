@@ -56,6 +56,24 @@ pub struct IngressConfig {
     pub auth: AuthConfig,
 }
 
+impl IngressConfig {
+    /// A config with every optional key at its default.
+    pub fn new(listen: SocketAddr, tls: tls::TlsConfig, auth: AuthConfig) -> Self {
+        Self {
+            listen,
+            path: default_path(),
+            path_id: default_path_id(),
+            max_body_bytes: default_max_body(),
+            ack_timeout_ms: default_ack_timeout(),
+            retry_after_seconds: default_retry_after(),
+            http_workers: None,
+            shutdown_timeout_seconds: default_shutdown(),
+            tls,
+            auth,
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8443))
 }

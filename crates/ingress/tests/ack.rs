@@ -46,20 +46,19 @@ impl Publisher for Fake {
 }
 
 fn config() -> IngressConfig {
-    IngressConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        path: "/hook".to_owned(),
-        path_id: tcb_model::IdKind::OrderId,
-        max_body_bytes: 1024,
-        ack_timeout_ms: 300,
-        retry_after_seconds: 7,
-        http_workers: Some(1),
-        shutdown_timeout_seconds: 5,
-        tls: TlsConfig::Off,
-        auth: AuthConfig::Bearer {
+    let mut c = IngressConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        TlsConfig::Off,
+        AuthConfig::Bearer {
             token: SecretString::from("tok"),
         },
-    }
+    );
+    c.path = "/hook".to_owned();
+    c.max_body_bytes = 1024;
+    c.ack_timeout_ms = 300;
+    c.retry_after_seconds = 7;
+    c.http_workers = Some(1);
+    c
 }
 
 async fn start(mode: Mode) -> (Ingress, Arc<Fake>) {

@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Most GET triggers of one order served by one fetch.
 const MAX_COALESCE: usize = 64;
-/// Deliveries waiting per lane; with `lanes` this bounds the unacked triggers in memory.
+/// Deliveries waiting per lane, in its channel and again in its look-ahead for GETs to coalesce:
+/// a worker holds at most `lanes * 2 * LANE_QUEUE` unacked triggers in memory.
 const LANE_QUEUE: usize = 32;
 
 /// The `[worker]` section.
@@ -47,6 +48,19 @@ pub struct WorkerConfig {
     #[serde(default = "default_retry_max")]
     pub retry_max_ms: u64,
     pub tradecloud: TradecloudConfig,
+}
+
+impl WorkerConfig {
+    /// A config with every optional key at its default.
+    pub fn new(tradecloud: TradecloudConfig) -> Self {
+        Self {
+            group: default_group(),
+            lanes: default_lanes(),
+            retry_initial_ms: default_retry_initial(),
+            retry_max_ms: default_retry_max(),
+            tradecloud,
+        }
+    }
 }
 
 fn default_group() -> String {
@@ -129,7 +143,7 @@ pub async fn run(
 }
 
 async fn consume(consumer: &mut dyn Consumer, lanes: &[mpsc::Sender<Delivery>], shared: &Shared) {
-    let mut backoff = shared.retry_initial;
+    let mut backoff = Backoff::new(shared);
     loop {
         let next = tokio::select! {
             _ = shared.cancel.cancelled() => return,
@@ -137,7 +151,7 @@ async fn consume(consumer: &mut dyn Consumer, lanes: &[mpsc::Sender<Delivery>], 
         };
         match next {
             Ok(delivery) => {
-                backoff = shared.retry_initial;
+                backoff.reset();
                 let lane = lane_of(&delivery.message.key, lanes.len());
                 tokio::select! {
                     _ = shared.cancel.cancelled() => return,
@@ -145,11 +159,10 @@ async fn consume(consumer: &mut dyn Consumer, lanes: &[mpsc::Sender<Delivery>], 
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "consuming triggers failed");
-                if !sleep(shared, backoff).await {
+                tracing::warn!(error = %e, retry_in_ms = backoff.delay_ms(), "consuming triggers failed");
+                if !backoff.wait().await {
                     return;
                 }
-                backoff = (backoff * 2).min(shared.retry_max);
             }
         }
     }
@@ -161,11 +174,36 @@ fn lane_of(key: &str, lanes: usize) -> usize {
     (h.finish() % lanes as u64) as usize
 }
 
-/// Sleeps unless cancelled; `false` when cancelled.
-async fn sleep(shared: &Shared, d: Duration) -> bool {
-    tokio::select! {
-        _ = shared.cancel.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
+/// Exponential back-off between retries, from `retry_initial_ms` doubling to `retry_max_ms`.
+struct Backoff<'a> {
+    shared: &'a Shared,
+    next: Duration,
+}
+
+impl<'a> Backoff<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        Self {
+            shared,
+            next: shared.retry_initial,
+        }
+    }
+
+    fn delay_ms(&self) -> u64 {
+        self.next.as_millis() as u64
+    }
+
+    fn reset(&mut self) {
+        self.next = self.shared.retry_initial;
+    }
+
+    /// Sleeps the current delay and doubles it; `false` when cancelled meanwhile.
+    async fn wait(&mut self) -> bool {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.shared.retry_max);
+        tokio::select! {
+            _ = self.shared.cancel.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
     }
 }
 
@@ -201,7 +239,11 @@ async fn lane(shared: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
             return; // unacked: delivered again after restart
         }
         if first.is_get() {
-            while let Ok(d) = rx.try_recv() {
+            // Look ahead for more GETs of this order, but hold at most a lane's worth in memory:
+            // everything held is unacked.
+            while pending.len() < LANE_QUEUE
+                && let Ok(d) = rx.try_recv()
+            {
                 pending.push_back(Item::new(d));
             }
             let batch = take_coalescable(&first, &mut pending);
@@ -266,7 +308,7 @@ async fn process_gets(shared: &Shared, first: Item, rest: Vec<Item>) {
 
 /// Fetches the trigger's order, retrying transient failures until it succeeds or shutdown.
 async fn fetch(shared: &Shared, trigger: &TriggerEnvelope) -> Result<Vec<u8>, Failure> {
-    let mut backoff = shared.retry_initial;
+    let mut backoff = Backoff::new(shared);
     loop {
         let result = match (&trigger.order_id, &trigger.legacy_order_id) {
             (Some(id), _) => shared.client.get_order(id).await,
@@ -279,11 +321,10 @@ async fn fetch(shared: &Shared, trigger: &TriggerEnvelope) -> Result<Vec<u8>, Fa
             Ok(bytes) => return Ok(bytes),
             Err(e) if e.is_transient() => {
                 tcb_telemetry::metrics::retry("fetch");
-                tracing::warn!(trigger_id = %trigger.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "fetching the order failed; retrying");
-                if !sleep(shared, backoff).await {
+                tracing::warn!(trigger_id = %trigger.id, error = %e, retry_in_ms = backoff.delay_ms(), "fetching the order failed; retrying");
+                if !backoff.wait().await {
                     return Err(Failure::Cancelled);
                 }
-                backoff = (backoff * 2).min(shared.retry_max);
             }
             Err(e) => return Err(Failure::Poison(e.to_string())),
         }
@@ -297,37 +338,28 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
         .as_ref()
         .map(|t| t.id.to_string())
         .unwrap_or_default();
-    let (topic, message, what) = match result {
-        Ok(message) => (
-            shared.bus.topics.orders.clone(),
-            output(&delivery, &message),
-            "order message",
-        ),
+    let (message, dead_lettered) = match result {
+        Ok(message) => (output(&delivery, &message), false),
         Err(Failure::Poison(reason)) => {
             tracing::warn!(trigger_id = %trigger_id, position = %delivery.position, reason = %reason, "dead-lettering the trigger");
-            (
-                shared.bus.topics.dead_letters.clone(),
-                dead_letter(&delivery, &reason),
-                "dead letter",
-            )
+            (dead_letter(&delivery, &reason), true)
         }
         Err(Failure::Cancelled) => return,
     };
-    let mut backoff = shared.retry_initial;
-    loop {
-        match shared.publisher.publish(&topic, message.clone()).await {
-            Ok(()) => break,
-            Err(e) => {
-                tcb_telemetry::metrics::retry("publish");
-                tracing::warn!(trigger_id = %trigger_id, error = %e, what, retry_in_ms = backoff.as_millis() as u64, "publishing failed; retrying");
-                if !sleep(shared, backoff).await {
-                    return; // unacked: delivered again after restart
-                }
-                backoff = (backoff * 2).min(shared.retry_max);
-            }
+    let topics = &shared.bus.topics;
+    let topic = if dead_lettered {
+        &topics.dead_letters
+    } else {
+        &topics.orders
+    };
+    let mut backoff = Backoff::new(shared);
+    while let Err(e) = shared.publisher.publish(topic, message.clone()).await {
+        tcb_telemetry::metrics::retry("publish");
+        tracing::warn!(trigger_id = %trigger_id, error = %e, topic = %topic, retry_in_ms = backoff.delay_ms(), "publishing failed; retrying");
+        if !backoff.wait().await {
+            return; // unacked: delivered again after restart
         }
     }
-    let dead_lettered = topic == shared.bus.topics.dead_letters;
     let end_to_end = match (&trigger, dead_lettered) {
         (Ok(t), false) => (Utc::now() - t.received_at).to_std().ok(),
         _ => None,

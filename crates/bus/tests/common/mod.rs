@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use tcb_bus::{Bus, Consumer, Delivery, Headers, Message};
+use tcb_bus::{Bus, Consumer, Delivery, Headers, Message, TopicsConfig};
 
 /// A message with header `n` and a CloudEvents id.
 pub fn msg(key: &str, n: u32) -> Message {
@@ -41,4 +41,13 @@ pub fn unique() -> String {
         .unwrap()
         .as_nanos();
     format!("tcb-test-{}-{nanos}", std::process::id())
+}
+
+/// The three topics, named after `prefix`.
+pub fn topics(prefix: &str) -> TopicsConfig {
+    TopicsConfig {
+        triggers: format!("{prefix}.triggers"),
+        orders: format!("{prefix}.orders"),
+        dead_letters: format!("{prefix}.dead"),
+    }
 }
