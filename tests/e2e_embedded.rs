@@ -10,8 +10,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use support::{PASSWORD, USER, World, collect_until, message};
+use tcb_model::codec::header as headers;
 use tcb_model::message::Scope;
-use tcb_model::{OrderMessage, TriggerEnvelope, headers, normalize_event, normalize_fetched_order};
+use tcb_model::{OrderMessage, TriggerEnvelope, normalize_event, normalize_fetched_order};
 use tcb_simulator::{Webhook, orders};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,10 +67,18 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
         })
         .await
         .iter()
-        .map(|d| serde_json::from_slice::<TriggerEnvelope>(&d.message.payload).unwrap())
+        .map(|d| tcb_model::codec::decode_trigger(&d.message).unwrap())
         .map(|t| (t.id.to_string(), t))
         .collect();
     assert_eq!(envelopes.len(), calls.len());
+    // An operator's tail without a group prints the orders topic from its start.
+    let mut printed = world.tail("orders");
+    printed
+        .wait_for(
+            &trigger_ids.iter().cloned().collect(),
+            Duration::from_secs(30),
+        )
+        .await;
 
     let by_trigger: HashMap<String, (&support::Received, OrderMessage)> = got
         .iter()
@@ -434,9 +443,51 @@ async fn bad_requests_get_their_status_and_publish_nothing() {
             "bad_request",
         ),
         (
-            "id with bad characters",
-            http.get(format!("{url}?orderId=a%20b"))
+            "id with control characters",
+            http.get(format!("{url}?orderId=a%01b"))
                 .basic_auth(USER, Some(PASSWORD)),
+            400,
+            "bad_request",
+        ),
+        (
+            "a '..' order id",
+            http.get(format!("{url}?orderId=.."))
+                .basic_auth(USER, Some(PASSWORD)),
+            400,
+            "bad_request",
+        ),
+        (
+            "a '.' legacy order id",
+            http.get(format!("{url}?legacyOrderId=."))
+                .basic_auth(USER, Some(PASSWORD)),
+            400,
+            "bad_request",
+        ),
+        (
+            "an order id over 256 bytes",
+            http.get(format!("{url}/{}", "x".repeat(257)))
+                .basic_auth(USER, Some(PASSWORD)),
+            400,
+            "bad_request",
+        ),
+        (
+            "a '..' order id in the event",
+            http.post(&url)
+                .basic_auth(USER, Some(PASSWORD))
+                .header("content-type", json)
+                .body(r#"{"eventName":"OrderIssuedByBuyer","orderEvent":{"orderId":".."}}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            "an over-long event name",
+            http.post(&url)
+                .basic_auth(USER, Some(PASSWORD))
+                .header("content-type", json)
+                .body(format!(
+                    r#"{{"eventName":"{}"}}"#,
+                    "OrderIssuedByBuyer".repeat(8)
+                )),
             400,
             "bad_request",
         ),

@@ -18,7 +18,7 @@ use support::{
     Backend, Bridge, Stream, World, assert_all_delivered, collect_until, kafka_bootstrap, message,
     unique, wait_ready,
 };
-use tcb_model::headers;
+use tcb_model::codec::header as headers;
 use tcb_model::message::Scope;
 use tcb_simulator::{Webhook, orders};
 
@@ -116,24 +116,25 @@ async fn separate_processes_deliver_keyed_messages_with_headers_and_dead_letter_
     assert!(
         dl[0].message.headers[headers::DEAD_LETTER_REASON].contains("event body does not parse")
     );
+    // An operator's tail without a group prints the orders topic from its start.
+    let mut tail = world.tail("orders");
+    let delivered: BTreeSet<String> = ids[..4].iter().cloned().collect();
+    tail.wait_for(&delivered, Duration::from_secs(60)).await;
+    tail.assert_no_panic();
 }
 
-/// The partitions a worker has now, from its last "partitions assigned" log line.
-fn assigned(worker: &Bridge) -> Option<u64> {
-    worker.logs.lock().unwrap().iter().rev().find_map(|l| {
-        let v: serde_json::Value = serde_json::from_str(l).ok()?;
-        (v["message"] == "partitions assigned").then(|| v["partitions"].as_u64())?
-    })
-}
-
-fn done_count(worker: &Bridge) -> usize {
+/// The partitions a worker holds now (its admin `/metrics`).
+async fn assigned(worker: &Bridge) -> f64 {
     worker
-        .logs
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains("\"trigger done\""))
-        .count()
+        .metric("tcb_kafka_assigned_partitions{group=\"tradecloud-bridge-worker\"}")
+        .await
+}
+
+/// The triggers a worker delivered (its admin `/metrics`).
+async fn done_count(worker: &Bridge) -> f64 {
+    worker
+        .metric("tcb_worker_triggers_total{outcome=\"delivered\"}")
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,12 +145,12 @@ async fn two_workers_in_one_group_share_the_partitions() {
     let b = world.start("worker");
     // Both members hold half of the 4 partitions before any trigger is sent.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !(assigned(&a) == Some(2) && assigned(&b) == Some(2)) {
+    while !(assigned(&a).await == 2.0 && assigned(&b).await == 2.0) {
         assert!(
             Instant::now() < deadline,
-            "the group did not settle: a={:?} b={:?}",
-            assigned(&a),
-            assigned(&b)
+            "the group did not settle: a={} b={}",
+            assigned(&a).await,
+            assigned(&b).await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -170,13 +171,12 @@ async fn two_workers_in_one_group_share_the_partitions() {
         accepted.insert(o.trigger_id.unwrap());
     }
     assert_all_delivered(&world, &accepted).await;
+    let (done_a, done_b) = (done_count(&a).await, done_count(&b).await);
     assert!(
-        done_count(&a) > 0 && done_count(&b) > 0,
-        "both workers worked: {} and {}",
-        done_count(&a),
-        done_count(&b)
+        done_a > 0.0 && done_b > 0.0,
+        "both workers worked: {done_a} and {done_b}"
     );
-    assert_eq!(done_count(&a) + done_count(&b), 40);
+    assert_eq!(done_a + done_b, 40.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

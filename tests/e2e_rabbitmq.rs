@@ -17,7 +17,7 @@ use support::{
     Backend, Stream, World, assert_all_delivered, collect_until, message, rabbitmq_uri, unique,
     wait_ready,
 };
-use tcb_model::headers;
+use tcb_model::codec::header as headers;
 use tcb_model::message::Scope;
 use tcb_simulator::{Webhook, orders};
 
@@ -77,12 +77,11 @@ impl Drop for Names {
                     return;
                 };
                 for q in ["triggers", "orders", "dead"] {
-                    let _ = ch
-                        .queue_delete(
-                            format!("{prefix}.{q}").into(),
-                            QueueDeleteOptions::default(),
-                        )
-                        .await;
+                    for name in [format!("{prefix}.{q}"), format!("{prefix}.{q}.tail")] {
+                        let _ = ch
+                            .queue_delete(name.into(), QueueDeleteOptions::default())
+                            .await;
+                    }
                 }
                 for x in ["x", "dlx"] {
                     let _ = ch
@@ -248,6 +247,9 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     wait_ready(&bridge, 200, Duration::from_secs(20)).await;
     let stream = Stream::start(world.sender(&bridge, 1), "restart");
     stream.advance(10).await;
+    // An operator's tail, started mid-stream: it reads the orders topic from its start and rides
+    // out the restart.
+    let mut tail = world.tail("orders");
     support::outage(
         &bridge,
         &stream,
@@ -258,6 +260,8 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     .await;
     let accepted = stream.finish().await;
     assert_all_delivered(&world, &accepted).await;
+    tail.wait_for(&accepted, Duration::from_secs(60)).await;
+    tail.assert_no_panic();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

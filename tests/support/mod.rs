@@ -221,6 +221,37 @@ log_level = "info"
         )
     }
 
+    /// `tradecloud-bridge consume --topic TOPIC` without a group (a tail) as a child process.
+    pub fn tail(&self, topic: &str) -> Tail {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
+            .args(["consume", "--topic", topic, "--config"])
+            .arg(&self.config)
+            .env("E2E_WEBHOOK_PASSWORD", PASSWORD)
+            .env("E2E_TRADECLOUD_PASSWORD", SimConfig::default().password)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("consume starts");
+        let collect = |out: Box<dyn std::io::Read + Send>| {
+            let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            lines
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        Tail {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
     /// A sender that calls like Tradecloud, trusting the test CA.
     pub fn sender(&self, bridge: &Bridge, max_attempts: u32) -> Sender {
         Sender::new(SenderConfig {
@@ -248,6 +279,70 @@ log_level = "info"
     }
 }
 
+/// `tradecloud-bridge consume` without a group: prints a topic from its start as JSON lines.
+pub struct Tail {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tail {
+    /// The trigger ids of the order messages printed so far.
+    pub fn trigger_ids(&self) -> BTreeSet<String> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                Some(v["payload"]["trigger"]["id"].as_str()?.to_owned())
+            })
+            .collect()
+    }
+
+    /// Waits until every id in `ids` was printed; panics with what it printed otherwise.
+    pub async fn wait_for(&mut self, ids: &BTreeSet<String>, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self.trigger_ids();
+            if ids.is_subset(&seen) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "consume exited with {status}: {:#?}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "consume printed {} of {} triggers: missing {:?}; stderr {:#?}",
+                ids.intersection(&seen).count(),
+                ids.len(),
+                ids.difference(&seen).take(5).collect::<Vec<_>>(),
+                self.stderr.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whatever it wrote to stderr holds no panic.
+    pub fn assert_no_panic(&self) {
+        let stderr = self.stderr.lock().unwrap();
+        assert!(
+            !stderr.iter().any(|l| l.contains("panicked")),
+            "{stderr:#?}"
+        );
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `tradecloud-bridge run` as a child process.
 pub struct Bridge {
     child: Child,
@@ -259,10 +354,14 @@ pub struct Bridge {
 
 impl Bridge {
     pub fn start(config: &Path, subcommand: &str, env: &[(&str, &str)]) -> Self {
+        // The bridge writes its bound addresses here once it listens: no log text is parsed.
+        let ready_file = config.with_file_name(format!("ready-{}.json", unique("bridge")));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"));
         cmd.arg(subcommand)
             .arg("--config")
             .arg(config)
+            .arg("--ready-file")
+            .arg(&ready_file)
             .env_remove("RUST_LOG");
         for (k, v) in env {
             cmd.env(k, v);
@@ -284,17 +383,10 @@ impl Bridge {
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         let (ingress, admin) = loop {
-            let found = |msg: &str| {
-                logs.lock().unwrap().iter().find_map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                    (v["message"] == msg).then(|| v["addr"].as_str()?.parse::<SocketAddr>().ok())?
-                })
-            };
-            let ingress = found("ingress listening");
-            if let Some(a) = found("admin listening (/healthz, /readyz)")
-                && (ingress.is_some() || subcommand == "worker")
-            {
-                break (ingress, a);
+            if let Ok(text) = std::fs::read_to_string(&ready_file) {
+                let v: serde_json::Value = serde_json::from_str(&text).expect("ready file is JSON");
+                let addr = |k: &str| v[k].as_str().map(|a| a.parse::<SocketAddr>().unwrap());
+                break (addr("ingress"), addr("admin").expect("an admin address"));
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
@@ -322,6 +414,20 @@ impl Bridge {
             "https://localhost:{}/webhook",
             self.ingress.expect("an ingress").port()
         )
+    }
+
+    /// The value of one series of `GET /metrics`, e.g. `tcb_worker_triggers_total{outcome="delivered"}`
+    /// (0 while it has not been written).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .expect("the admin listener answers")
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// The status of `GET /readyz`.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, params};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::{Notify, oneshot};
 
 use crate::{
@@ -38,7 +38,7 @@ const FETCH_BATCH: i64 = 128;
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// `[bus]` with `backend = "embedded"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedConfig {
     /// The SQLite file; it and its folder are created when missing.
@@ -74,6 +74,19 @@ impl EmbeddedConfig {
             retention_hours: default_retention(),
             topics: TopicsConfig::default(),
         }
+    }
+
+    /// Every problem of this section, each naming its key (relative to `bus`).
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if self.path.as_os_str().is_empty() {
+            problems.push(("path".to_owned(), "must not be empty".to_owned()));
+        }
+        if self.max_pending == 0 {
+            problems.push(("max_pending".to_owned(), "must be at least 1".to_owned()));
+        }
+        problems.extend(self.topics.validate());
+        problems
     }
 }
 
@@ -118,8 +131,15 @@ pub struct EmbeddedStore {
     inner: Arc<Inner>,
 }
 
-fn storage(e: impl std::fmt::Display) -> BusError {
-    BusError::Storage(e.to_string())
+fn storage(e: impl Into<crate::BoxError>) -> BusError {
+    BusError::storage("the embedded store failed", e)
+}
+
+fn writer_stopped() -> BusError {
+    BusError::Storage {
+        context: "the embedded store's writer stopped".to_owned(),
+        source: None,
+    }
 }
 
 fn open_connection(path: &Path) -> Result<Connection, BusError> {
@@ -129,7 +149,7 @@ fn open_connection(path: &Path) -> Result<Connection, BusError> {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| BusError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    .map_err(|e| BusError::storage(format!("cannot open {}", path.display()), e))?;
     conn.busy_timeout(Duration::from_secs(10))
         .map_err(storage)?;
     conn.pragma_update(None, "journal_mode", "WAL")
@@ -162,11 +182,14 @@ impl EmbeddedStore {
     pub fn open(config: &EmbeddedConfig) -> Result<Self, BusError> {
         if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|e| BusError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+                .map_err(|e| BusError::storage(format!("cannot create {}", dir.display()), e))?;
+        }
+        if let Some((key, message)) = config.validate().into_iter().next() {
+            return Err(BusError::Config(format!("bus.{key}: {message}")));
         }
         let conn = open_connection(&config.path)?;
         conn.execute_batch(SCHEMA).map_err(storage)?;
-        let (tx, rx) = sync_channel(config.max_pending.max(1));
+        let (tx, rx) = sync_channel(config.max_pending);
         let retention_hours = config.retention_hours;
         let notify = Arc::new(Notify::new());
         let writer_alive = Arc::new(AtomicBool::new(true));
@@ -203,14 +226,9 @@ impl EmbeddedStore {
                     "too many writes pending for the embedded store".to_owned(),
                 ));
             }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(BusError::Unavailable(
-                    "the embedded store's writer stopped".to_owned(),
-                ));
-            }
+            Err(TrySendError::Disconnected(_)) => return Err(writer_stopped()),
         }
-        rx.await
-            .map_err(|_| BusError::Unavailable("the embedded store's writer stopped".to_owned()))?
+        rx.await.map_err(|_| writer_stopped())?
     }
 }
 
@@ -313,7 +331,10 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Op>, notify: &Notify, retentio
             Err(e) => {
                 tracing::error!(error = %e, "embedded store: commit failed");
                 for op in batch {
-                    op.reply(Err(storage(format!("commit failed: {e}"))));
+                    op.reply(Err(BusError::Storage {
+                        context: format!("the embedded store's commit failed: {e}"),
+                        source: None,
+                    }));
                 }
             }
         }
@@ -341,9 +362,7 @@ impl Publisher for EmbeddedStore {
 
     async fn check_ready(&self) -> Result<(), BusError> {
         if !self.inner.writer_alive.load(Ordering::SeqCst) {
-            return Err(BusError::Unavailable(
-                "the embedded store's writer stopped".to_owned(),
-            ));
+            return Err(writer_stopped());
         }
         let path = self.inner.path.clone();
         tokio::task::spawn_blocking(move || {
@@ -374,7 +393,6 @@ impl ConsumerOpener for EmbeddedStore {
             conn: Arc::new(Mutex::new(conn)),
             cursor: 0,
             buffer: VecDeque::new(),
-            redeliver: Arc::new(Mutex::new(VecDeque::new())),
         }))
     }
 }
@@ -391,7 +409,6 @@ struct EmbeddedConsumer {
     conn: Arc<Mutex<Connection>>,
     cursor: i64,
     buffer: VecDeque<Row>,
-    redeliver: Arc<Mutex<VecDeque<Row>>>,
 }
 
 impl EmbeddedConsumer {
@@ -401,9 +418,10 @@ impl EmbeddedConsumer {
         let group = self.group.clone();
         let cursor = self.cursor;
         tokio::task::spawn_blocking(move || {
-            let conn = conn
-                .lock()
-                .map_err(|_| BusError::Storage("consumer connection poisoned".to_owned()))?;
+            let conn = conn.lock().map_err(|_| BusError::Storage {
+                context: "the embedded consumer's connection is poisoned".to_owned(),
+                source: None,
+            })?;
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT m.id, m.key, m.headers, m.payload FROM messages m
@@ -436,6 +454,7 @@ impl EmbeddedConsumer {
                         key,
                         headers,
                         payload,
+                        ..Message::default()
                     },
                 });
             }
@@ -451,8 +470,6 @@ impl EmbeddedConsumer {
             topic: self.topic.clone(),
             group: self.group.clone(),
             id: row.id,
-            message: row.message.clone(),
-            redeliver: self.redeliver.clone(),
         };
         Delivery::new(
             self.topic.clone(),
@@ -467,12 +484,7 @@ impl EmbeddedConsumer {
 impl Consumer for EmbeddedConsumer {
     async fn next(&mut self) -> Result<Delivery, BusError> {
         loop {
-            let again = self
-                .redeliver
-                .lock()
-                .map_err(|_| BusError::Storage("redelivery queue poisoned".to_owned()))?
-                .pop_front();
-            if let Some(row) = again.or_else(|| self.buffer.pop_front()) {
+            if let Some(row) = self.buffer.pop_front() {
                 return Ok(self.delivery(row));
             }
             let notify = self.store.inner.notify.clone();
@@ -495,8 +507,6 @@ struct EmbeddedAcker {
     topic: String,
     group: Option<String>,
     id: i64,
-    message: Message,
-    redeliver: Arc<Mutex<VecDeque<Row>>>,
 }
 
 #[async_trait]
@@ -514,16 +524,5 @@ impl Acker for EmbeddedAcker {
                 reply,
             })
             .await
-    }
-
-    async fn nack(self: Box<Self>) -> Result<(), BusError> {
-        self.redeliver
-            .lock()
-            .map_err(|_| BusError::Storage("redelivery queue poisoned".to_owned()))?
-            .push_back(Row {
-                id: self.id,
-                message: self.message,
-            });
-        Ok(())
     }
 }

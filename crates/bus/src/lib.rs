@@ -6,14 +6,19 @@
 //!   committed and fsynced; Kafka: delivery report with `acks=all`; RabbitMQ: publisher confirm).
 //! * [`Consumer::next`] yields [`Delivery`]s that stay unacknowledged until [`Delivery::ack`]; an
 //!   unacknowledged delivery is delivered again after a crash or restart (at least once).
+//! * [`ConsumerOpener::consumer`] without a group reads the topic from its start and settles
+//!   nothing (a tail for operators), on every backend.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+pub use backoff::Backoff;
+
+pub mod backoff;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 #[cfg(feature = "kafka")]
@@ -22,40 +27,129 @@ pub mod kafka;
 pub mod rabbitmq;
 
 /// Message headers: string to string, the common ground of Kafka, AMQP and the embedded store.
+/// Which headers a message carries is the model's business (`tcb_model::codec`); a backend only
+/// carries them.
 pub type Headers = BTreeMap<String, String>;
 
+/// The prefix of CloudEvents attributes in the bridge's headers (the Kafka binding, `ce_id`, ...).
+/// A backend with another binding maps it (AMQP: `cloudEvents:`).
+pub const CLOUDEVENTS_PREFIX: &str = "ce_";
+
 /// One message on a topic.
+///
+/// `headers` carry everything a reader needs. The typed fields repeat what a backend may map to
+/// native properties (AMQP `message-id`, `content-type` and the routing key), so that no backend
+/// needs to know a header name; they are set by whoever encodes the message and are not restored
+/// on receive.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Message {
     /// Partitioning/ordering key: the order id.
     pub key: String,
     pub headers: Headers,
     pub payload: Vec<u8>,
+    /// A stable id of this message (AMQP `message-id`).
+    pub id: Option<String>,
+    /// The payload's media type (AMQP `content-type`).
+    pub content_type: Option<String>,
+    /// One word that classifies the message for routing (AMQP routing key `<topic>.<word>`).
+    pub routing_word: Option<String>,
 }
 
-/// Errors of the bus. [`BusError::is_transient`] tells a retry-later failure from a permanent one.
+/// An error from a broker client library, kept as the source of a [`BusError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The bus crate's result.
+pub type Result<T, E = BusError> = std::result::Result<T, E>;
+
+/// Errors of the bus. Each is either transient (retrying later can succeed: the ingress answers
+/// 503, the worker backs off) or permanent for the message at hand ([`BusError::is_transient`]).
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("the broker is unavailable: {0}")]
-    Unavailable(String),
+    /// The broker cannot be reached or the connection broke. Transient.
+    #[error("{context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Too many publishes are waiting. Transient.
     #[error("the broker is overloaded: {0}")]
     Overloaded(String),
+    /// The broker did not confirm in time. Transient.
     #[error("the broker did not confirm within {0:?}")]
     Timeout(Duration),
-    #[error("the broker refused the message: {0}")]
-    Rejected(String),
-    #[error("storage error: {0}")]
-    Storage(String),
+    /// The broker refused the message for now (a negative confirm, an unroutable message). Transient:
+    /// a queue can be bound and the broker can recover.
+    #[error("{context}")]
+    Rejected {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The message is larger than the broker accepts. Permanent for this message.
+    #[error("{context}")]
+    TooLarge {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The broker will never take this message as configured: not authorized for the topic, the
+    /// topic does not exist, the record is invalid. Permanent for this message.
+    #[error("{context}")]
+    Refused {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The local store failed (embedded backend). Transient.
+    #[error("{context}")]
+    Storage {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The bus is shutting down. Transient (another process takes over).
     #[error("the bus is shutting down")]
     Closed,
+    /// The configuration cannot work. Permanent.
     #[error("bus configuration: {0}")]
     Config(String),
 }
 
 impl BusError {
-    /// Whether retrying later can succeed (the ingress answers 503, the worker backs off).
+    /// Whether retrying the same operation later can succeed. A permanent error will fail the
+    /// same way every time: the worker dead-letters the trigger instead of retrying it.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, BusError::Config(_))
+        !matches!(
+            self,
+            BusError::TooLarge { .. } | BusError::Refused { .. } | BusError::Config(_)
+        )
+    }
+
+    pub fn unavailable(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        BusError::Unavailable {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    pub fn storage(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        BusError::Storage {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// An error message with every source in the chain, for logs (`a: b: c`).
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            next = e.source();
+        }
+        out
     }
 }
 
@@ -66,6 +160,8 @@ pub trait Publisher: Send + Sync + 'static {
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError>;
     /// `Ok` when the broker is reachable and publishes can succeed (readiness).
     async fn check_ready(&self) -> Result<(), BusError>;
+    /// Closes connections cleanly at shutdown (after the last publish and ack).
+    async fn close(&self) {}
 }
 
 /// Yields deliveries from one topic for one consumer group.
@@ -79,8 +175,6 @@ pub trait Consumer: Send + 'static {
 #[async_trait]
 pub trait Acker: Send + Sync + 'static {
     async fn ack(self: Box<Self>) -> Result<(), BusError>;
-    /// Give the message back for redelivery.
-    async fn nack(self: Box<Self>) -> Result<(), BusError>;
 }
 
 /// A message received from a topic, to be acked or nacked explicitly.
@@ -116,15 +210,10 @@ impl Delivery {
     pub async fn ack(self) -> Result<(), BusError> {
         self.acker.ack().await
     }
-
-    /// The message is given back and delivered again.
-    pub async fn nack(self) -> Result<(), BusError> {
-        self.acker.nack().await
-    }
 }
 
 /// Names of the three topics (Kafka topics, RabbitMQ queues, embedded topics).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TopicsConfig {
     /// Triggers as received from Tradecloud.
@@ -145,9 +234,44 @@ impl Default for TopicsConfig {
     }
 }
 
+impl TopicsConfig {
+    /// Every problem of `topics`, each naming its key (relative to `bus`).
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        for (key, name) in [
+            ("triggers", &self.triggers),
+            ("orders", &self.orders),
+            ("dead_letters", &self.dead_letters),
+        ] {
+            let bad = name.is_empty()
+                || name.len() > 200
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if bad {
+                problems.push((
+                    format!("topics.{key}"),
+                    "must be 1 to 200 of letters, digits, '.', '_' and '-'".to_owned(),
+                ));
+            }
+        }
+        if self.triggers == self.orders
+            || self.triggers == self.dead_letters
+            || self.orders == self.dead_letters
+        {
+            problems.push((
+                "topics".to_owned(),
+                "triggers, orders and dead_letters must be three different topics".to_owned(),
+            ));
+        }
+        problems
+    }
+}
+
 /// The `[bus]` section: which broker to use, picked by `backend`. `backend = "embedded"` needs
 /// no broker. Each backend's section carries its own `topics`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg(any(feature = "embedded", feature = "kafka", feature = "rabbitmq"))]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase")]
 pub enum BusConfig {
     /// The on-disk queue: one SQLite file, one machine.
@@ -161,6 +285,7 @@ pub enum BusConfig {
     Kafka(kafka::KafkaConfig),
 }
 
+#[cfg(any(feature = "embedded", feature = "kafka", feature = "rabbitmq"))]
 impl BusConfig {
     /// The topic names of whichever backend is configured.
     pub fn topics(&self) -> &TopicsConfig {
@@ -171,6 +296,18 @@ impl BusConfig {
             BusConfig::Rabbitmq(c) => &c.topics,
             #[cfg(feature = "kafka")]
             BusConfig::Kafka(c) => &c.topics,
+        }
+    }
+
+    /// Every problem of the section, each with its key below `bus` (`topics.orders`, `uri`, ...).
+    pub fn validate(&self) -> Vec<(String, String)> {
+        match self {
+            #[cfg(feature = "embedded")]
+            BusConfig::Embedded(c) => c.validate(),
+            #[cfg(feature = "rabbitmq")]
+            BusConfig::Rabbitmq(c) => c.validate(),
+            #[cfg(feature = "kafka")]
+            BusConfig::Kafka(c) => c.validate(),
         }
     }
 
@@ -224,6 +361,11 @@ impl Bus {
         self.publisher.clone()
     }
 
+    /// Closes the backend's connections (graceful shutdown).
+    pub async fn close(&self) {
+        self.publisher.close().await;
+    }
+
     pub async fn consumer(
         &self,
         topic: &str,
@@ -234,7 +376,11 @@ impl Bus {
 }
 
 /// The one place that picks a backend.
+#[cfg(any(feature = "embedded", feature = "kafka", feature = "rabbitmq"))]
 pub async fn connect(config: &BusConfig) -> Result<Bus, BusError> {
+    if let Some((key, message)) = config.validate().into_iter().next() {
+        return Err(BusError::Config(format!("bus.{key}: {message}")));
+    }
     match config {
         #[cfg(feature = "embedded")]
         BusConfig::Embedded(c) => {

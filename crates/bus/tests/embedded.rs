@@ -80,16 +80,6 @@ async fn groups_are_independent_and_a_tail_does_not_ack() {
 }
 
 #[tokio::test]
-async fn nack_redelivers() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = open(&dir).await;
-    let mut c = bus.consumer("t", Some("g")).await.unwrap();
-    bus.publisher().publish("t", msg("k", 7)).await.unwrap();
-    next(&mut c).await.nack().await.unwrap();
-    assert_eq!(next(&mut c).await.message, msg("k", 7));
-}
-
-#[tokio::test]
 async fn a_consumer_sees_what_another_process_publishes() {
     // Two independent stores on one file stand for two processes.
     let dir = tempfile::tempdir().unwrap();

@@ -24,7 +24,7 @@ fn config(prefix: &str, servers: &str) -> KafkaConfig {
         ssl_ca_location: None,
         properties: BTreeMap::new(),
         message_timeout_ms: 3_000,
-        compression: "lz4".to_owned(),
+        compression: tcb_bus::kafka::Compression::Lz4,
         create_topics: true,
         partitions: 3,
         replication_factor: 1,
@@ -118,6 +118,27 @@ async fn an_unreachable_broker_fails_publishes_within_the_message_timeout() {
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "failed at the message timeout, not later: {e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_large_for_the_producer_is_a_permanent_error() {
+    let mut c = config(&unique(), &bootstrap());
+    c.properties
+        .insert("message.max.bytes".to_owned(), "10000".to_owned());
+    let bus = connect(&BusConfig::Kafka(c.clone())).await.unwrap();
+    let mut big = msg("k", 1);
+    big.payload = vec![b'x'; 20_000];
+    let e = bus
+        .publisher()
+        .publish(&c.topics.triggers, big)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BusError::TooLarge { .. }), "{}", e.chain());
+    assert!(!e.is_transient(), "retrying can never help: {e}");
+    assert!(
+        std::error::Error::source(&e).is_some(),
+        "keeps librdkafka's error"
     );
 }
 

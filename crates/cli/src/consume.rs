@@ -6,8 +6,6 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
-use tcb_bus::BusConfig;
-use tcb_bus::embedded::EmbeddedConfig;
 
 use crate::CliError;
 use crate::config::Config;
@@ -36,7 +34,18 @@ pub struct ConsumeArgs {
 pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
     let bus_config = match &args.config {
         Some(path) => Config::load(path)?.bus,
-        None => BusConfig::Embedded(EmbeddedConfig::at(args.data_dir.join("bridge.db"))),
+        #[cfg(feature = "embedded")]
+        None => tcb_bus::BusConfig::Embedded(tcb_bus::embedded::EmbeddedConfig::at(
+            args.data_dir.join("bridge.db"),
+        )),
+        #[cfg(not(feature = "embedded"))]
+        None => {
+            return Err(CliError::Io(format!(
+                "give --config: the embedded queue in {} needs the embedded backend, which this \
+                 binary was built without",
+                args.data_dir.display()
+            )));
+        }
     };
     let bus = tcb_bus::connect(&bus_config).await?;
     let topic = match args.topic.as_str() {
@@ -55,7 +64,15 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
             },
             None => consumer.next().await,
         };
-        let delivery = next?;
+        let delivery = match next {
+            Ok(d) => d,
+            // The broker went away: the consumer reconnects (and a tail resumes where it was).
+            Err(e) if e.is_transient() => {
+                eprintln!("consume: {}; retrying", e.chain());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let m = &delivery.message;
         let payload = serde_json::from_slice::<serde_json::Value>(&m.payload)
             .unwrap_or_else(|_| json!({ "base64": STANDARD.encode(&m.payload) }));
@@ -72,5 +89,6 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
         delivery.ack().await?;
         seen += 1;
     }
+    bus.close().await;
     Ok(())
 }

@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 
 mod config;
 mod consume;
+#[cfg(feature = "embedded")]
 mod demo;
+#[cfg(feature = "embedded")]
 mod dev;
 mod replay;
 mod serve;
@@ -36,6 +38,22 @@ struct ConfigArg {
     config: PathBuf,
 }
 
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    ready: ReadyArg,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct ReadyArg {
+    /// Once every listener is bound, write `{"ingress": ADDR, "admin": ADDR}` to this file (for
+    /// supervisors and tests that start the bridge on port 0).
+    #[arg(long, env = "TCB_READY_FILE")]
+    ready_file: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Ingress and worker in one process. Without --config: development mode (embedded queue in
@@ -52,13 +70,16 @@ enum Command {
         /// Admin listener of development mode.
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: SocketAddr,
+        #[command(flatten)]
+        ready: ReadyArg,
     },
     /// Only the webhook ingress.
-    Ingress(ConfigArg),
+    Ingress(ServeArgs),
     /// Only the worker.
-    Worker(ConfigArg),
+    Worker(ServeArgs),
     /// Development mode plus the simulator firing a burst of mixed triggers; prints every
     /// normalized message and a summary, exits 0 when every accepted trigger arrived.
+    #[cfg(feature = "embedded")]
     Demo(demo::DemoArgs),
     /// Validates a config file (and its certificate files) without starting anything.
     CheckConfig(ConfigArg),
@@ -121,13 +142,23 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> Result<(), CliError> {
     match command {
         Command::Run {
-            config: Some(path), ..
-        } => serve(&path, Parts::ALL).await,
+            config: Some(path),
+            ready,
+            ..
+        } => serve(&path, Parts::ALL, &ready).await,
+        #[cfg(not(feature = "embedded"))]
+        Command::Run { config: None, .. } => Err(CliError::Io(
+            "development mode (run without --config) needs the embedded backend, which this \
+             binary was built without; give --config"
+                .to_owned(),
+        )),
+        #[cfg(feature = "embedded")]
         Command::Run {
             config: None,
             data_dir,
             listen,
             admin_listen,
+            ready,
         } => {
             let dev = dev::setup(&data_dir, listen, admin_listen)?;
             tcb_telemetry::init(&dev.config.telemetry)?;
@@ -139,30 +170,26 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
                 "development mode: embedded queue, development certificate, simulated Tradecloud API; not for production"
             );
             let running = Running::start(&dev.config, Parts::ALL).await?;
+            running.write_ready_file(ready.ready_file.as_deref())?;
             let result = running.until_signal().await;
             dev.simulator.stop().await;
             result
         }
         Command::Ingress(a) => {
-            serve(
-                &a.config,
-                Parts {
-                    ingress: true,
-                    worker: false,
-                },
-            )
-            .await
+            let parts = Parts {
+                ingress: true,
+                worker: false,
+            };
+            serve(&a.config.config, parts, &a.ready).await
         }
         Command::Worker(a) => {
-            serve(
-                &a.config,
-                Parts {
-                    ingress: false,
-                    worker: true,
-                },
-            )
-            .await
+            let parts = Parts {
+                ingress: false,
+                worker: true,
+            };
+            serve(&a.config.config, parts, &a.ready).await
         }
+        #[cfg(feature = "embedded")]
         Command::Demo(args) => demo::run(args).await,
         Command::CheckConfig(a) => check_config(&a.config),
         Command::Consume(args) => consume::run(args).await,
@@ -190,12 +217,16 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
     }
 }
 
-async fn serve(path: &std::path::Path, parts: Parts) -> Result<(), CliError> {
+async fn serve(path: &std::path::Path, parts: Parts, ready: &ReadyArg) -> Result<(), CliError> {
     let config = Config::load(path)?;
     tcb_telemetry::init(&config.telemetry)?;
-    Running::start(&config, parts).await?.until_signal().await
+    let running = Running::start(&config, parts).await?;
+    running.write_ready_file(ready.ready_file.as_deref())?;
+    running.until_signal().await
 }
 
+/// Loads the file, which runs every section's own validation, then reads the files it names
+/// (certificate and key, the Tradecloud CA) the way start-up would.
 fn check_config(path: &std::path::Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
     if let Some(ingress) = &config.ingress {

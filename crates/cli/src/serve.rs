@@ -82,6 +82,22 @@ impl Running {
         })
     }
 
+    /// Writes the bound addresses as JSON to `path` (atomically: a reader never sees half a file).
+    pub fn write_ready_file(&self, path: Option<&std::path::Path>) -> Result<(), CliError> {
+        let Some(path) = path else {
+            return Ok(());
+        };
+        let body = serde_json::json!({
+            "ingress": self.ingress_addr.map(|a| a.to_string()),
+            "admin": self.admin.local_addr.to_string(),
+            "pid": std::process::id(),
+        });
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, body.to_string())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| CliError::Io(format!("cannot write {}: {e}", path.display())))
+    }
+
     /// Runs until SIGINT/SIGTERM or until the worker fails, then stops gracefully.
     pub async fn until_signal(mut self) -> Result<(), CliError> {
         let worker_failed = async {
@@ -119,6 +135,7 @@ impl Running {
             let _ = worker.await;
         }
         self.admin.stop().await;
+        self.bus.close().await;
         tracing::info!("stopped");
     }
 }

@@ -4,27 +4,46 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// `[ingress.auth]`, picked by `kind`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum AuthConfig {
     /// `Authorization: Basic base64(username:password)`, as set in Tradecloud's webhook settings.
     Basic {
         username: String,
-        #[serde(serialize_with = "redacted")]
         password: SecretString,
     },
     /// `Authorization: Bearer <token>`, a static token set in Tradecloud's webhook settings.
-    Bearer {
-        #[serde(serialize_with = "redacted")]
-        token: SecretString,
-    },
+    Bearer { token: SecretString },
 }
 
-fn redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str("[redacted]")
+impl AuthConfig {
+    /// Every problem of `auth`, each naming its key (relative to `ingress`). An empty credential
+    /// would let an empty `Authorization` through.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        match self {
+            AuthConfig::Basic { username, password } => {
+                if username.is_empty() || username.contains(':') {
+                    problems.push((
+                        "auth.username".to_owned(),
+                        "must not be empty nor contain ':'".to_owned(),
+                    ));
+                }
+                if password.expose_secret().is_empty() {
+                    problems.push(("auth.password".to_owned(), "must not be empty".to_owned()));
+                }
+            }
+            AuthConfig::Bearer { token } => {
+                if token.expose_secret().trim().is_empty() {
+                    problems.push(("auth.token".to_owned(), "must not be empty".to_owned()));
+                }
+            }
+        }
+        problems
+    }
 }
 
 pub(crate) enum Authenticator {
@@ -99,6 +118,19 @@ mod tests {
             password: SecretString::from("s3cret"),
         };
         assert!(!format!("{c:?}").contains("s3cret"));
-        assert!(!serde_json::to_string(&c).unwrap().contains("s3cret"));
+    }
+
+    #[test]
+    fn empty_credentials_are_config_errors() {
+        let basic = AuthConfig::Basic {
+            username: String::new(),
+            password: SecretString::from(""),
+        };
+        let keys: Vec<String> = basic.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["auth.username", "auth.password"]);
+        let bearer = AuthConfig::Bearer {
+            token: SecretString::from(" "),
+        };
+        assert_eq!(bearer.validate().len(), 1);
     }
 }

@@ -17,6 +17,8 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the message bus does not accept a trigger this large")]
+    TooLargeForBroker,
     #[error("content type must be application/json, got {0:?}")]
     UnsupportedMediaType(String),
     /// Transient: the trigger was not stored; Tradecloud retries on 503.
@@ -31,7 +33,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::PayloadTooLarge(_) | ApiError::TooLargeForBroker => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable { .. } => "unavailable",
         }
@@ -45,7 +47,9 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge(_) | ApiError::TooLargeForBroker => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }

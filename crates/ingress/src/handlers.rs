@@ -7,8 +7,8 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::atomic::Ordering;
-use tcb_bus::{Headers, Message};
-use tcb_model::{IdKind, TriggerEnvelope, headers};
+use tcb_bus::BusError;
+use tcb_model::{EventMethod, IdKind, OrderId, TriggerEnvelope, codec};
 use tcb_telemetry::trace_context::TraceParent;
 
 use crate::{ApiError, AppState};
@@ -98,7 +98,7 @@ async fn publish_order_id(
     kind: IdKind,
     id: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let trigger = TriggerEnvelope::order_id("GET", kind, id, Utc::now())
+    let trigger = TriggerEnvelope::get(kind, id, Utc::now())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     publish(req, state, trigger).await
 }
@@ -144,8 +144,13 @@ async fn event(
         }
         body.extend_from_slice(&chunk);
     }
-    let method = req.method().as_str().to_owned();
-    let trigger = TriggerEnvelope::event(&method, Some(&content_type), &body, Utc::now())
+    // The routes send only POST and PUT here.
+    let method = if req.method() == actix_web::http::Method::PUT {
+        EventMethod::Put
+    } else {
+        EventMethod::Post
+    };
+    let trigger = TriggerEnvelope::event(method, Some(&content_type), &body, Utc::now())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     publish(&req, &state, trigger).await
 }
@@ -163,42 +168,31 @@ async fn publish(
     if state.draining.load(Ordering::SeqCst) {
         return Err(unavailable("the bridge is shutting down".to_owned()));
     }
-    let trace = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .map(|parent| parent.child())
-        .unwrap_or_else(TraceParent::new_root);
-    let message_headers: Headers = headers::common(
-        &trigger.id,
-        tcb_model::trigger::TRIGGER_SCHEMA_VERSION,
-        &trace.to_string(),
-        trigger.event_name.as_deref(),
-    )
-    .into_iter()
-    .collect();
-    let message = Message {
-        key: trigger.key(),
-        headers: message_headers,
-        payload: trigger.to_json(),
-    };
+    let trace = TraceParent::child_of(
+        req.headers()
+            .get(codec::header::TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let trace_id = trace.trace_id_hex();
+    let message = codec::encode_trigger(&trigger, &trace.to_string()).map_err(|e| {
+        tracing::error!(trigger_id = %trigger.id, error = %e, "cannot encode the trigger: 503");
+        unavailable(format!("the trigger could not be encoded: {e}"))
+    })?;
     let started = std::time::Instant::now();
     let outcome = tokio::time::timeout(
         state.ack_timeout,
         state.publisher.publish(&state.topic, message),
     )
     .await;
-    let trace_id = trace.trace_id_hex();
     match outcome {
         Ok(Ok(())) => {
             tcb_telemetry::metrics::ingress_acked(started.elapsed());
             tracing::info!(
                 trigger_id = %trigger.id,
-                order_id = trigger.order_id.as_deref().unwrap_or(""),
-                legacy_order_id = trigger.legacy_order_id.as_deref().unwrap_or(""),
-                event_name = trigger.event_name.as_deref().unwrap_or(""),
-                method = %trigger.method,
+                order_id = trigger.order_id().map(OrderId::as_str).unwrap_or(""),
+                legacy_order_id = trigger.legacy_order_id().map(OrderId::as_str).unwrap_or(""),
+                event_name = trigger.event_name().map(|n| n.as_str()).unwrap_or(""),
+                method = trigger.method().as_str(),
                 trace_id = %trace_id,
                 "trigger accepted"
             );
@@ -207,8 +201,14 @@ async fn publish(
                 "triggerId": trigger.id,
             })))
         }
+        // The broker will never take a message this large: a retry cannot help, so say so
+        // (Tradecloud does not retry a 4xx) instead of a 503 that would be retried for ever.
+        Ok(Err(e @ BusError::TooLarge { .. })) => {
+            tracing::warn!(trigger_id = %trigger.id, trace_id = %trace_id, error = %e.chain(), "trigger too large for the broker: 413");
+            Err(ApiError::TooLargeForBroker)
+        }
         Ok(Err(e)) => {
-            tracing::warn!(trigger_id = %trigger.id, trace_id = %trace_id, error = %e, "trigger not stored: 503");
+            tracing::warn!(trigger_id = %trigger.id, trace_id = %trace_id, error = %e.chain(), "trigger not stored: 503");
             Err(unavailable(format!("the trigger could not be stored: {e}")))
         }
         Err(_) => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tcb_bus::Publisher;
 use tcb_model::IdKind;
 
@@ -25,7 +25,7 @@ pub use auth::AuthConfig;
 pub use error::ApiError;
 
 /// The `[ingress]` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngressConfig {
     /// Address of the public HTTPS listener.
@@ -72,6 +72,49 @@ impl IngressConfig {
             auth,
         }
     }
+
+    /// Every problem of the section, each naming its key (relative to `ingress`). TLS files are
+    /// read by [`tls::server_config`], which `check-config` also runs.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, key: &str, message: &str| {
+            if !ok {
+                problems.push((key.to_owned(), message.to_owned()));
+            }
+        };
+        let path = &self.path;
+        check(
+            path.starts_with('/')
+                && (path.len() == 1 || !path.ends_with('/'))
+                && !path.contains("//")
+                && !path.contains(['{', '}', '?', '#'])
+                && !path.chars().any(char::is_whitespace),
+            "path",
+            "must start with '/', not end with '/', and hold no '//', '{', '}', '?', '#' or spaces",
+        );
+        check(
+            self.max_body_bytes >= 1,
+            "max_body_bytes",
+            "must be at least 1",
+        );
+        check(
+            self.ack_timeout_ms >= 1,
+            "ack_timeout_ms",
+            "must be at least 1",
+        );
+        check(
+            self.retry_after_seconds >= 1,
+            "retry_after_seconds",
+            "must be at least 1",
+        );
+        check(
+            self.http_workers.is_none_or(|n| n >= 1),
+            "http_workers",
+            "must be at least 1",
+        );
+        problems.extend(self.auth.validate());
+        problems
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -101,8 +144,8 @@ fn default_shutdown() -> u64 {
 pub enum IngressError {
     #[error("ingress.tls: {0}")]
     Tls(String),
-    #[error("ingress.path must start with '/' and must not end with '/': {0:?}")]
-    Path(String),
+    #[error("ingress.{key}: {message}")]
+    Invalid { key: String, message: String },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -139,8 +182,8 @@ impl Ingress {
         publisher: Arc<dyn Publisher>,
         triggers_topic: &str,
     ) -> Result<Self, IngressError> {
-        if !config.path.starts_with('/') || (config.path.len() > 1 && config.path.ends_with('/')) {
-            return Err(IngressError::Path(config.path.clone()));
+        if let Some((key, message)) = config.validate().into_iter().next() {
+            return Err(IngressError::Invalid { key, message });
         }
         let tls = tls::server_config(&config.tls)?;
         let draining = Arc::new(AtomicBool::new(false));
@@ -175,7 +218,7 @@ impl Ingress {
         .disable_signals()
         .shutdown_timeout(config.shutdown_timeout_seconds);
         if let Some(n) = config.http_workers {
-            server = server.workers(n.max(1));
+            server = server.workers(n);
         }
         let server = match tls {
             Some(tls) => server.bind_rustls_0_23(config.listen, tls),

@@ -17,6 +17,7 @@ use tcb_ingress::{AuthConfig, Ingress, IngressConfig};
 enum Mode {
     Store,
     Fail,
+    TooLarge,
     Hang,
 }
 
@@ -36,7 +37,14 @@ impl Publisher for Fake {
                     .push((topic.to_owned(), message));
                 Ok(())
             }
-            Mode::Fail => Err(BusError::Unavailable("broker down".to_owned())),
+            Mode::Fail => Err(BusError::Unavailable {
+                context: "broker down".to_owned(),
+                source: None,
+            }),
+            Mode::TooLarge => Err(BusError::TooLarge {
+                context: "Kafka: MessageSizeTooLarge".to_owned(),
+                source: None,
+            }),
             Mode::Hang => std::future::pending().await,
         }
     }
@@ -96,17 +104,23 @@ async fn answers_200_after_the_publish_with_the_envelope_and_headers() {
     let (topic, m) = &stored[0];
     assert_eq!(topic, "triggers");
     assert_eq!(m.key, "o-1");
-    let envelope: tcb_model::TriggerEnvelope = serde_json::from_slice(&m.payload).unwrap();
+    let envelope = tcb_model::codec::decode_trigger(m).unwrap();
     assert_eq!(answer["triggerId"], envelope.id.to_string());
+    let tcb_model::Trigger::Event(event) = &envelope.trigger else {
+        panic!("an event trigger: {envelope:?}")
+    };
+    assert_eq!(event.body.get(), BODY, "body byte-for-byte");
+    assert_eq!(event.method, tcb_model::EventMethod::Post);
+    assert_eq!(envelope.tradecloud_message_id(), Some("m-9"));
     assert_eq!(
-        envelope.body.as_deref(),
-        Some(BODY.as_bytes()),
-        "body byte-for-byte"
-    );
-    assert_eq!(envelope.tradecloud_message_id.as_deref(), Some("m-9"));
-    assert_eq!(
-        envelope.content_type.as_deref(),
+        event.content_type.as_deref(),
         Some("application/json; charset=utf-8")
+    );
+    // The body is embedded as JSON in the envelope, not re-encoded.
+    assert!(
+        std::str::from_utf8(&m.payload).unwrap().contains(BODY),
+        "{}",
+        String::from_utf8_lossy(&m.payload)
     );
     assert_eq!(m.headers["tcb-trigger-id"], envelope.id.to_string());
     assert_eq!(m.headers["tcb-event-name"], "OrderIssuedByBuyer");
@@ -127,6 +141,16 @@ async fn a_failed_publish_answers_503_with_retry_after() {
     assert_eq!(r.headers()["retry-after"], "7");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "unavailable");
+    ingress.stop().await;
+}
+
+#[tokio::test]
+async fn a_trigger_the_broker_can_never_take_answers_413_not_503() {
+    let (ingress, _) = start(Mode::TooLarge).await;
+    let r = post(&ingress, None).await;
+    assert_eq!(r.status(), 413, "Tradecloud would retry a 503 for ever");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "payload_too_large");
     ingress.stop().await;
 }
 

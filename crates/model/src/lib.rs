@@ -2,7 +2,8 @@
 //!
 //! * [`webhook`]: the bodies Tradecloud POSTs/PUTs to the webhook, parsed leniently.
 //! * [`order`]: the order as Tradecloud sends it (API v2 and legacy API v1), parsed leniently.
-//! * [`trigger`]: the trigger envelope the ingress publishes to the triggers topic.
+//! * [`trigger`]: the trigger the ingress publishes to the triggers topic.
+//! * [`codec`]: the one encoding of both bus messages (trigger, order message) and their headers.
 //! * [`message`]: the normalized order message (v1) the worker publishes to the orders topic.
 //! * [`normalize`]: the pure functions from a trigger (and a fetched order) to a message.
 //!
@@ -10,8 +11,8 @@
 //! values and event names are accepted as plain strings, decimals are accepted as JSON numbers or
 //! strings and kept exact.
 
+pub mod codec;
 pub mod event_name;
-pub mod headers;
 pub mod message;
 pub mod normalize;
 pub mod order;
@@ -22,4 +23,7 @@ mod lenient;
 
 pub use message::OrderMessage;
 pub use normalize::{NormalizeError, normalize_event, normalize_fetched_order};
-pub use trigger::{IdKind, TriggerEnvelope, TriggerError, TriggerKind};
+pub use trigger::{
+    EventMethod, EventName, IdKind, Method, OrderId, OrderRef, Trigger, TriggerEnvelope,
+    TriggerError, TriggerKind,
+};

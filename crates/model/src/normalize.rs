@@ -11,7 +11,7 @@ use crate::message::{
     Scope, TriggerInfo,
 };
 use crate::order::{DeliveryLine, LegacyOrder, Line, Order, Price, Prices};
-use crate::trigger::{TriggerEnvelope, TriggerKind};
+use crate::trigger::{OrderRef, Trigger, TriggerEnvelope};
 use crate::webhook::{EventObject, WebhookBody};
 
 /// Namespace of the deterministic message ids (UUIDv5).
@@ -23,8 +23,6 @@ const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a4e_8b7d_4c3a_9e51_0d
 pub enum NormalizeError {
     #[error("the trigger is an order-id trigger but an event was expected, or the reverse")]
     WrongKind,
-    #[error("the trigger has no body")]
-    MissingBody,
     #[error("the event body does not parse: {0}")]
     EventBody(String),
     #[error("the fetched order does not parse: {0}")]
@@ -36,25 +34,25 @@ pub fn normalize_event(
     trigger: &TriggerEnvelope,
     processed_at: DateTime<Utc>,
 ) -> Result<OrderMessage, NormalizeError> {
-    if trigger.kind != TriggerKind::Event {
+    let Trigger::Event(event) = &trigger.trigger else {
         return Err(NormalizeError::WrongKind);
-    }
-    let raw = trigger.body.as_deref().ok_or(NormalizeError::MissingBody)?;
+    };
+    let raw = event.body.get();
     let original: Value =
-        serde_json::from_slice(raw).map_err(|e| NormalizeError::EventBody(e.to_string()))?;
+        serde_json::from_str(raw).map_err(|e| NormalizeError::EventBody(e.to_string()))?;
     let body: WebhookBody = serde_json::from_value(original.clone())
         .map_err(|e| NormalizeError::EventBody(e.to_string()))?;
     let event_name = body
         .event_name
         .clone()
-        .or_else(|| trigger.event_name.clone());
+        .or_else(|| Some(event.event_name.as_str().to_owned()));
     let (event_type, order) = match body.event() {
         Some((kind, order)) => (Some(event_type(kind)), order.clone()),
         None => (None, Order::default()),
     };
-    let identity = match &trigger.tradecloud_message_id {
+    let identity = match &event.tradecloud_message_id {
         Some(id) => format!("event:{id}"),
-        None => format!("event-body:{}", hex_sha256(raw)),
+        None => format!("event-body:{}", hex_sha256(raw.as_bytes())),
     };
     let lines: Vec<MessageLine> = order.lines.iter().map(line).collect();
     let affected = lines.iter().filter_map(|l| l.id.clone()).collect();
@@ -69,11 +67,13 @@ pub fn normalize_event(
         order_id: order
             .any_id()
             .map(str::to_owned)
-            .or_else(|| trigger.order_id.clone()),
-        legacy_order_id: order
-            .legacy_order_id
-            .clone()
-            .or_else(|| trigger.legacy_order_id.clone()),
+            .or_else(|| event.order_id.as_ref().map(|id| id.as_str().to_owned())),
+        legacy_order_id: order.legacy_order_id.clone().or_else(|| {
+            event
+                .legacy_order_id
+                .as_ref()
+                .map(|id| id.as_str().to_owned())
+        }),
         order_version: order.version,
         last_updated_at: order.last_updated_at.clone(),
         header: header(&order),
@@ -92,62 +92,60 @@ pub fn normalize_fetched_order(
     fetched: &[u8],
     processed_at: DateTime<Utc>,
 ) -> Result<OrderMessage, NormalizeError> {
-    if trigger.kind != TriggerKind::OrderId {
+    let Trigger::Order(order_ref) = &trigger.trigger else {
         return Err(NormalizeError::WrongKind);
-    }
+    };
     let original: Value =
         serde_json::from_slice(fetched).map_err(|e| NormalizeError::FetchedOrder(e.to_string()))?;
     if !original.is_object() {
         return Err(NormalizeError::FetchedOrder("not a JSON object".to_owned()));
     }
-    let is_legacy = trigger.order_id.is_none() && trigger.legacy_order_id.is_some();
     let (message_id, order_id, legacy_order_id, version, last_updated_at, header, lines) =
-        if is_legacy {
-            let order: LegacyOrder = serde_json::from_value(original.clone())
-                .map_err(|e| NormalizeError::FetchedOrder(e.to_string()))?;
-            let legacy_id = trigger.legacy_order_id.clone();
-            let identity = format!(
-                "legacy:{}:{}",
-                legacy_id.as_deref().unwrap_or_default(),
-                hex_sha256(fetched)
-            );
-            (
-                identity,
-                None,
-                legacy_id,
-                None,
-                None,
-                legacy_header(&order),
-                order.lines.iter().map(legacy_line).collect(),
-            )
-        } else {
-            let order: Order = serde_json::from_value(original.clone())
-                .map_err(|e| NormalizeError::FetchedOrder(e.to_string()))?;
-            let order_id = order
-                .any_id()
-                .map(str::to_owned)
-                .or_else(|| trigger.order_id.clone());
-            let identity = match order.version {
-                Some(v) => format!(
-                    "order:{}:v{v}:{}",
-                    order_id.as_deref().unwrap_or_default(),
-                    order.last_updated_at.as_deref().unwrap_or_default()
-                ),
-                None => format!(
-                    "order:{}:{}",
-                    order_id.as_deref().unwrap_or_default(),
-                    hex_sha256(fetched)
-                ),
-            };
-            (
-                identity,
-                order_id,
-                order.legacy_order_id.clone(),
-                order.version,
-                order.last_updated_at.clone(),
-                header(&order),
-                order.lines.iter().map(line).collect(),
-            )
+        match order_ref {
+            OrderRef::Legacy(legacy_id) => {
+                let order: LegacyOrder = serde_json::from_value(original.clone())
+                    .map_err(|e| NormalizeError::FetchedOrder(e.to_string()))?;
+                let identity = format!("legacy:{}:{}", legacy_id.as_str(), hex_sha256(fetched));
+                let legacy_id = Some(legacy_id.as_str().to_owned());
+                (
+                    identity,
+                    None,
+                    legacy_id,
+                    None,
+                    None,
+                    legacy_header(&order),
+                    order.lines.iter().map(legacy_line).collect(),
+                )
+            }
+            OrderRef::V2(requested) => {
+                let order: Order = serde_json::from_value(original.clone())
+                    .map_err(|e| NormalizeError::FetchedOrder(e.to_string()))?;
+                let order_id = order
+                    .any_id()
+                    .map(str::to_owned)
+                    .or_else(|| Some(requested.as_str().to_owned()));
+                let identity = match order.version {
+                    Some(v) => format!(
+                        "order:{}:v{v}:{}",
+                        order_id.as_deref().unwrap_or_default(),
+                        order.last_updated_at.as_deref().unwrap_or_default()
+                    ),
+                    None => format!(
+                        "order:{}:{}",
+                        order_id.as_deref().unwrap_or_default(),
+                        hex_sha256(fetched)
+                    ),
+                };
+                (
+                    identity,
+                    order_id,
+                    order.legacy_order_id.clone(),
+                    order.version,
+                    order.last_updated_at.clone(),
+                    header(&order),
+                    order.lines.iter().map(line).collect(),
+                )
+            }
         };
     Ok(OrderMessage {
         schema_version: ORDER_MESSAGE_SCHEMA_VERSION.to_owned(),
@@ -182,9 +180,9 @@ fn trigger_info(t: &TriggerEnvelope) -> TriggerInfo {
     TriggerInfo {
         id: t.id,
         received_at: t.received_at,
-        method: t.method.clone(),
-        kind: t.kind,
-        tradecloud_message_id: t.tradecloud_message_id.clone(),
+        method: t.method().as_str().to_owned(),
+        kind: t.kind(),
+        tradecloud_message_id: t.tradecloud_message_id().map(str::to_owned),
     }
 }
 

@@ -51,16 +51,4 @@ impl WebhookBody {
                 .map(|o| (EventObject::Documents, o))
         }
     }
-
-    /// Tradecloud's message id, from the body's `meta` or the event's own `meta`.
-    pub fn message_id(&self) -> Option<&str> {
-        self.meta
-            .as_ref()
-            .and_then(|m| m.message_id.as_deref())
-            .or_else(|| {
-                self.event()
-                    .and_then(|(_, o)| o.meta.as_ref())
-                    .and_then(|m| m.message_id.as_deref())
-            })
-    }
 }

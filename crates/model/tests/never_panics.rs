@@ -5,7 +5,7 @@
 use chrono::Utc;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use tcb_model::{IdKind, TriggerEnvelope, normalize_event, normalize_fetched_order};
+use tcb_model::{EventMethod, IdKind, TriggerEnvelope, normalize_event, normalize_fetched_order};
 
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -71,11 +71,16 @@ fn fixture(name: &str) -> Value {
 }
 
 fn exercise(body: &[u8]) {
-    if let Ok(t) = TriggerEnvelope::event("POST", Some("application/json"), body, Utc::now()) {
+    if let Ok(t) = TriggerEnvelope::event(
+        EventMethod::Post,
+        Some("application/json"),
+        body,
+        Utc::now(),
+    ) {
         let _ = normalize_event(&t, Utc::now());
     }
     for kind in [IdKind::OrderId, IdKind::LegacyOrderId] {
-        let t = TriggerEnvelope::order_id("GET", kind, "o-1", Utc::now()).unwrap();
+        let t = TriggerEnvelope::get(kind, "o-1", Utc::now()).unwrap();
         let _ = normalize_fetched_order(&t, body, Utc::now());
     }
 }

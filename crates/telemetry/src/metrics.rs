@@ -18,6 +18,9 @@ pub const WORKER_END_TO_END_SECONDS: &str = "tcb_worker_end_to_end_seconds";
 /// Retries after transient failures, by `what`: `fetch` (Tradecloud API) or `publish` (the bus).
 pub const WORKER_RETRIES: &str = "tcb_worker_retries_total";
 
+/// Kafka partitions a consumer group member holds now, by `group` (0 while none are assigned).
+pub const KAFKA_ASSIGNED_PARTITIONS: &str = "tcb_kafka_assigned_partitions";
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide recorder once; `None` if another recorder was installed first.
@@ -65,4 +68,9 @@ pub fn trigger_settled(dead_lettered: bool, end_to_end: Option<Duration>) {
 /// A transient failure is retried.
 pub fn retry(what: &'static str) {
     metrics::counter!(WORKER_RETRIES, "what" => what).increment(1);
+}
+
+/// A Kafka consumer of `group` now holds `partitions` partitions.
+pub fn kafka_assigned_partitions(group: &str, partitions: usize) {
+    metrics::gauge!(KAFKA_ASSIGNED_PARTITIONS, "group" => group.to_owned()).set(partitions as f64);
 }

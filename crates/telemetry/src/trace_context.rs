@@ -20,6 +20,15 @@ impl TraceParent {
         }
     }
 
+    /// The context of a new span under `parent` (an incoming `traceparent` header), or of a new
+    /// trace when there is none or it is malformed: the one way a hop continues a trace.
+    pub fn child_of(parent: Option<&str>) -> Self {
+        parent
+            .and_then(Self::parse)
+            .map(|p| p.child())
+            .unwrap_or_else(Self::new_root)
+    }
+
     /// A new span in the same trace.
     pub fn child(&self) -> Self {
         Self {
@@ -110,6 +119,17 @@ mod tests {
             TraceParent::parse(&TraceParent::new_root().to_string()).map(|t| t.flags),
             Some(1)
         );
+    }
+
+    #[test]
+    fn child_of_continues_a_valid_parent_or_starts_a_trace() {
+        let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let c = TraceParent::child_of(Some(v));
+        assert_eq!(c.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(c.span_id, 0x00f0_67aa_0ba9_02b7);
+        let fresh = TraceParent::child_of(Some("garbage"));
+        assert_ne!(fresh.trace_id, c.trace_id);
+        assert_ne!(TraceParent::child_of(None).trace_id, fresh.trace_id);
     }
 
     #[test]

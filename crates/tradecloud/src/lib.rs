@@ -20,11 +20,11 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::Mutex;
 
 /// The `[worker.tradecloud]` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TradecloudConfig {
     /// API v2 base URL: `https://api.tradecloud1.com` (production),
@@ -32,7 +32,6 @@ pub struct TradecloudConfig {
     pub base_url: String,
     /// E-mail of the Tradecloud user with the `integration` role.
     pub email: String,
-    #[serde(serialize_with = "redacted")]
     pub password: SecretString,
     /// Legacy API v1 base URL (`https://tradecloud.nl`, `https://accp.tradecloud.nl`, ...), for
     /// companies whose webhook sends legacy order ids. Unset: legacy triggers are dead-lettered.
@@ -42,7 +41,7 @@ pub struct TradecloudConfig {
     #[serde(default)]
     pub legacy_username: Option<String>,
     /// Legacy API v1 password; defaults to `password`.
-    #[serde(default, serialize_with = "redacted_opt")]
+    #[serde(default)]
     pub legacy_password: Option<SecretString>,
     /// Most requests per second to Tradecloud, all kinds together.
     #[serde(default = "default_rate")]
@@ -61,14 +60,62 @@ fn default_rate() -> u32 {
 fn default_timeout() -> u64 {
     10_000
 }
-fn redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str("[redacted]")
-}
-fn redacted_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(_) => s.serialize_str("[redacted]"),
-        None => s.serialize_none(),
+
+/// The crate's result.
+pub type Result<T, E = TradecloudError> = std::result::Result<T, E>;
+
+impl TradecloudConfig {
+    /// Every problem of the section, each naming its key (relative to `worker.tradecloud`).
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        for (key, url) in [
+            ("base_url", Some(&self.base_url)),
+            ("legacy_base_url", self.legacy_base_url.as_ref()),
+        ] {
+            if let Some(url) = url
+                && let Err(e) = check_url(url)
+            {
+                problems.push((key.to_owned(), e));
+            }
+        }
+        if self.email.trim().is_empty() {
+            problems.push(("email".to_owned(), "must not be empty".to_owned()));
+        }
+        if self.password.expose_secret().is_empty() {
+            problems.push(("password".to_owned(), "must not be empty".to_owned()));
+        }
+        if self.max_requests_per_second == 0 {
+            problems.push((
+                "max_requests_per_second".to_owned(),
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            problems.push((
+                "request_timeout_ms".to_owned(),
+                "must be at least 1".to_owned(),
+            ));
+        }
+        problems
     }
+}
+
+/// An http(s) URL with a host and no credentials, query or fragment.
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err("must be an https:// (or http://) URL".to_owned());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".to_owned());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not hold credentials (use email and password)".to_owned());
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("must not have a query or fragment".to_owned());
+    }
+    Ok(())
 }
 
 /// What went wrong talking to Tradecloud. Never carries a credential or token.
@@ -80,8 +127,12 @@ pub enum TradecloudError {
     Unauthorized(&'static str),
     #[error("Tradecloud answered {status} for {what}")]
     Status { status: u16, what: String },
-    #[error("request to Tradecloud failed: {0}")]
-    Request(String),
+    #[error("request to Tradecloud failed: {context}")]
+    Request {
+        context: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("legacy orders cannot be fetched: worker.tradecloud.legacy_base_url is not set")]
     LegacyNotConfigured,
     #[error("worker.tradecloud: {0}")]
@@ -98,7 +149,7 @@ impl TradecloudError {
                 *status == 429 || *status >= 500 || *status == 408
             }
             TradecloudError::Unauthorized(_)
-            | TradecloudError::Request(_)
+            | TradecloudError::Request { .. }
             | TradecloudError::Config(_) => true,
         }
     }
@@ -129,9 +180,10 @@ struct Inner {
 
 impl TradecloudClient {
     pub fn new(config: &TradecloudConfig) -> Result<Self, TradecloudError> {
-        let rate = NonZeroU32::new(config.max_requests_per_second).ok_or_else(|| {
-            TradecloudError::Config("max_requests_per_second must be at least 1".to_owned())
-        })?;
+        if let Some((key, message)) = config.validate().into_iter().next() {
+            return Err(TradecloudError::Config(format!("{key}: {message}")));
+        }
+        let rate = NonZeroU32::new(config.max_requests_per_second).unwrap_or(NonZeroU32::MIN);
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .connect_timeout(Duration::from_secs(5))
@@ -251,10 +303,7 @@ impl TradecloudClient {
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, TradecloudError> {
         self.inner.limiter.until_ready().await;
-        request
-            .send()
-            .await
-            .map_err(|e| TradecloudError::Request(describe(&e)))
+        request.send().await.map_err(request_error)
     }
 
     /// The current tokens, logging in first when there are none.
@@ -355,7 +404,14 @@ async fn body(response: reqwest::Response) -> Result<Vec<u8>, TradecloudError> {
         .bytes()
         .await
         .map(|b| b.to_vec())
-        .map_err(|e| TradecloudError::Request(describe(&e)))
+        .map_err(request_error)
+}
+
+fn request_error(source: reqwest::Error) -> TradecloudError {
+    TradecloudError::Request {
+        context: describe(&source),
+        source,
+    }
 }
 
 /// An error's description without the URL's query (none carries secrets, but keep logs short).

@@ -17,10 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
-use tcb_bus::{Bus, BusError, Consumer, Delivery, Headers, Message, Publisher};
-use tcb_model::trigger::TriggerKind;
-use tcb_model::{OrderMessage, TriggerEnvelope, headers, normalize_event, normalize_fetched_order};
+use serde::Deserialize;
+use tcb_bus::{Backoff, Bus, BusError, Consumer, Delivery, Publisher};
+use tcb_model::{
+    OrderMessage, OrderRef, Trigger, TriggerEnvelope, codec, normalize_event,
+    normalize_fetched_order,
+};
 use tcb_telemetry::trace_context::TraceParent;
 use tcb_tradecloud::{TradecloudClient, TradecloudConfig, TradecloudError};
 use tokio::sync::mpsc;
@@ -33,7 +35,7 @@ const MAX_COALESCE: usize = 64;
 const LANE_QUEUE: usize = 32;
 
 /// The `[worker]` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     /// Consumer group on the triggers topic.
@@ -61,6 +63,43 @@ impl WorkerConfig {
             tradecloud,
         }
     }
+
+    /// Every problem of the section, each naming its key (relative to `worker`).
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, key: &str, message: &str| {
+            if !ok {
+                problems.push((key.to_owned(), message.to_owned()));
+            }
+        };
+        check(!self.group.trim().is_empty(), "group", "must not be empty");
+        check(self.lanes >= 1, "lanes", "must be at least 1");
+        check(self.lanes <= 1024, "lanes", "must be at most 1024");
+        check(
+            self.retry_initial_ms >= 1,
+            "retry_initial_ms",
+            "must be at least 1",
+        );
+        check(
+            self.retry_max_ms >= self.retry_initial_ms,
+            "retry_max_ms",
+            "must be at least retry_initial_ms",
+        );
+        problems.extend(
+            self.tradecloud
+                .validate()
+                .into_iter()
+                .map(|(key, message)| (format!("tradecloud.{key}"), message)),
+        );
+        problems
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            Duration::from_millis(self.retry_initial_ms),
+            Duration::from_millis(self.retry_max_ms),
+        )
+    }
 }
 
 fn default_group() -> String {
@@ -78,12 +117,12 @@ fn default_retry_max() -> u64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("worker.lanes must be at least 1")]
-    Lanes,
+    #[error("worker.{key}: {message}")]
+    Invalid { key: String, message: String },
     #[error(transparent)]
     Tradecloud(#[from] TradecloudError),
-    #[error("cannot consume triggers: {0}")]
-    Consume(BusError),
+    #[error("cannot consume triggers")]
+    Consume(#[source] BusError),
 }
 
 /// Why a trigger did not become an output message.
@@ -98,8 +137,8 @@ struct Shared {
     client: TradecloudClient,
     publisher: Arc<dyn Publisher>,
     bus: Bus,
-    retry_initial: Duration,
-    retry_max: Duration,
+    /// The back-off every retry starts from.
+    backoff: Backoff,
     cancel: CancellationToken,
 }
 
@@ -110,15 +149,14 @@ pub async fn run(
     bus: Bus,
     cancel: CancellationToken,
 ) -> Result<(), WorkerError> {
-    if config.lanes == 0 {
-        return Err(WorkerError::Lanes);
+    if let Some((key, message)) = config.validate().into_iter().next() {
+        return Err(WorkerError::Invalid { key, message });
     }
     let shared = Arc::new(Shared {
         client: TradecloudClient::new(&config.tradecloud)?,
         publisher: bus.publisher(),
         bus: bus.clone(),
-        retry_initial: Duration::from_millis(config.retry_initial_ms.max(1)),
-        retry_max: Duration::from_millis(config.retry_max_ms.max(config.retry_initial_ms.max(1))),
+        backoff: config.backoff(),
         cancel: cancel.clone(),
     });
     let mut consumer = bus
@@ -143,7 +181,7 @@ pub async fn run(
 }
 
 async fn consume(consumer: &mut dyn Consumer, lanes: &[mpsc::Sender<Delivery>], shared: &Shared) {
-    let mut backoff = Backoff::new(shared);
+    let mut backoff = shared.backoff.clone();
     loop {
         let next = tokio::select! {
             _ = shared.cancel.cancelled() => return,
@@ -159,8 +197,8 @@ async fn consume(consumer: &mut dyn Consumer, lanes: &[mpsc::Sender<Delivery>], 
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.delay_ms(), "consuming triggers failed");
-                if !backoff.wait().await {
+                tracing::warn!(error = %e.chain(), retry_in_ms = backoff.base().as_millis() as u64, "consuming triggers failed");
+                if !backoff.wait(&shared.cancel).await {
                     return;
                 }
             }
@@ -174,39 +212,6 @@ fn lane_of(key: &str, lanes: usize) -> usize {
     (h.finish() % lanes as u64) as usize
 }
 
-/// Exponential back-off between retries, from `retry_initial_ms` doubling to `retry_max_ms`.
-struct Backoff<'a> {
-    shared: &'a Shared,
-    next: Duration,
-}
-
-impl<'a> Backoff<'a> {
-    fn new(shared: &'a Shared) -> Self {
-        Self {
-            shared,
-            next: shared.retry_initial,
-        }
-    }
-
-    fn delay_ms(&self) -> u64 {
-        self.next.as_millis() as u64
-    }
-
-    fn reset(&mut self) {
-        self.next = self.shared.retry_initial;
-    }
-
-    /// Sleeps the current delay and doubles it; `false` when cancelled meanwhile.
-    async fn wait(&mut self) -> bool {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.shared.retry_max);
-        tokio::select! {
-            _ = self.shared.cancel.cancelled() => false,
-            _ = tokio::time::sleep(d) => true,
-        }
-    }
-}
-
 /// A delivery with its parsed envelope (when it parses).
 struct Item {
     delivery: Delivery,
@@ -215,13 +220,12 @@ struct Item {
 
 impl Item {
     fn new(delivery: Delivery) -> Self {
-        let trigger = serde_json::from_slice::<TriggerEnvelope>(&delivery.message.payload)
-            .map_err(|e| format!("the trigger envelope does not parse: {e}"));
+        let trigger = codec::decode_trigger(&delivery.message).map_err(|e| e.to_string());
         Self { delivery, trigger }
     }
 
     fn is_get(&self) -> bool {
-        matches!(&self.trigger, Ok(t) if t.kind == TriggerKind::OrderId)
+        matches!(&self.trigger, Ok(t) if matches!(t.trigger, Trigger::Order(_)))
     }
 }
 
@@ -308,21 +312,23 @@ async fn process_gets(shared: &Shared, first: Item, rest: Vec<Item>) {
 
 /// Fetches the trigger's order, retrying transient failures until it succeeds or shutdown.
 async fn fetch(shared: &Shared, trigger: &TriggerEnvelope) -> Result<Vec<u8>, Failure> {
-    let mut backoff = Backoff::new(shared);
+    let Trigger::Order(order) = &trigger.trigger else {
+        return Err(Failure::Poison(
+            "an event trigger cannot be fetched".to_owned(),
+        ));
+    };
+    let mut backoff = shared.backoff.clone();
     loop {
-        let result = match (&trigger.order_id, &trigger.legacy_order_id) {
-            (Some(id), _) => shared.client.get_order(id).await,
-            (None, Some(id)) => shared.client.get_legacy_order(id).await,
-            (None, None) => {
-                return Err(Failure::Poison("the GET trigger names no order".to_owned()));
-            }
+        let result = match order {
+            OrderRef::V2(id) => shared.client.get_order(id.as_str()).await,
+            OrderRef::Legacy(id) => shared.client.get_legacy_order(id.as_str()).await,
         };
         match result {
             Ok(bytes) => return Ok(bytes),
             Err(e) if e.is_transient() => {
                 tcb_telemetry::metrics::retry("fetch");
-                tracing::warn!(trigger_id = %trigger.id, error = %e, retry_in_ms = backoff.delay_ms(), "fetching the order failed; retrying");
-                if !backoff.wait().await {
+                tracing::warn!(trigger_id = %trigger.id, error = %e, retry_in_ms = backoff.base().as_millis() as u64, "fetching the order failed; retrying");
+                if !backoff.wait(&shared.cancel).await {
                     return Err(Failure::Cancelled);
                 }
             }
@@ -331,32 +337,56 @@ async fn fetch(shared: &Shared, trigger: &TriggerEnvelope) -> Result<Vec<u8>, Fa
     }
 }
 
-/// Publishes the output (or the dead letter), then acks the trigger.
+/// Publishes the output (or the dead letter), then acks the trigger. An output the broker can
+/// never take (too large, not authorized, ...) is dead-lettered with that reason instead of
+/// being retried.
 async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failure>) {
     let Item { delivery, trigger } = item;
     let trigger_id = trigger
         .as_ref()
         .map(|t| t.id.to_string())
         .unwrap_or_default();
-    let (message, dead_lettered) = match result {
-        Ok(message) => (output(&delivery, &message), false),
-        Err(Failure::Poison(reason)) => {
-            tracing::warn!(trigger_id = %trigger_id, position = %delivery.position, reason = %reason, "dead-lettering the trigger");
-            (dead_letter(&delivery, &reason), true)
-        }
+    // The output continues the trigger's trace.
+    let trace = TraceParent::child_of(codec::traceparent(&delivery.message));
+    let poison = |reason: String| {
+        tracing::warn!(trigger_id = %trigger_id, position = %delivery.position, reason = %reason, "dead-lettering the trigger");
+        codec::dead_letter(&delivery.message, &reason, &delivery.topic)
+    };
+    let (mut message, mut dead_lettered) = match result {
+        Ok(order) => match codec::encode_order(&order, &trace.to_string()) {
+            Ok(m) => (m, false),
+            Err(e) => (poison(e.to_string()), true),
+        },
+        Err(Failure::Poison(reason)) => (poison(reason), true),
         Err(Failure::Cancelled) => return,
     };
     let topics = &shared.bus.topics;
-    let topic = if dead_lettered {
-        &topics.dead_letters
-    } else {
-        &topics.orders
-    };
-    let mut backoff = Backoff::new(shared);
-    while let Err(e) = shared.publisher.publish(topic, message.clone()).await {
+    let mut backoff = shared.backoff.clone();
+    loop {
+        let topic = if dead_lettered {
+            &topics.dead_letters
+        } else {
+            &topics.orders
+        };
+        let e = match shared.publisher.publish(topic, message.clone()).await {
+            Ok(()) => break,
+            Err(e) => e,
+        };
+        if !e.is_transient() && !dead_lettered {
+            message = poison(format!(
+                "the {topic} topic refuses the output message: {}",
+                e.chain()
+            ));
+            dead_lettered = true;
+            continue;
+        }
         tcb_telemetry::metrics::retry("publish");
-        tracing::warn!(trigger_id = %trigger_id, error = %e, topic = %topic, retry_in_ms = backoff.delay_ms(), "publishing failed; retrying");
-        if !backoff.wait().await {
+        if e.is_transient() {
+            tracing::warn!(trigger_id = %trigger_id, error = %e.chain(), topic = %topic, retry_in_ms = backoff.base().as_millis() as u64, "publishing failed; retrying");
+        } else {
+            tracing::error!(trigger_id = %trigger_id, error = %e.chain(), topic = %topic, retry_in_ms = backoff.base().as_millis() as u64, "the dead-letter topic refuses the trigger; retrying until an operator fixes the topic");
+        }
+        if !backoff.wait(&shared.cancel).await {
             return; // unacked: delivered again after restart
         }
     }
@@ -366,55 +396,19 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
     };
     tcb_telemetry::metrics::trigger_settled(dead_lettered, end_to_end);
     let position = delivery.position.clone();
+    let topic = if dead_lettered {
+        &topics.dead_letters
+    } else {
+        &topics.orders
+    };
     match delivery.ack().await {
         Ok(()) => {
-            tracing::info!(trigger_id = %trigger_id, position = %position, topic = %topic, trace_id = message.headers.get(headers::TRACEPARENT).and_then(|t| TraceParent::parse(t)).map(|t| t.trace_id_hex()).unwrap_or_default(), "trigger done")
+            tracing::info!(trigger_id = %trigger_id, position = %position, topic = %topic, trace_id = %trace.trace_id_hex(), "trigger done")
         }
         Err(e) => {
-            tracing::warn!(trigger_id = %trigger_id, error = %e, "ack failed; the trigger will be delivered again")
+            tracing::warn!(trigger_id = %trigger_id, error = %e.chain(), "ack failed; the trigger will be delivered again")
         }
     }
-}
-
-fn output(delivery: &Delivery, message: &OrderMessage) -> Message {
-    let trace = delivery
-        .message
-        .headers
-        .get(headers::TRACEPARENT)
-        .and_then(|t| TraceParent::parse(t))
-        .map(|t| t.child())
-        .unwrap_or_else(TraceParent::new_root);
-    let mut h: Headers = headers::common(
-        &message.trigger.id,
-        tcb_model::message::ORDER_MESSAGE_SCHEMA_VERSION,
-        &trace.to_string(),
-        message.event_name.as_deref(),
-    )
-    .into_iter()
-    .collect();
-    h.insert(
-        headers::MESSAGE_ID.to_owned(),
-        message.message_id.to_string(),
-    );
-    h.extend(headers::cloud_events(message));
-    Message {
-        key: delivery.message.key.clone(),
-        headers: h,
-        // A message of strings, numbers and JSON values always serializes.
-        payload: serde_json::to_vec(message).unwrap_or_default(),
-    }
-}
-
-fn dead_letter(delivery: &Delivery, reason: &str) -> Message {
-    let mut message = delivery.message.clone();
-    message
-        .headers
-        .insert(headers::DEAD_LETTER_REASON.to_owned(), reason.to_owned());
-    message.headers.insert(
-        headers::DEAD_LETTER_SOURCE.to_owned(),
-        delivery.topic.clone(),
-    );
-    message
 }
 
 /// What `replay` did with one dead letter.
@@ -444,12 +438,10 @@ pub async fn replay(
             Ok(d) => d?,
             Err(_) => break,
         };
-        let mut message = delivery.message.clone();
-        let reason = message.headers.remove(headers::DEAD_LETTER_REASON);
-        message.headers.remove(headers::DEAD_LETTER_SOURCE);
+        let (message, reason) = codec::revive(&delivery.message);
         let replayed = Replayed {
             key: message.key.clone(),
-            trigger_id: message.headers.get(headers::TRIGGER_ID).cloned(),
+            trigger_id: codec::trigger_id(&message).map(str::to_owned),
             reason,
         };
         publisher.publish(&bus.topics.triggers, message).await?;
@@ -458,4 +450,119 @@ pub async fn replay(
         count += 1;
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tcb_bus::{Acker, Message};
+    use tcb_model::{EventMethod, IdKind};
+
+    struct NoAck;
+
+    #[async_trait::async_trait]
+    impl Acker for NoAck {
+        async fn ack(self: Box<Self>) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    fn item(t: &TriggerEnvelope) -> Item {
+        let message =
+            codec::encode_trigger(t, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .unwrap();
+        Item::new(Delivery::new(
+            "triggers".to_owned(),
+            t.id.to_string(),
+            message,
+            Box::new(NoAck),
+        ))
+    }
+
+    fn get(order: &str) -> Item {
+        item(&TriggerEnvelope::get(IdKind::OrderId, order, Utc::now()).unwrap())
+    }
+
+    fn event(order: &str) -> Item {
+        let body = format!(r#"{{"eventName":"E","orderEvent":{{"orderId":"{order}"}}}}"#);
+        item(&TriggerEnvelope::event(EventMethod::Post, None, body.as_bytes(), Utc::now()).unwrap())
+    }
+
+    fn keys(items: &VecDeque<Item>) -> Vec<(String, bool)> {
+        items
+            .iter()
+            .map(|i| (i.delivery.message.key.clone(), i.is_get()))
+            .collect()
+    }
+
+    #[test]
+    fn one_key_always_takes_the_same_lane_and_keys_spread() {
+        assert_eq!(lane_of("order-1", 16), lane_of("order-1", 16));
+        let used: std::collections::BTreeSet<usize> =
+            (0..200).map(|i| lane_of(&format!("o-{i}"), 16)).collect();
+        assert!(
+            used.len() > 12,
+            "200 keys used only {} of 16 lanes",
+            used.len()
+        );
+        assert!(used.iter().all(|&l| l < 16));
+        assert_eq!(lane_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn gets_of_one_order_coalesce_up_to_its_next_event_and_skip_other_orders() {
+        let first = get("a");
+        let mut pending: VecDeque<Item> = [
+            get("b"),
+            get("a"),
+            event("b"),
+            get("a"),
+            event("a"),
+            get("a"),
+        ]
+        .into();
+        let taken = take_coalescable(&first, &mut pending);
+        assert_eq!(taken.len(), 2, "the two GETs of a before a's event");
+        assert!(
+            taken
+                .iter()
+                .all(|i| i.delivery.message.key == "a" && i.is_get())
+        );
+        assert_eq!(
+            keys(&pending),
+            [
+                ("b".to_owned(), true),
+                ("b".to_owned(), false),
+                ("a".to_owned(), false),
+                ("a".to_owned(), true)
+            ],
+            "what stays keeps its order; a's last GET must not overtake a's event"
+        );
+    }
+
+    #[test]
+    fn coalescing_is_bounded() {
+        let first = get("a");
+        let mut pending: VecDeque<Item> = (0..MAX_COALESCE + 5).map(|_| get("a")).collect();
+        assert_eq!(take_coalescable(&first, &mut pending).len(), MAX_COALESCE);
+        assert_eq!(pending.len(), 5);
+    }
+
+    #[test]
+    fn an_undecodable_trigger_is_no_get() {
+        let d = Delivery::new(
+            "triggers".to_owned(),
+            "1".to_owned(),
+            Message {
+                key: "a".to_owned(),
+                payload: b"{}".to_vec(),
+                ..Message::default()
+            },
+            Box::new(NoAck),
+        );
+        let i = Item::new(d);
+        assert!(!i.is_get());
+        assert!(i.trigger.is_err());
+    }
 }

@@ -9,7 +9,8 @@ use chrono::Utc;
 use secrecy::SecretString;
 use tcb_bus::embedded::EmbeddedConfig;
 use tcb_bus::{Bus, BusConfig, Delivery, Headers, Message};
-use tcb_model::{IdKind, OrderMessage, TriggerEnvelope, headers};
+use tcb_model::codec::header as headers;
+use tcb_model::{IdKind, OrderMessage, TriggerEnvelope};
 use tcb_simulator::{SimConfig, Simulator, orders};
 use tcb_tradecloud::TradecloudConfig;
 use tcb_worker::WorkerConfig;
@@ -65,7 +66,8 @@ impl Fixture {
     }
 
     async fn publish(&self, t: &TriggerEnvelope) {
-        self.publish_raw(&t.key(), t.to_json()).await;
+        self.publish_raw(&t.key(), tcb_model::codec::trigger_json(t).unwrap())
+            .await;
     }
 
     async fn publish_raw(&self, key: &str, payload: Vec<u8>) {
@@ -78,6 +80,7 @@ impl Fixture {
             key: key.to_owned(),
             headers: h,
             payload,
+            ..Message::default()
         };
         self.bus
             .publisher()
@@ -102,7 +105,7 @@ impl Fixture {
 }
 
 fn get(id: &str) -> TriggerEnvelope {
-    TriggerEnvelope::order_id("GET", IdKind::OrderId, id, Utc::now()).unwrap()
+    TriggerEnvelope::get(IdKind::OrderId, id, Utc::now()).unwrap()
 }
 
 fn event(id: &str, version: u64, name: &str) -> TriggerEnvelope {
@@ -113,7 +116,13 @@ fn event(id: &str, version: u64, name: &str) -> TriggerEnvelope {
         &format!("{id}-{version}"),
     ))
     .unwrap();
-    TriggerEnvelope::event("POST", Some("application/json"), &body, Utc::now()).unwrap()
+    TriggerEnvelope::event(
+        tcb_model::EventMethod::Post,
+        Some("application/json"),
+        &body,
+        Utc::now(),
+    )
+    .unwrap()
 }
 
 fn msg(d: &Delivery) -> OrderMessage {
@@ -125,7 +134,7 @@ async fn poison_goes_to_the_dead_letter_topic_with_the_reason() {
     let f = fixture().await;
     f.publish_raw("k-1", b"not an envelope".to_vec()).await;
     let bad_event = TriggerEnvelope::event(
-        "POST",
+        tcb_model::EventMethod::Post,
         None,
         br#"{"eventName":"X","orderEvent":{"orderId":"o-9","lines":"no"}}"#,
         Utc::now(),
@@ -284,10 +293,8 @@ async fn shutdown_mid_retry_leaves_the_trigger_for_the_next_worker() {
 async fn dead_letters_replayed_after_the_fix_are_processed() {
     let mut f = fixture().await;
     // No legacy API configured: a legacy trigger is poison.
-    f.publish(
-        &TriggerEnvelope::order_id("GET", IdKind::LegacyOrderId, "4711", Utc::now()).unwrap(),
-    )
-    .await;
+    f.publish(&TriggerEnvelope::get(IdKind::LegacyOrderId, "4711", Utc::now()).unwrap())
+        .await;
     let (cancel, task) = f.start();
     let dead = f.read(&f.bus.topics.dead_letters, 1).await;
     assert!(dead[0].message.headers[headers::DEAD_LETTER_REASON].contains("legacy_base_url"));
@@ -333,4 +340,125 @@ async fn dead_letters_replayed_after_the_fix_are_processed() {
             .unwrap(),
         0
     );
+}
+
+/// Envelopes as the bridge wrote them before envelope v2 (the body base64 in a string).
+const V1_EVENT: &str = include_str!("fixtures/trigger-v1-event.json");
+const V1_GET: &str = include_str!("fixtures/trigger-v1-get.json");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_envelopes_already_on_the_bus_are_processed_and_unknown_versions_dead_lettered() {
+    let f = fixture().await;
+    f.publish_raw("v1-event-order", V1_EVENT.as_bytes().to_vec())
+        .await;
+    f.publish_raw("v1-get-order", V1_GET.as_bytes().to_vec())
+        .await;
+    let v9 = V1_GET
+        .replace("trigger.v1", "trigger.v9")
+        .replace("v1-get-order", "v9-order");
+    f.publish_raw("v9-order", v9.into_bytes()).await;
+    let (cancel, task) = f.start();
+    let out = f.read(&f.bus.topics.orders, 2).await;
+    let event = msg(&out[0]);
+    assert_eq!(event.order_id.as_deref(), Some("v1-event-order"));
+    assert_eq!(
+        event.event_name.as_deref(),
+        Some("OrderLinesConfirmedBySupplier")
+    );
+    assert_eq!(event.header.purchase_order_number.as_deref(), Some("PO-V1"));
+    assert_eq!(
+        event.trigger.id.to_string(),
+        "0193a0a4-1b2c-7d3e-8f40-5a6b7c8d9e0f"
+    );
+    assert_eq!(
+        event.trigger.tradecloud_message_id.as_deref(),
+        Some("v1-msg-1")
+    );
+    let fetched = msg(&out[1]);
+    assert_eq!(fetched.order_id.as_deref(), Some("v1-get-order"));
+    assert_eq!(fetched.trigger.method, "GET");
+    let dead = f.read(&f.bus.topics.dead_letters, 1).await;
+    let reason = &dead[0].message.headers[headers::DEAD_LETTER_REASON];
+    assert!(
+        reason.contains("unknown trigger envelope version \"trigger.v9\""),
+        "{reason}"
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// Publishes like the bus, except that the orders topic refuses every message for good (as Kafka
+/// does a message over `message.max.bytes`, or a topic the bridge may not write).
+struct RefusingOrders {
+    inner: std::sync::Arc<dyn tcb_bus::Publisher>,
+    orders: String,
+    refused: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl tcb_bus::Publisher for RefusingOrders {
+    async fn publish(&self, topic: &str, message: Message) -> Result<(), tcb_bus::BusError> {
+        if topic == self.orders {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(tcb_bus::BusError::TooLarge {
+                context: "Kafka: Broker: Message size too large".to_owned(),
+                source: None,
+            });
+        }
+        self.inner.publish(topic, message).await
+    }
+    async fn check_ready(&self) -> Result<(), tcb_bus::BusError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_the_broker_can_never_take_is_dead_lettered_not_retried_for_ever() {
+    let mut f = fixture().await;
+    let refusing = std::sync::Arc::new(RefusingOrders {
+        inner: f.bus.publisher(),
+        orders: f.bus.topics.orders.clone(),
+        refused: Default::default(),
+    });
+    let opener = f.bus.clone();
+    f.bus = Bus::new(
+        refusing.clone(),
+        std::sync::Arc::new(ReuseOpener(opener)),
+        f.bus.topics.clone(),
+    );
+    f.publish(&event("huge-order", 1, "OrderIssuedByBuyer"))
+        .await;
+    f.publish(&event("huge-order", 2, "OrderLinesUpdatedByBuyer"))
+        .await;
+    let (cancel, task) = f.start();
+    let dead = f.read(&f.bus.topics.dead_letters, 2).await;
+    for d in &dead {
+        let reason = &d.message.headers[headers::DEAD_LETTER_REASON];
+        assert!(
+            reason.contains("refuses the output message") && reason.contains("too large"),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        refusing.refused.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one attempt each, no retries"
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// Opens consumers on the original bus.
+struct ReuseOpener(Bus);
+
+#[async_trait::async_trait]
+impl tcb_bus::ConsumerOpener for ReuseOpener {
+    async fn consumer(
+        &self,
+        topic: &str,
+        group: Option<&str>,
+    ) -> Result<Box<dyn tcb_bus::Consumer>, tcb_bus::BusError> {
+        self.0.consumer(topic, group).await
+    }
 }

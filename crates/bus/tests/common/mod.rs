@@ -14,6 +14,7 @@ pub fn msg(key: &str, n: u32) -> Message {
         key: key.to_owned(),
         headers,
         payload: format!("payload-{n}").into_bytes(),
+        ..Message::default()
     }
 }
 

@@ -1,0 +1,216 @@
+//! `[bus]` with `backend = "kafka"`, and the librdkafka properties it makes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use rdkafka::config::ClientConfig;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::TopicsConfig;
+
+/// `[bus]` with `backend = "kafka"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`.
+    pub bootstrap_servers: String,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl` (librdkafka's `security.protocol`).
+    #[serde(default)]
+    pub security_protocol: Option<SecurityProtocol>,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    #[serde(default)]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    #[serde(default)]
+    pub sasl_password: Option<SecretString>,
+    /// CA bundle (PEM) to verify the brokers with; unset: the system's.
+    #[serde(default)]
+    pub ssl_ca_location: Option<PathBuf>,
+    /// Any other librdkafka property, for producer and consumer alike, e.g.
+    /// `properties = { "socket.keepalive.enable" = "true" }`. Checked by librdkafka at start-up.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// How long librdkafka tries to deliver a message before it reports a failure. Keep it at or
+    /// below the ingress's `ack_timeout_ms`, so a stuck publish fails rather than lingers.
+    #[serde(default = "default_message_timeout")]
+    pub message_timeout_ms: u64,
+    /// `none`, `gzip`, `lz4`, `snappy` or `zstd`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Create missing topics at start-up; `false`: only check that they exist.
+    #[serde(default = "default_true")]
+    pub create_topics: bool,
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// A consumer silent for this long is removed from its group.
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout_ms: u32,
+    /// Longest time between two polls before the consumer leaves its group.
+    #[serde(default = "default_max_poll")]
+    pub max_poll_interval_ms: u32,
+    /// How often stored offsets are committed.
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval_ms: u32,
+    #[serde(default)]
+    pub topics: TopicsConfig,
+}
+
+fn default_message_timeout() -> u64 {
+    5_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_partitions() -> i32 {
+    6
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_session_timeout() -> u32 {
+    10_000
+}
+fn default_max_poll() -> u32 {
+    300_000
+}
+fn default_commit_interval() -> u32 {
+    1_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+/// The producer's `compression.type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    #[default]
+    Lz4,
+    Snappy,
+    Zstd,
+}
+
+impl KafkaConfig {
+    /// Every problem of this section, each naming its key (relative to `bus`).
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, key: &str, message: &str| {
+            if !ok {
+                problems.push((key.to_owned(), message.to_owned()));
+            }
+        };
+        check(
+            self.bootstrap_servers
+                .split(',')
+                .all(|s| !s.trim().is_empty()),
+            "bootstrap_servers",
+            "must list host:port pairs, separated by commas",
+        );
+        check(
+            self.message_timeout_ms > 0,
+            "message_timeout_ms",
+            "must be at least 1",
+        );
+        check(self.partitions >= 1, "partitions", "must be at least 1");
+        check(
+            self.replication_factor >= 1,
+            "replication_factor",
+            "must be at least 1",
+        );
+        check(
+            self.session_timeout_ms > 0,
+            "session_timeout_ms",
+            "must be at least 1",
+        );
+        check(
+            self.max_poll_interval_ms >= self.session_timeout_ms,
+            "max_poll_interval_ms",
+            "must be at least session_timeout_ms",
+        );
+        check(
+            self.commit_interval_ms > 0,
+            "commit_interval_ms",
+            "must be at least 1",
+        );
+        check(
+            self.sasl_mechanism.is_none() || self.sasl_username.is_some(),
+            "sasl_username",
+            "is needed with sasl_mechanism",
+        );
+        problems.extend(self.topics.validate());
+        problems
+    }
+
+    /// The librdkafka properties shared by producer, consumer and admin client.
+    pub(super) fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        c.set("client.id", "tradecloud-bridge");
+        if let Some(p) = self.security_protocol {
+            c.set(
+                "security.protocol",
+                match p {
+                    SecurityProtocol::Plaintext => "plaintext",
+                    SecurityProtocol::Ssl => "ssl",
+                    SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+                    SecurityProtocol::SaslSsl => "sasl_ssl",
+                },
+            );
+        }
+        if let Some(m) = self.sasl_mechanism {
+            c.set(
+                "sasl.mechanism",
+                match m {
+                    SaslMechanism::Plain => "PLAIN",
+                    SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+                    SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+                },
+            );
+        }
+        if let Some(u) = &self.sasl_username {
+            c.set("sasl.username", u);
+        }
+        if let Some(p) = &self.sasl_password {
+            c.set("sasl.password", p.expose_secret());
+        }
+        if let Some(ca) = &self.ssl_ca_location {
+            c.set("ssl.ca.location", ca.display().to_string());
+        }
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    pub(super) fn compression_type(&self) -> &'static str {
+        match self.compression {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Lz4 => "lz4",
+            Compression::Snappy => "snappy",
+            Compression::Zstd => "zstd",
+        }
+    }
+}

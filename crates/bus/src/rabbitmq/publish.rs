@@ -1,0 +1,128 @@
+//! Publishing with publisher confirms on a pool of channels.
+
+use std::sync::atomic::Ordering;
+
+use async_trait::async_trait;
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Confirmation};
+
+use super::{RabbitMq, unavailable};
+use crate::{BusError, CLOUDEVENTS_PREFIX, Headers, Message, Publisher};
+
+/// The AMQP binding's prefix of CloudEvents attributes (`ce_` in the bridge's headers).
+pub(super) const CE_AMQP: &str = "cloudEvents:";
+/// AMQP has no message key: it travels in this header of the backend's own.
+pub(super) const KEY_HEADER: &str = "tcb-key";
+
+/// `T.<word>`, or `T.order` without a word; only letters, digits, `-` and `_` of the word.
+pub fn routing_key(topic: &str, word: Option<&str>) -> String {
+    let word: String = word
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .take(128)
+        .collect();
+    let word = if word.is_empty() { "order" } else { &word };
+    format!("{topic}.{word}")
+}
+
+pub(super) fn to_field_table(headers: &Headers, key: &str) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        let name = match k.strip_prefix(CLOUDEVENTS_PREFIX) {
+            Some(attr) => format!("{CE_AMQP}{attr}"),
+            None => k.clone(),
+        };
+        table.insert(name.into(), AMQPValue::LongString(v.as_str().into()));
+    }
+    table.insert(KEY_HEADER.into(), AMQPValue::LongString(key.into()));
+    table
+}
+
+#[async_trait]
+impl Publisher for RabbitMq {
+    async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
+        let link = self.current()?;
+        let i = link.next.fetch_add(1, Ordering::Relaxed) % link.channels.len();
+        let channel = &link.channels[i];
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(to_field_table(&message.headers, &message.key))
+            .with_app_id("tradecloud-bridge".into());
+        if let Some(ct) = &message.content_type {
+            props = props.with_content_type(ct.as_str().into());
+        }
+        if let Some(id) = &message.id {
+            props = props.with_message_id(id.as_str().into());
+        }
+        let result = async {
+            channel
+                .basic_publish(
+                    self.inner.config.exchange.as_str().into(),
+                    routing_key(topic, message.routing_word.as_deref()).into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &message.payload,
+                    props,
+                )
+                .await?
+                .await
+        }
+        .await;
+        match result {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(returned))) => Err(BusError::Rejected {
+                context: format!(
+                    "RabbitMQ returned the message as unroutable ({} {}): no queue is bound for topic {topic}",
+                    returned.reply_code, returned.reply_text
+                ),
+                source: None,
+            }),
+            Ok(Confirmation::Nack(_)) => Err(BusError::Rejected {
+                context: "RabbitMQ nacked the message".to_owned(),
+                source: None,
+            }),
+            Ok(Confirmation::NotRequested) => Err(BusError::Rejected {
+                context: "the channel is not in confirm mode".to_owned(),
+                source: None,
+            }),
+            Err(e) => {
+                self.inner.broken.notify_one();
+                Err(unavailable(
+                    format!("publishing to {topic} failed"),
+                    Some(e),
+                ))
+            }
+        }
+    }
+
+    async fn check_ready(&self) -> Result<(), BusError> {
+        self.current().map(|_| ())
+    }
+
+    async fn close(&self) {
+        RabbitMq::close(self).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_keys() {
+        assert_eq!(
+            routing_key("tradecloud.orders", None),
+            "tradecloud.orders.order"
+        );
+        assert_eq!(
+            routing_key("tradecloud.orders", Some("OrderLinesConfirmedBySupplier")),
+            "tradecloud.orders.OrderLinesConfirmedBySupplier"
+        );
+        assert_eq!(routing_key("t", Some("a.b#*")), "t.ab");
+        assert_eq!(routing_key("t", Some("..")), "t.order");
+    }
+}
