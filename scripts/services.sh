@@ -33,10 +33,11 @@ if ! port_open 9092; then
   echo "services: starting tansu"
   data="${TMPDIR:-/tmp}/tradecloud-bridge-tansu"
   mkdir -p "$data"
-  (cd "$data" && nohup tansu broker \
+  # exec: no shell stays behind holding this script's stdout (a pipe's reader would wait on it).
+  (cd "$data" && exec nohup tansu broker \
     --listener-url tcp://127.0.0.1:9092 \
     --advertised-listener-url tcp://127.0.0.1:9092 \
-    --storage-engine memory://tansu/ >"$data/tansu.log" 2>&1 &)
+    --storage-engine memory://tansu/) >"$data/tansu.log" 2>&1 </dev/null &
   wait_port 9092 30 tansu
 fi
 echo "services: Kafka protocol (tansu) is up on 127.0.0.1:9092"

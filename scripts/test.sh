@@ -15,6 +15,15 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+# Each backend is a cargo feature: the binary builds with each alone, and with only the embedded
+# backend its own tests (unit and end to end) pass.
+echo "== one backend at a time"
+for feature in kafka rabbitmq; do
+  cargo check -p tradecloud-bridge --locked --no-default-features --features "$feature" --all-targets \
+    || status=$?
+done
+cargo test -p tradecloud-bridge --locked --no-default-features --features embedded 2>&1 \
+  | tee -a "$log" || status=$?
 # One closing line over all test binaries (cargo's last line is that of the last binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' \
   "${log}"

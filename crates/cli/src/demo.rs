@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tcb_model::OrderMessage;
-use tcb_simulator::{Sender, SenderAuth, SenderConfig, Webhook, orders};
+use tcb_simulator::{Sender, SenderAuth, SenderConfig, orders};
 use tokio::sync::Mutex;
 
 use crate::CliError;
@@ -44,53 +44,6 @@ pub struct DemoArgs {
     /// How long to wait for all messages.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
-}
-
-const EVENT_NAMES: [&str; 5] = [
-    "OrderIssuedByBuyer",
-    "OrderLinesConfirmedBySupplier",
-    "OrderChangesProposedBySupplier",
-    "OrderLinesShippedByBuyer",
-    "OrderLinesTeleportedByRobot",
-];
-
-/// The i-th trigger of the burst: GET (path, query, legacy query), POST and PUT in turn.
-pub fn webhook(
-    i: usize,
-    sim: &tcb_simulator::Simulator,
-    events_only: bool,
-) -> (&'static str, Webhook) {
-    let order = format!("demo-order-{:03}", i % 12);
-    let kind = if events_only { 2 + i % 2 } else { i % 5 };
-    match kind {
-        0 => {
-            sim.bump(&order);
-            ("GET path", Webhook::GetPath(order))
-        }
-        1 => {
-            sim.bump(&order);
-            ("GET query", Webhook::GetQuery(order))
-        }
-        2 | 3 => {
-            let name = EVENT_NAMES[i % EVENT_NAMES.len()];
-            let body = orders::event(
-                &order,
-                sim.bump(&order),
-                name,
-                &uuid::Uuid::new_v4().to_string(),
-            );
-            let body = serde_json::to_vec(&body).unwrap_or_default();
-            if i % 5 == 2 {
-                ("POST", Webhook::Post(body))
-            } else {
-                ("PUT", Webhook::Put(body))
-            }
-        }
-        _ => (
-            "GET legacy",
-            Webhook::GetLegacyQuery(format!("{}", 700_000 + i)),
-        ),
-    }
 }
 
 pub async fn run(args: DemoArgs) -> Result<(), CliError> {
@@ -152,7 +105,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let started_at = chrono::Utc::now();
     let burst = {
         let jobs: Vec<_> = (0..args.triggers)
-            .map(|i| webhook(i, &dev.simulator, args.events_only))
+            .map(|i| orders::burst_webhook(i, &dev.simulator, args.events_only))
             .collect();
         let sent_at = sent_at.clone();
         let sender = sender.clone();

@@ -8,7 +8,6 @@ use std::time::Duration;
 use tcb_simulator::{Sender, SenderAuth, SenderConfig, SimConfig, Simulator};
 
 use crate::CliError;
-use crate::demo::webhook;
 
 #[derive(clap::Args)]
 pub struct SimulateArgs {
@@ -72,7 +71,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), CliError> {
         })
         .map_err(|e| CliError::Io(e.to_string()))?;
         for i in 0..args.triggers {
-            let (kind, w) = webhook(i, &sim, false);
+            let (kind, w) = tcb_simulator::orders::burst_webhook(i, &sim, false);
             let o = sender.send(&w).await;
             tracing::info!(
                 kind,

@@ -4,6 +4,8 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{Value, json};
 
+use crate::Webhook;
+
 /// The base of all generated timestamps.
 fn epoch() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 1, 8, 0, 0)
@@ -130,4 +132,52 @@ pub fn legacy_order(legacy_id: &str) -> Value {
             {"lineId": format!("{legacy_id}-10"), "code": format!("PO-L-{legacy_id}-10"), "row": 10, "status": "confirmed"}
         ]
     })
+}
+
+const EVENT_NAMES: [&str; 5] = [
+    "OrderIssuedByBuyer",
+    "OrderLinesConfirmedBySupplier",
+    "OrderChangesProposedBySupplier",
+    "OrderLinesShippedByBuyer",
+    "OrderLinesTeleportedByRobot",
+];
+
+/// The i-th webhook of a sample burst (`demo`, `simulate`): GET (path, query, legacy query), POST and PUT in turn.
+pub fn burst_webhook(
+    i: usize,
+    sim: &crate::Simulator,
+    events_only: bool,
+) -> (&'static str, Webhook) {
+    let order = format!("demo-order-{:03}", i % 12);
+    let kind = if events_only { 2 + i % 2 } else { i % 5 };
+    match kind {
+        0 => {
+            sim.bump(&order);
+            ("GET path", Webhook::GetPath(order))
+        }
+        1 => {
+            sim.bump(&order);
+            ("GET query", Webhook::GetQuery(order))
+        }
+        2 | 3 => {
+            let name = EVENT_NAMES[i % EVENT_NAMES.len()];
+            let body = event(
+                &order,
+                sim.bump(&order),
+                name,
+                &uuid::Uuid::new_v4().to_string(),
+            );
+            // A JSON value's text is its serialization (which cannot fail).
+            let body = body.to_string().into_bytes();
+            if i % 5 == 2 {
+                ("POST", Webhook::Post(body))
+            } else {
+                ("PUT", Webhook::Put(body))
+            }
+        }
+        _ => (
+            "GET legacy",
+            Webhook::GetLegacyQuery(format!("{}", 700_000 + i)),
+        ),
+    }
 }
