@@ -176,6 +176,7 @@ impl Config {
         if let Some(worker) = &self.worker {
             problems.extend(within("worker", worker.validate()));
         }
+        problems.extend(within("telemetry", self.telemetry.validate()));
         problems
     }
 
@@ -512,6 +513,33 @@ password = "p"
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_worker_only_file_needs_no_ingress_and_no_tls() {
+        let worker_only = r#"
+[bus]
+backend = "embedded"
+path = "/tmp/x.db"
+
+[worker.tradecloud]
+base_url = "https://api.accp.tradecloud1.com"
+email = "a@b.c"
+password = "p"
+
+[telemetry]
+log_level = "info,tcb_worker=debug"
+"#;
+        let c = load(worker_only, &[]).unwrap();
+        assert!(c.ingress.is_none() && c.worker.is_some());
+        let e = load(&worker_only.replace("info,", "info,[bad"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("telemetry.log_level:"), "{e}");
+        let e = load(&worker_only.replace("https://api", "ftp://api"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("worker.tradecloud.base_url:"), "{e}");
     }
 
     #[cfg(feature = "kafka")]

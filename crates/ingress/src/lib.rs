@@ -139,6 +139,9 @@ fn default_shutdown() -> u64 {
     20
 }
 
+/// The ingress crate's result.
+pub type Result<T, E = IngressError> = std::result::Result<T, E>;
+
 /// Errors starting the ingress.
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {

@@ -80,7 +80,7 @@ pub enum TriggerError {
     EmptyId,
     #[error("the order id is longer than {MAX_ID_LEN} bytes")]
     IdTooLong,
-    #[error("the order id must not be '.' or '..' or contain control characters")]
+    #[error("the order id must not be only dots ('..') or contain control characters")]
     IdCharacters,
     #[error("{field} in the body: {reason}")]
     BodyId { field: &'static str, reason: String },
@@ -128,7 +128,7 @@ macro_rules! validated_string {
 }
 
 /// A Tradecloud order id (API v2 `orderId` or legacy `legacyOrderId`): not empty, at most
-/// [`MAX_ID_LEN`] bytes, not `.` or `..` (it becomes a path segment), no control characters.
+/// [`MAX_ID_LEN`] bytes, not only dots (`..` would be a path segment), no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct OrderId(String);
@@ -141,7 +141,7 @@ impl OrderId {
         if id.len() > MAX_ID_LEN {
             return Err(TriggerError::IdTooLong);
         }
-        if id == "." || id == ".." || id.chars().any(char::is_control) {
+        if id.chars().all(|c| c == '.') || id.chars().any(char::is_control) {
             return Err(TriggerError::IdCharacters);
         }
         Ok(Self(id.to_owned()))
@@ -406,7 +406,8 @@ mod tests {
         assert_eq!(bad("a\nb"), TriggerError::IdCharacters);
         assert_eq!(bad(&"x".repeat(257)), TriggerError::IdTooLong);
         assert!(TriggerEnvelope::get(IdKind::OrderId, &"x".repeat(256), now()).is_ok());
-        assert!(TriggerEnvelope::get(IdKind::OrderId, "...", now()).is_ok());
+        assert_eq!(bad("..."), TriggerError::IdCharacters);
+        assert!(TriggerEnvelope::get(IdKind::OrderId, "a..b", now()).is_ok());
         let legacy = TriggerEnvelope::get(IdKind::LegacyOrderId, "123", now()).unwrap();
         assert_eq!(legacy.legacy_order_id().map(OrderId::as_str), Some("123"));
         assert_eq!(legacy.order_id(), None);

@@ -44,6 +44,16 @@ pub enum TelemetryError {
     AlreadyInstalled,
 }
 
+impl TelemetryConfig {
+    /// Every problem of the section, each naming its key (relative to `telemetry`).
+    pub fn validate(&self) -> Vec<(String, String)> {
+        match EnvFilter::try_new(&self.log_level) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![("log_level".to_owned(), e.to_string())],
+        }
+    }
+}
+
 /// Installs the global subscriber. Call once, early in `main`.
 pub fn init(config: &TelemetryConfig) -> Result<(), TelemetryError> {
     let filter = match std::env::var("RUST_LOG") {

@@ -115,6 +115,9 @@ fn default_retry_max() -> u64 {
     30_000
 }
 
+/// The worker crate's result.
+pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("worker.{key}: {message}")]
@@ -250,11 +253,29 @@ async fn lane(shared: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
             {
                 pending.push_back(Item::new(d));
             }
-            let batch = take_coalescable(&first, &mut pending);
-            process_gets(&shared, first, batch).await;
-        } else {
-            process_one(&shared, first).await;
         }
+        match next_work(first, &mut pending) {
+            Work::Fetch(first, rest) => process_gets(&shared, first, rest).await,
+            Work::One(item) => process_one(&shared, item).await,
+        }
+    }
+}
+
+/// What a lane does next.
+enum Work {
+    /// One fetch for these GET triggers of one order.
+    Fetch(Item, Vec<Item>),
+    /// An event trigger (or one that does not decode).
+    One(Item),
+}
+
+/// The work `first` starts: a GET takes the coalescable GETs from `pending` with it.
+fn next_work(first: Item, pending: &mut VecDeque<Item>) -> Work {
+    if first.is_get() {
+        let rest = take_coalescable(&first, pending);
+        Work::Fetch(first, rest)
+    } else {
+        Work::One(first)
     }
 }
 
@@ -539,6 +560,46 @@ mod tests {
             ],
             "what stays keeps its order; a's last GET must not overtake a's event"
         );
+    }
+
+    /// The fetches a lane makes for what is waiting in it (everything already looked ahead).
+    fn fetches(mut pending: VecDeque<Item>) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        while let Some(first) = pending.pop_front() {
+            if let Work::Fetch(first, rest) = next_work(first, &mut pending) {
+                out.push((first.delivery.message.key.clone(), 1 + rest.len()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn exact_fetch_counts() {
+        let waiting: VecDeque<Item> = [
+            get("a"),
+            get("a"),
+            get("b"),
+            get("a"),
+            event("b"),
+            get("a"),
+            event("a"),
+            get("a"),
+            get("b"),
+            get("a"),
+        ]
+        .into();
+        assert_eq!(
+            fetches(waiting),
+            [
+                ("a".to_owned(), 4),
+                ("b".to_owned(), 1),
+                ("a".to_owned(), 2),
+                ("b".to_owned(), 1)
+            ],
+            "a's four GETs before its event share a fetch; b's event splits b's GETs"
+        );
+        let all_events: VecDeque<Item> = [event("a"), event("a")].into();
+        assert!(fetches(all_events).is_empty());
     }
 
     #[test]
