@@ -137,6 +137,8 @@ auth = {{ kind = "basic", username = "{USER}", password = "${{E2E_WEBHOOK_PASSWO
 lanes = 8
 retry_initial_ms = 50
 retry_max_ms = 1000
+not_found_attempts = 2
+not_found_delay_ms = 100
 
 [worker.tradecloud]
 base_url = "{api}"

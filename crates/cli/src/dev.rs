@@ -82,6 +82,7 @@ pub fn setup(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Dev, C
         legacy_username: Some(sim_config.legacy_username),
         legacy_password: Some(SecretString::from(sim_config.legacy_password)),
         max_requests_per_second: 10,
+        max_concurrent_requests: 1,
         request_timeout_ms: 10_000,
         ca_file: None,
     });

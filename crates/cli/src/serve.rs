@@ -1,6 +1,7 @@
 //! Starting and stopping the bridge's parts in one process.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tcb_bus::Bus;
 use tcb_ingress::Ingress;
@@ -52,7 +53,16 @@ impl Running {
             tracing::warn!(%warning, "configuration");
         }
         let bus = tcb_bus::connect(&config.bus).await?;
-        let admin = Admin::start(config.admin.listen, bus.publisher())?;
+        let cancel = CancellationToken::new();
+        let worker = match worker_config {
+            Some(c) => Some(tcb_worker::Worker::new(&c, bus.clone(), cancel.clone())?),
+            None => None,
+        };
+        let probes: Vec<Arc<dyn tcb_telemetry::health::Probe>> = worker
+            .iter()
+            .map(|w| w.health() as Arc<dyn tcb_telemetry::health::Probe>)
+            .collect();
+        let admin = Admin::start(config.admin.listen, bus.publisher(), probes)?;
         tracing::info!(addr = %admin.local_addr, "admin listening (/healthz, /readyz)");
         let ingress = match ingress_config {
             Some(c) => {
@@ -66,12 +76,7 @@ impl Running {
             }
             None => None,
         };
-        let cancel = CancellationToken::new();
-        let worker = worker_config.map(|c| {
-            let bus = bus.clone();
-            let cancel = cancel.clone();
-            tokio::spawn(async move { tcb_worker::run(&c, bus, cancel).await })
-        });
+        let worker = worker.map(|w| tokio::spawn(w.run()));
         Ok(Self {
             bus,
             ingress_addr: ingress.as_ref().map(|i| i.local_addr),

@@ -1,6 +1,7 @@
-//! The admin listener, apart from the public one: `/healthz` (the process serves), `/readyz`
-//! (the broker is reachable and publishes can succeed), `/metrics` (Prometheus text format;
-//! `docs/metrics.md`).
+//! The admin listener, apart from the public one: `/healthz` (the process makes progress: no
+//! [`Probe`] is wedged), `/readyz` (the broker is reachable and publishes can succeed, and no
+//! [`Probe`] is unready, e.g. the worker paused behind a circuit breaker), `/metrics` (Prometheus
+//! text format; `docs/metrics.md`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use serde_json::json;
 use tcb_bus::Publisher;
+use tcb_telemetry::health::Probe;
 
 use crate::IngressError;
 
@@ -22,19 +24,25 @@ pub struct Admin {
     handle: ServerHandle,
 }
 
+struct Checks {
+    publisher: Arc<dyn Publisher>,
+    probes: Vec<Arc<dyn Probe>>,
+}
+
 impl Admin {
-    pub fn start(listen: SocketAddr, publisher: Arc<dyn Publisher>) -> Result<Self, IngressError> {
-        let publisher = web::Data::from(Arc::new(publisher));
+    pub fn start(
+        listen: SocketAddr,
+        publisher: Arc<dyn Publisher>,
+        probes: Vec<Arc<dyn Probe>>,
+    ) -> Result<Self, IngressError> {
+        let checks = web::Data::new(Checks { publisher, probes });
         if tcb_telemetry::metrics::handle().is_none() {
             tracing::warn!("another metrics recorder is installed: /metrics stays empty");
         }
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(publisher.clone())
-                .route(
-                    "/healthz",
-                    web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }),
-                )
+                .app_data(checks.clone())
+                .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
                 .route("/metrics", web::get().to(metrics))
         })
@@ -57,8 +65,20 @@ impl Admin {
     }
 }
 
-async fn readyz(publisher: web::Data<Arc<dyn Publisher>>) -> HttpResponse {
-    match tokio::time::timeout(READY_TIMEOUT, publisher.check_ready()).await {
+async fn healthz(checks: web::Data<Checks>) -> HttpResponse {
+    match checks.probes.iter().find_map(|p| p.wedged()) {
+        None => HttpResponse::Ok().json(json!({"status": "ok"})),
+        Some(reason) => HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "wedged", "reason": reason})),
+    }
+}
+
+async fn readyz(checks: web::Data<Checks>) -> HttpResponse {
+    if let Some(reason) = checks.probes.iter().find_map(|p| p.unready()) {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "not ready", "reason": reason}));
+    }
+    match tokio::time::timeout(READY_TIMEOUT, checks.publisher.check_ready()).await {
         Ok(Ok(())) => HttpResponse::Ok().json(json!({"status": "ready"})),
         Ok(Err(e)) => HttpResponse::ServiceUnavailable()
             .json(json!({"status": "not ready", "reason": e.to_string()})),

@@ -44,6 +44,22 @@ pub mod header {
     pub const DEAD_LETTER_REASON: &str = "tcb-dead-letter-reason";
     /// Which topic a dead-lettered message was consumed from.
     pub const DEAD_LETTER_SOURCE: &str = "tcb-dead-letter-source";
+    /// How many times processing was tried before the trigger was dead-lettered.
+    pub const DEAD_LETTER_ATTEMPTS: &str = "tcb-dead-letter-attempts";
+    /// The first error of those attempts, and when the first and the last failed (RFC 3339).
+    pub const DEAD_LETTER_FIRST_ERROR: &str = "tcb-dead-letter-first-error";
+    pub const DEAD_LETTER_FIRST_FAILED_AT: &str = "tcb-dead-letter-first-failed-at";
+    pub const DEAD_LETTER_LAST_FAILED_AT: &str = "tcb-dead-letter-last-failed-at";
+
+    /// Every dead-letter header, removed again by `revive`.
+    pub const DEAD_LETTER_ALL: [&str; 6] = [
+        DEAD_LETTER_REASON,
+        DEAD_LETTER_SOURCE,
+        DEAD_LETTER_ATTEMPTS,
+        DEAD_LETTER_FIRST_ERROR,
+        DEAD_LETTER_FIRST_FAILED_AT,
+        DEAD_LETTER_LAST_FAILED_AT,
+    ];
     /// Tradecloud's `eventName` (absent for GET triggers and fetched orders).
     pub const EVENT_NAME: &str = "tcb-event-name";
     /// The order message's deterministic id.
@@ -338,16 +354,49 @@ fn with_native_fields(mut m: Message) -> Message {
     m
 }
 
+/// Why a trigger is dead-lettered, and what was tried before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub reason: String,
+    /// Attempts made (1 for a trigger that can never succeed).
+    pub attempts: u32,
+    /// The first failure, when it differs from the last (`reason`).
+    pub first_error: Option<String>,
+    pub first_failed_at: Option<DateTime<Utc>>,
+    pub last_failed_at: Option<DateTime<Utc>>,
+}
+
+impl DeadLetter {
+    /// A trigger that can never succeed: one attempt, this reason.
+    pub fn poison(reason: impl Into<String>) -> Self {
+        let now = Utc::now();
+        Self {
+            reason: reason.into(),
+            attempts: 1,
+            first_error: None,
+            first_failed_at: Some(now),
+            last_failed_at: Some(now),
+        }
+    }
+}
+
 /// A message that could not be processed, for the dead-letter topic: the message as it was, with
-/// the reason and where it came from.
-pub fn dead_letter(message: &Message, reason: &str, source_topic: &str) -> Message {
+/// the reason, the attempts and where it came from.
+pub fn dead_letter(message: &Message, why: &DeadLetter, source_topic: &str) -> Message {
     let mut m = with_native_fields(message.clone());
-    m.headers
-        .insert(header::DEAD_LETTER_REASON.to_owned(), reason.to_owned());
-    m.headers.insert(
-        header::DEAD_LETTER_SOURCE.to_owned(),
-        source_topic.to_owned(),
-    );
+    let mut put = |name: &str, value: String| m.headers.insert(name.to_owned(), value);
+    put(header::DEAD_LETTER_REASON, why.reason.clone());
+    put(header::DEAD_LETTER_SOURCE, source_topic.to_owned());
+    put(header::DEAD_LETTER_ATTEMPTS, why.attempts.to_string());
+    if let Some(first) = &why.first_error {
+        put(header::DEAD_LETTER_FIRST_ERROR, first.clone());
+    }
+    if let Some(at) = why.first_failed_at {
+        put(header::DEAD_LETTER_FIRST_FAILED_AT, at.to_rfc3339());
+    }
+    if let Some(at) = why.last_failed_at {
+        put(header::DEAD_LETTER_LAST_FAILED_AT, at.to_rfc3339());
+    }
     m
 }
 
@@ -355,7 +404,9 @@ pub fn dead_letter(message: &Message, reason: &str, source_topic: &str) -> Messa
 pub fn revive(dead: &Message) -> (Message, Option<String>) {
     let mut m = with_native_fields(dead.clone());
     let reason = m.headers.remove(header::DEAD_LETTER_REASON);
-    m.headers.remove(header::DEAD_LETTER_SOURCE);
+    for name in header::DEAD_LETTER_ALL {
+        m.headers.remove(name);
+    }
     (m, reason)
 }
 
@@ -482,7 +533,17 @@ mod tests {
         received.id = None;
         received.routing_word = None;
         received.content_type = None;
-        let dead = dead_letter(&received, "it broke", "triggers");
+        let dead = dead_letter(
+            &received,
+            &DeadLetter {
+                attempts: 3,
+                first_error: Some("first".to_owned()),
+                ..DeadLetter::poison("it broke")
+            },
+            "triggers",
+        );
+        assert_eq!(dead.headers[header::DEAD_LETTER_ATTEMPTS], "3");
+        assert_eq!(dead.headers[header::DEAD_LETTER_FIRST_ERROR], "first");
         assert_eq!(dead_letter_reason(&dead), Some("it broke"));
         assert_eq!(dead.routing_word.as_deref(), Some("E"));
         assert_eq!(dead.id, Some(t.id.to_string()));

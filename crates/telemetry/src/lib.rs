@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
+pub mod health;
 pub mod metrics;
 pub mod trace_context;
 

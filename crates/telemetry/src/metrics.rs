@@ -18,6 +18,13 @@ pub const WORKER_END_TO_END_SECONDS: &str = "tcb_worker_end_to_end_seconds";
 /// Retries after transient failures, by `what`: `fetch` (Tradecloud API) or `publish` (the bus).
 pub const WORKER_RETRIES: &str = "tcb_worker_retries_total";
 
+/// 1 while the worker pauses behind a circuit breaker, by `breaker` (`tradecloud`, `bus`).
+pub const WORKER_PAUSED: &str = "tcb_worker_paused";
+/// Triggers the worker holds (received, not yet settled).
+pub const WORKER_HELD: &str = "tcb_worker_held_triggers";
+/// Triggers dead-lettered after their retries ran out, by `what` (`fetch`, `publish`).
+pub const WORKER_EXHAUSTED: &str = "tcb_worker_retries_exhausted_total";
+
 /// Kafka partitions a consumer group member holds now, by `group` (0 while none are assigned).
 pub const KAFKA_ASSIGNED_PARTITIONS: &str = "tcb_kafka_assigned_partitions";
 
@@ -73,4 +80,19 @@ pub fn retry(what: &'static str) {
 /// A Kafka consumer of `group` now holds `partitions` partitions.
 pub fn kafka_assigned_partitions(group: &str, partitions: usize) {
     metrics::gauge!(KAFKA_ASSIGNED_PARTITIONS, "group" => group.to_owned()).set(partitions as f64);
+}
+
+/// A circuit breaker opened or closed.
+pub fn breaker_open(breaker: &'static str, open: bool) {
+    metrics::gauge!(WORKER_PAUSED, "breaker" => breaker).set(if open { 1.0 } else { 0.0 });
+}
+
+/// The worker holds `n` triggers.
+pub fn worker_held(n: usize) {
+    metrics::gauge!(WORKER_HELD).set(n as f64);
+}
+
+/// A trigger's retries ran out.
+pub fn retries_exhausted(what: &'static str) {
+    metrics::counter!(WORKER_EXHAUSTED, "what" => what).increment(1);
 }

@@ -10,13 +10,12 @@
 //! Errors say whether a retry can help ([`TradecloudError::is_transient`]); retrying with back-off is
 //! the caller's (the worker's) job, so it can also pause consumption meanwhile.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
@@ -43,9 +42,14 @@ pub struct TradecloudConfig {
     /// Legacy API v1 password; defaults to `password`.
     #[serde(default)]
     pub legacy_password: Option<SecretString>,
-    /// Most requests per second to Tradecloud, all kinds together.
+    /// Most requests per second to Tradecloud, all kinds together, for the whole deployment: a
+    /// worker paces itself at its share (on Kafka, the share of the triggers topic's partitions it
+    /// holds). Tradecloud allows 10.
     #[serde(default = "default_rate")]
     pub max_requests_per_second: u32,
+    /// Requests to Tradecloud in flight at once from one worker (Tradecloud asks for 1).
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent_requests: u32,
     /// Timeout of one HTTP request.
     #[serde(default = "default_timeout")]
     pub request_timeout_ms: u64,
@@ -56,6 +60,9 @@ pub struct TradecloudConfig {
 
 fn default_rate() -> u32 {
     10
+}
+fn default_concurrency() -> u32 {
+    1
 }
 fn default_timeout() -> u64 {
     10_000
@@ -88,6 +95,12 @@ impl TradecloudConfig {
             problems.push((
                 "max_requests_per_second".to_owned(),
                 "must be at least 1".to_owned(),
+            ));
+        }
+        if !(1..=64).contains(&self.max_concurrent_requests) {
+            problems.push((
+                "max_concurrent_requests".to_owned(),
+                "must be 1 to 64".to_owned(),
             ));
         }
         if self.request_timeout_ms == 0 {
@@ -125,8 +138,17 @@ pub enum TradecloudError {
     NotFound(String),
     #[error("Tradecloud refused the credentials ({0}); check worker.tradecloud.email/password")]
     Unauthorized(&'static str),
+    #[error(
+        "Tradecloud forbids {0} (403): the user needs the integration role for this company's orders"
+    )]
+    Forbidden(&'static str),
     #[error("Tradecloud answered {status} for {what}")]
-    Status { status: u16, what: String },
+    Status {
+        status: u16,
+        what: String,
+        /// The answer's `Retry-After`, in seconds, when it had one.
+        retry_after: Option<Duration>,
+    },
     #[error("request to Tradecloud failed: {context}")]
     Request {
         context: String,
@@ -149,6 +171,7 @@ impl TradecloudError {
                 *status == 429 || *status >= 500 || *status == 408
             }
             TradecloudError::Unauthorized(_)
+            | TradecloudError::Forbidden(_)
             | TradecloudError::Request { .. }
             | TradecloudError::Config(_) => true,
         }
@@ -175,7 +198,58 @@ struct Inner {
     legacy_base_url: Option<String>,
     legacy_basic: String,
     tokens: Mutex<Option<Tokens>>,
-    limiter: DefaultDirectRateLimiter,
+    pacer: Pacer,
+    in_flight: tokio::sync::Semaphore,
+}
+
+/// Spaces requests evenly: at most one per interval, no bursts. The interval can change at run
+/// time (a worker's share of the deployment's rate changes at every Kafka rebalance).
+struct Pacer {
+    rate: f64,
+    interval_nanos: AtomicU64,
+    next: Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    fn new(rate: f64) -> Self {
+        let pacer = Self {
+            rate,
+            interval_nanos: AtomicU64::new(0),
+            next: Mutex::new(tokio::time::Instant::now()),
+        };
+        pacer.set_share(1.0);
+        pacer
+    }
+
+    /// Paces at `share` (0 to 1) of the configured rate; 0 stops requests until it changes.
+    fn set_share(&self, share: f64) {
+        let per_second = self.rate * share.clamp(0.0, 1.0);
+        let nanos = if per_second > 0.0 {
+            (1e9 / per_second) as u64
+        } else {
+            u64::MAX
+        };
+        self.interval_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    async fn until_ready(&self) {
+        // Waiters queue on the lock, so each takes the next slot in turn.
+        let mut next = self.next.lock().await;
+        loop {
+            let nanos = self.interval_nanos.load(Ordering::Relaxed);
+            let now = tokio::time::Instant::now();
+            if nanos == u64::MAX {
+                // A share of 0: look again every second.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            if *next <= now {
+                *next = now + Duration::from_nanos(nanos);
+                return;
+            }
+            tokio::time::sleep_until((*next).min(now + Duration::from_secs(1))).await;
+        }
+    }
 }
 
 impl TradecloudClient {
@@ -183,7 +257,7 @@ impl TradecloudClient {
         if let Some((key, message)) = config.validate().into_iter().next() {
             return Err(TradecloudError::Config(format!("{key}: {message}")));
         }
-        let rate = NonZeroU32::new(config.max_requests_per_second).unwrap_or(NonZeroU32::MIN);
+
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .connect_timeout(Duration::from_secs(5))
@@ -215,8 +289,8 @@ impl TradecloudClient {
                     STANDARD.encode(format!("{legacy_user}:{}", legacy_password.expose_secret()))
                 ),
                 tokens: Mutex::new(None),
-                // Bursts are not allowed: the quota replenishes one request at a time.
-                limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(NonZeroU32::MIN)),
+                pacer: Pacer::new(f64::from(config.max_requests_per_second)),
+                in_flight: tokio::sync::Semaphore::new(config.max_concurrent_requests as usize),
             }),
         })
     }
@@ -253,12 +327,8 @@ impl TradecloudClient {
                 StatusCode::NOT_FOUND => {
                     return Err(TradecloudError::NotFound(order_id.to_owned()));
                 }
-                status => {
-                    return Err(TradecloudError::Status {
-                        status: status.as_u16(),
-                        what: "GET order".to_owned(),
-                    });
-                }
+                StatusCode::FORBIDDEN => return Err(TradecloudError::Forbidden("GET order")),
+                _ => return Err(status_error(&response, "GET order")),
             }
         }
     }
@@ -291,18 +361,27 @@ impl TradecloudClient {
                 Err(TradecloudError::Unauthorized("legacy API v1"))
             }
             StatusCode::NOT_FOUND => Err(TradecloudError::NotFound(legacy_order_id.to_owned())),
-            status => Err(TradecloudError::Status {
-                status: status.as_u16(),
-                what: "GET legacy purchase order".to_owned(),
-            }),
+            _ => Err(status_error(&response, "GET legacy purchase order")),
         }
     }
 
+    /// Paces this client at `share` (0 to 1) of `max_requests_per_second`.
+    pub fn set_rate_share(&self, share: f64) {
+        self.inner.pacer.set_share(share);
+    }
+
+    /// One request, within the concurrency bound and the pace.
     async fn send(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, TradecloudError> {
-        self.inner.limiter.until_ready().await;
+        let _slot = self
+            .inner
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| TradecloudError::Config("the client is closed".to_owned()))?;
+        self.inner.pacer.until_ready().await;
         request.send().await.map_err(request_error)
     }
 
@@ -354,10 +433,7 @@ impl TradecloudClient {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 Err(TradecloudError::Unauthorized("login"))
             }
-            status => Err(TradecloudError::Status {
-                status: status.as_u16(),
-                what: "login".to_owned(),
-            }),
+            _ => Err(status_error(&response, "login")),
         }
     }
 
@@ -373,10 +449,7 @@ impl TradecloudClient {
             .await?;
         match response.status() {
             StatusCode::OK => tokens_from(response.headers(), "refresh"),
-            status => Err(TradecloudError::Status {
-                status: status.as_u16(),
-                what: "token refresh".to_owned(),
-            }),
+            _ => Err(status_error(&response, "token refresh")),
         }
     }
 }
@@ -392,11 +465,27 @@ fn tokens_from(headers: &HeaderMap, what: &str) -> Result<Tokens, TradecloudErro
     let access = get("Set-Authorization").ok_or_else(|| TradecloudError::Status {
         status: 200,
         what: format!("{what} without a Set-Authorization header"),
+        retry_after: None,
     })?;
     Ok(Tokens {
         access: SecretString::from(access),
         refresh: get("Set-Refresh-Token").map(SecretString::from),
     })
+}
+
+/// An unexpected status, with the answer's `Retry-After` (seconds) when it has one.
+fn status_error(response: &reqwest::Response, what: &str) -> TradecloudError {
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(3600)));
+    TradecloudError::Status {
+        status: response.status().as_u16(),
+        what: what.to_owned(),
+        retry_after,
+    }
 }
 
 async fn body(response: reqwest::Response) -> Result<Vec<u8>, TradecloudError> {

@@ -23,6 +23,7 @@ fn client(sim: &Simulator, password: &str, rate: u32) -> TradecloudClient {
         legacy_username: Some(c.legacy_username),
         legacy_password: Some(SecretString::from(c.legacy_password)),
         max_requests_per_second: rate,
+        max_concurrent_requests: 1,
         request_timeout_ms: 5_000,
         ca_file: None,
     })
@@ -144,6 +145,7 @@ async fn an_unreachable_api_is_a_transient_error() {
         legacy_username: None,
         legacy_password: None,
         max_requests_per_second: 10,
+        max_concurrent_requests: 1,
         request_timeout_ms: 2_000,
         ca_file: None,
     })

@@ -37,7 +37,8 @@ async fn fixture() -> Fixture {
         lanes: 4,
         retry_initial_ms: 20,
         retry_max_ms: 200,
-        tradecloud: TradecloudConfig {
+        not_found_attempts: 1,
+        ..WorkerConfig::new(TradecloudConfig {
             base_url: sim.base_url(),
             email: c.email,
             password: SecretString::from(c.password),
@@ -45,9 +46,10 @@ async fn fixture() -> Fixture {
             legacy_username: None,
             legacy_password: None,
             max_requests_per_second: 10,
+            max_concurrent_requests: 1,
             request_timeout_ms: 5_000,
             ca_file: None,
-        },
+        })
     };
     Fixture {
         _dir: dir,

@@ -1,0 +1,428 @@
+//! One unit of work: fetch (with bounded retries) or parse, normalize, publish, ack.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tcb_model::codec::{self, DeadLetter};
+use tcb_model::{
+    OrderMessage, OrderRef, Trigger, TriggerEnvelope, normalize_event, normalize_fetched_order,
+};
+use tcb_telemetry::trace_context::TraceParent;
+use tcb_tradecloud::TradecloudError;
+use tokio::time::Instant;
+
+use crate::dispatch::{Item, Work};
+use crate::health::Pass;
+use crate::{Shared, WorkerConfig};
+
+/// How far one trigger is retried.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub max_attempts: u32,
+    pub max_retry: Duration,
+    pub not_found_attempts: u32,
+    pub not_found_delay: Duration,
+    pub publish_timeout: Duration,
+}
+
+impl From<&WorkerConfig> for Limits {
+    fn from(c: &WorkerConfig) -> Self {
+        Self {
+            max_attempts: c.max_attempts,
+            max_retry: Duration::from_secs(c.max_retry_seconds),
+            not_found_attempts: c.not_found_attempts,
+            not_found_delay: Duration::from_millis(c.not_found_delay_ms),
+            publish_timeout: Duration::from_millis(c.publish_timeout_ms),
+        }
+    }
+}
+
+/// Why a trigger did not become an output message.
+pub(crate) enum Failure {
+    /// Retrying cannot help (or the retries ran out): dead-letter it.
+    Dead(DeadLetter),
+    /// Shutting down: leave it unacked, it is delivered again.
+    Cancelled,
+}
+
+/// What a Tradecloud error means for the trigger at hand.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Nobody's request can succeed now (credentials refused, 403): pause everything.
+    Systemic,
+    /// This order's request may succeed later: retry it, not before the given delay.
+    Retry(Option<Duration>),
+    /// Tradecloud does not know the order (yet): retry a few times, slowly.
+    NotFound,
+    /// It will never succeed.
+    Poison,
+}
+
+pub(crate) fn classify(e: &TradecloudError) -> Class {
+    match e {
+        TradecloudError::Unauthorized(_) | TradecloudError::Forbidden(_) => Class::Systemic,
+        TradecloudError::Config(_) => Class::Systemic,
+        TradecloudError::NotFound(_) => Class::NotFound,
+        TradecloudError::LegacyNotConfigured => Class::Poison,
+        TradecloudError::Status { status: 403, .. } => Class::Systemic,
+        TradecloudError::Status {
+            status,
+            retry_after,
+            ..
+        } if *status == 408 || *status == 429 || *status >= 500 => Class::Retry(*retry_after),
+        TradecloudError::Status { .. } => Class::Poison,
+        TradecloudError::Request { .. } => Class::Retry(None),
+    }
+}
+
+/// The failed attempts at one trigger.
+pub(crate) struct Attempts {
+    count: u32,
+    first: Option<(String, DateTime<Utc>, Instant)>,
+}
+
+impl Attempts {
+    pub fn new() -> Self {
+        Self {
+            count: 0,
+            first: None,
+        }
+    }
+
+    pub fn fail(&mut self, error: &str) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some((error.to_owned(), Utc::now(), Instant::now()));
+        }
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether the retries ran out (by attempts or by age since the first failure).
+    pub fn exhausted(&self, max_attempts: u32, max_age: Duration) -> bool {
+        self.count >= max_attempts
+            || self
+                .first
+                .as_ref()
+                .is_some_and(|(_, _, at)| at.elapsed() >= max_age)
+    }
+
+    /// The dead letter after the last failure, `reason`.
+    pub fn dead_letter(&self, reason: String) -> DeadLetter {
+        let first_error = self
+            .first
+            .as_ref()
+            .map(|(e, _, _)| e.clone())
+            .filter(|e| *e != reason);
+        DeadLetter {
+            reason,
+            attempts: self.count.max(1),
+            first_error,
+            first_failed_at: self.first.as_ref().map(|(_, at, _)| *at),
+            last_failed_at: Some(Utc::now()),
+        }
+    }
+}
+
+/// One of the `lanes`: held while working, given back while waiting (a back-off, the breaker),
+/// so an order that waits blocks no other.
+struct Lane<'a> {
+    lanes: &'a tokio::sync::Semaphore,
+    permit: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+impl<'a> Lane<'a> {
+    async fn take(lanes: &'a tokio::sync::Semaphore) -> Option<Lane<'a>> {
+        let permit = lanes.acquire().await.ok()?;
+        Some(Self {
+            lanes,
+            permit: Some(permit),
+        })
+    }
+
+    fn give_back(&mut self) {
+        self.permit = None;
+    }
+
+    async fn retake(&mut self) -> bool {
+        if self.permit.is_none() {
+            self.permit = self.lanes.acquire().await.ok();
+        }
+        self.permit.is_some()
+    }
+}
+
+pub(crate) async fn process(shared: &Shared, work: Work) {
+    let Some(mut lane) = Lane::take(&shared.lanes).await else {
+        return;
+    };
+    match work {
+        Work::One(item) => {
+            let result = match &item.trigger {
+                Err(reason) => Err(Failure::Dead(DeadLetter::poison(reason.clone()))),
+                Ok(trigger) => normalize_event(trigger, Utc::now())
+                    .map_err(|e| Failure::Dead(DeadLetter::poison(e.to_string()))),
+            };
+            settle(shared, item, result).await;
+        }
+        Work::Fetch(first, rest) => {
+            let fetched = match &first.trigger {
+                Ok(trigger) => fetch(shared, trigger, &mut lane).await,
+                Err(reason) => Err(Failure::Dead(DeadLetter::poison(reason.clone()))),
+            };
+            if !rest.is_empty() {
+                tracing::debug!(order = %first.delivery.message.key, coalesced = rest.len() + 1, "one fetch for several GET triggers");
+            }
+            for item in std::iter::once(first).chain(rest) {
+                let result = match (&fetched, &item.trigger) {
+                    (Ok(bytes), Ok(trigger)) => normalize_fetched_order(trigger, bytes, Utc::now())
+                        .map_err(|e| Failure::Dead(DeadLetter::poison(e.to_string()))),
+                    (Err(Failure::Dead(why)), _) => Err(Failure::Dead(why.clone())),
+                    (Err(Failure::Cancelled), _) => Err(Failure::Cancelled),
+                    (_, Err(reason)) => Err(Failure::Dead(DeadLetter::poison(reason.clone()))),
+                };
+                settle(shared, item, result).await;
+            }
+        }
+    }
+}
+
+/// Fetches the trigger's order: retries a transient failure with back-off up to the limits,
+/// a 404 a few times slowly, and waits behind the breaker while Tradecloud refuses everyone.
+async fn fetch(
+    shared: &Shared,
+    trigger: &TriggerEnvelope,
+    lane: &mut Lane<'_>,
+) -> Result<Vec<u8>, Failure> {
+    let Trigger::Order(order) = &trigger.trigger else {
+        return Err(Failure::Dead(DeadLetter::poison(
+            "an event trigger cannot be fetched",
+        )));
+    };
+    let limits = &shared.limits;
+    let breaker = &shared.health.tradecloud;
+    let mut backoff = shared.backoff.clone();
+    let mut not_found = tcb_bus::Backoff::new(limits.not_found_delay, limits.not_found_delay * 8);
+    let mut attempts = Attempts::new();
+    let mut not_found_attempts = 0;
+    loop {
+        lane.give_back();
+        let pass = breaker
+            .pass(&shared.cancel)
+            .await
+            .ok_or(Failure::Cancelled)?;
+        if !lane.retake().await {
+            return Err(Failure::Cancelled);
+        }
+        let result = tokio::select! {
+            _ = shared.cancel.cancelled() => return Err(Failure::Cancelled),
+            r = async {
+                match order {
+                    OrderRef::V2(id) => shared.client.get_order(id.as_str()).await,
+                    OrderRef::Legacy(id) => shared.client.get_legacy_order(id.as_str()).await,
+                }
+            } => r,
+        };
+        shared.health.progress.step();
+        let e = match result {
+            Ok(bytes) => {
+                breaker.close();
+                return Ok(bytes);
+            }
+            Err(e) => e,
+        };
+        let class = classify(&e);
+        if class == Class::Systemic {
+            breaker.trip(&e.to_string());
+            drop(pass);
+            continue; // not counted: the trigger is not at fault
+        }
+        if matches!(pass, Pass::Probe(_)) {
+            breaker.close(); // Tradecloud answered something else: the systemic failure is gone
+        }
+        drop(pass);
+        let reason = e.to_string();
+        let delay = match class {
+            Class::Poison => return Err(Failure::Dead(attempts.dead_letter(reason))),
+            Class::NotFound => {
+                not_found_attempts += 1;
+                attempts.fail(&reason);
+                if not_found_attempts >= limits.not_found_attempts {
+                    return Err(Failure::Dead(attempts.dead_letter(reason)));
+                }
+                not_found.next_delay()
+            }
+            Class::Retry(retry_after) => {
+                attempts.fail(&reason);
+                if attempts.exhausted(limits.max_attempts, limits.max_retry) {
+                    tcb_telemetry::metrics::retries_exhausted("fetch");
+                    return Err(Failure::Dead(attempts.dead_letter(format!(
+                        "gave up after {} attempts: {reason}",
+                        attempts.count()
+                    ))));
+                }
+                backoff.next_delay().max(retry_after.unwrap_or_default())
+            }
+            Class::Systemic => Duration::ZERO,
+        };
+        tcb_telemetry::metrics::retry("fetch");
+        tracing::warn!(trigger_id = %trigger.id, error = %reason, attempt = attempts.count(), retry_in_ms = delay.as_millis() as u64, "fetching the order failed; retrying");
+        lane.give_back();
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return Err(Failure::Cancelled),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Publishes the output (or the dead letter), then acks the trigger. An output the broker can
+/// never take (too large, not authorized, ...) is dead-lettered with that reason. While the bus
+/// fails transiently the bus breaker is open (readiness red, fetching paused) and the publish is
+/// retried until the bus is back: no trigger is dead-lettered for the bus being down.
+async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failure>) {
+    let Item {
+        delivery, trigger, ..
+    } = item;
+    let trigger_id = trigger
+        .as_ref()
+        .map(|t| t.id.to_string())
+        .unwrap_or_default();
+    // The output continues the trigger's trace.
+    let trace = TraceParent::child_of(codec::traceparent(&delivery.message));
+    let dead_letter = |why: &DeadLetter| {
+        tracing::warn!(trigger_id = %trigger_id, position = %delivery.position, reason = %why.reason, attempts = why.attempts, "dead-lettering the trigger");
+        codec::dead_letter(&delivery.message, why, &delivery.topic)
+    };
+    let (mut message, mut dead_lettered) = match result {
+        Ok(order) => match codec::encode_order(&order, &trace.to_string()) {
+            Ok(m) => (m, false),
+            Err(e) => (dead_letter(&DeadLetter::poison(e.to_string())), true),
+        },
+        Err(Failure::Dead(why)) => (dead_letter(&why), true),
+        Err(Failure::Cancelled) => return,
+    };
+    let topics = &shared.bus.topics;
+    let bus = &shared.health.bus;
+    let mut backoff = shared.backoff.clone();
+    let topic = loop {
+        let topic = if dead_lettered {
+            &topics.dead_letters
+        } else {
+            &topics.orders
+        };
+        let published = tokio::time::timeout(
+            shared.limits.publish_timeout,
+            shared.publisher.publish(topic, message.clone()),
+        )
+        .await
+        .unwrap_or(Err(tcb_bus::BusError::Timeout(
+            shared.limits.publish_timeout,
+        )));
+        shared.health.progress.step();
+        let e = match published {
+            Ok(()) => {
+                bus.close();
+                break topic;
+            }
+            Err(e) => e,
+        };
+        if !e.is_transient() && !dead_lettered {
+            message = dead_letter(&DeadLetter::poison(format!(
+                "the {topic} topic refuses the output message: {}",
+                e.chain()
+            )));
+            dead_lettered = true;
+            continue;
+        }
+        tcb_telemetry::metrics::retry("publish");
+        if e.is_transient() {
+            bus.trip(&e.chain());
+            tracing::warn!(trigger_id = %trigger_id, error = %e.chain(), topic = %topic, retry_in_ms = backoff.base().as_millis() as u64, "publishing failed; retrying");
+        } else {
+            bus.trip(&format!(
+                "the dead-letter topic refuses triggers: {}",
+                e.chain()
+            ));
+            tracing::error!(trigger_id = %trigger_id, error = %e.chain(), topic = %topic, "the dead-letter topic refuses the trigger; paused until an operator fixes the topic");
+        }
+        if !backoff.wait(&shared.cancel).await {
+            return; // unacked: delivered again after restart
+        }
+    };
+    let end_to_end = match (&trigger, dead_lettered) {
+        (Ok(t), false) => (Utc::now() - t.received_at).to_std().ok(),
+        _ => None,
+    };
+    tcb_telemetry::metrics::trigger_settled(dead_lettered, end_to_end);
+    let position = delivery.position.clone();
+    match delivery.ack().await {
+        Ok(()) => {
+            tracing::info!(trigger_id = %trigger_id, position = %position, topic = %topic, trace_id = %trace.trace_id_hex(), "trigger done")
+        }
+        Err(e) => {
+            tracing::warn!(trigger_id = %trigger_id, error = %e.chain(), "ack failed; the trigger will be delivered again")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16, retry_after: Option<u64>) -> TradecloudError {
+        TradecloudError::Status {
+            status,
+            what: "GET order".to_owned(),
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn tradecloud_errors_are_classified() {
+        assert_eq!(
+            classify(&status(503, Some(7))),
+            Class::Retry(Some(Duration::from_secs(7)))
+        );
+        assert_eq!(classify(&status(429, None)), Class::Retry(None));
+        assert_eq!(classify(&status(408, None)), Class::Retry(None));
+        assert_eq!(classify(&status(500, None)), Class::Retry(None));
+        assert_eq!(classify(&status(403, None)), Class::Systemic);
+        assert_eq!(classify(&status(400, None)), Class::Poison);
+        assert_eq!(
+            classify(&TradecloudError::Forbidden("GET order")),
+            Class::Systemic
+        );
+        assert_eq!(
+            classify(&TradecloudError::Unauthorized("login")),
+            Class::Systemic
+        );
+        assert_eq!(
+            classify(&TradecloudError::NotFound("o".to_owned())),
+            Class::NotFound
+        );
+        assert_eq!(
+            classify(&TradecloudError::LegacyNotConfigured),
+            Class::Poison
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_run_out_by_count_or_by_age_and_keep_the_first_error() {
+        let mut a = Attempts::new();
+        assert!(!a.exhausted(3, Duration::from_secs(60)));
+        a.fail("first");
+        a.fail("second");
+        assert!(!a.exhausted(3, Duration::from_secs(60)));
+        a.fail("third");
+        assert!(a.exhausted(3, Duration::from_secs(60)));
+        let dl = a.dead_letter("third".to_owned());
+        assert_eq!((dl.attempts, dl.first_error.as_deref()), (3, Some("first")));
+        let mut aged = Attempts::new();
+        aged.fail("once");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(aged.exhausted(100, Duration::from_secs(60)));
+        assert_eq!(aged.dead_letter("once".to_owned()).first_error, None);
+    }
+}
