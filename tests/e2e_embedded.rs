@@ -471,15 +471,6 @@ async fn bad_requests_get_their_status_and_publish_nothing() {
             "bad_request",
         ),
         (
-            "a '..' order id in the event",
-            http.post(&url)
-                .basic_auth(USER, Some(PASSWORD))
-                .header("content-type", json)
-                .body(r#"{"eventName":"OrderIssuedByBuyer","orderEvent":{"orderId":".."}}"#),
-            400,
-            "bad_request",
-        ),
-        (
             "an over-long event name",
             http.post(&url)
                 .basic_auth(USER, Some(PASSWORD))

@@ -140,13 +140,17 @@ impl BusError {
         }
     }
 
-    /// An error message with every source in the chain, for logs (`a: b: c`).
+    /// An error message with every source in the chain, for logs (`a: b: c`); a cause whose
+    /// text is already in the message is not repeated.
     pub fn chain(&self) -> String {
         let mut out = self.to_string();
         let mut next = std::error::Error::source(self);
         while let Some(e) = next {
-            out.push_str(": ");
-            out.push_str(&e.to_string());
+            let text = e.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
             next = e.source();
         }
         out
@@ -177,7 +181,7 @@ pub trait Acker: Send + Sync + 'static {
     async fn ack(self: Box<Self>) -> Result<(), BusError>;
 }
 
-/// A message received from a topic, to be acked or nacked explicitly.
+/// A message received from a topic, to be acked explicitly (or left unacked: delivered again).
 pub struct Delivery {
     pub topic: String,
     /// A backend-specific position (`id`, `partition/offset`, delivery tag) for logs.
@@ -372,6 +376,21 @@ impl Bus {
         group: Option<&str>,
     ) -> Result<Box<dyn Consumer>, BusError> {
         self.opener.consumer(topic, group).await
+    }
+}
+
+/// What `check-config` checks beyond [`BusConfig::validate`], without connecting: Kafka's client
+/// is built (librdkafka checks every property) and its CA file read.
+#[cfg(any(feature = "embedded", feature = "kafka", feature = "rabbitmq"))]
+pub fn check(config: &BusConfig) -> Result<(), BusError> {
+    if let Some((key, message)) = config.validate().into_iter().next() {
+        return Err(BusError::Config(format!("bus.{key}: {message}")));
+    }
+    match config {
+        #[cfg(feature = "kafka")]
+        BusConfig::Kafka(c) => kafka::check(c),
+        #[allow(unreachable_patterns)]
+        _ => Ok(()),
     }
 }
 

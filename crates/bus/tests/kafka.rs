@@ -142,6 +142,20 @@ async fn a_message_too_large_for_the_producer_is_a_permanent_error() {
     );
 }
 
+#[test]
+fn check_config_builds_the_client_without_a_broker() {
+    let mut c = config(&unique(), "127.0.0.1:1");
+    assert!(tcb_bus::check(&BusConfig::Kafka(c.clone())).is_ok());
+    c.properties
+        .insert("no.such.property".to_owned(), "1".to_owned());
+    let e = tcb_bus::check(&BusConfig::Kafka(c.clone())).unwrap_err();
+    assert!(e.to_string().contains("no.such.property"), "{e}");
+    c.properties.clear();
+    c.ssl_ca_location = Some("/nonexistent/ca.pem".into());
+    let e = tcb_bus::check(&BusConfig::Kafka(c)).unwrap_err();
+    assert!(e.to_string().contains("bus.ssl_ca_location"), "{e}");
+}
+
 #[tokio::test]
 async fn a_bad_librdkafka_property_is_a_config_error() {
     let mut c = config(&unique(), &bootstrap());

@@ -54,7 +54,16 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
         "dead-letters" => bus.topics.dead_letters.clone(),
         other => other.to_owned(),
     };
-    let mut consumer = bus.consumer(&topic, args.group.as_deref()).await?;
+    let result = print_topic(&bus, &topic, &args).await;
+    // Closed on every path: lapin's I/O task then ends cleanly instead of being cancelled.
+    bus.close().await;
+    result
+}
+
+async fn print_topic(bus: &tcb_bus::Bus, topic: &str, args: &ConsumeArgs) -> Result<(), CliError> {
+    let mut consumer = bus.consumer(topic, args.group.as_deref()).await?;
+    let mut backoff = tcb_bus::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let never = tokio_util::sync::CancellationToken::new();
     let mut seen = 0usize;
     while args.limit.is_none_or(|l| seen < l) {
         let next = match args.idle_exit_secs {
@@ -69,10 +78,12 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
             // The broker went away: the consumer reconnects (and a tail resumes where it was).
             Err(e) if e.is_transient() => {
                 eprintln!("consume: {}; retrying", e.chain());
+                backoff.wait(&never).await;
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
+        backoff.reset();
         let m = &delivery.message;
         let payload = serde_json::from_slice::<serde_json::Value>(&m.payload)
             .unwrap_or_else(|_| json!({ "base64": STANDARD.encode(&m.payload) }));
@@ -89,6 +100,5 @@ pub async fn run(args: ConsumeArgs) -> Result<(), CliError> {
         delivery.ack().await?;
         seen += 1;
     }
-    bus.close().await;
     Ok(())
 }

@@ -160,7 +160,10 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
                 let delivery = match next {
                     Ok(d) => d,
                     // The broker went away: the tail reconnects and resumes where it was.
-                    Err(e) if e.is_transient() => continue,
+                    Err(e) if e.is_transient() => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
                     Err(e) => return Err(e.into()),
                 };
                 let Ok(message) = tcb_model::codec::decode_order(&delivery.message) else {

@@ -129,14 +129,30 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "exiting");
-            eprintln!("error: {e}");
+            let message = error_chain(&e);
+            tracing::error!(error = %message, "exiting");
+            eprintln!("error: {message}");
             match e {
                 CliError::Config(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
     }
+}
+
+/// An error and every cause below it (`a: b: c`), each once.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 async fn dispatch(command: Command) -> Result<(), CliError> {
@@ -226,9 +242,10 @@ async fn serve(path: &std::path::Path, parts: Parts, ready: &ReadyArg) -> Result
 }
 
 /// Loads the file, which runs every section's own validation, then reads the files it names
-/// (certificate and key, the Tradecloud CA) the way start-up would.
+/// (certificate and key, CAs) and builds the Kafka client the way start-up would.
 fn check_config(path: &std::path::Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
+    tcb_bus::check(&config.bus)?;
     if let Some(ingress) = &config.ingress {
         tcb_ingress::tls::server_config(&ingress.tls)?;
     }

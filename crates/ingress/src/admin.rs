@@ -68,8 +68,9 @@ impl Admin {
 async fn healthz(checks: web::Data<Checks>) -> HttpResponse {
     match checks.probes.iter().find_map(|p| p.wedged()) {
         None => HttpResponse::Ok().json(json!({"status": "ok"})),
-        Some(reason) => HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "wedged", "reason": reason})),
+        Some(reason) => {
+            HttpResponse::ServiceUnavailable().json(json!({"status": "wedged", "reason": reason}))
+        }
     }
 }
 

@@ -209,7 +209,10 @@ async fn publish(
         }
         Ok(Err(e)) => {
             tracing::warn!(trigger_id = %trigger.id, trace_id = %trace_id, error = %e.chain(), "trigger not stored: 503");
-            Err(unavailable(format!("the trigger could not be stored: {e}")))
+            Err(unavailable(format!(
+                "the trigger could not be stored: {}",
+                e.chain()
+            )))
         }
         Err(_) => {
             tracing::warn!(trigger_id = %trigger.id, trace_id = %trace_id, timeout_ms = state.ack_timeout.as_millis() as u64, "broker acknowledgement timed out: 503");

@@ -198,10 +198,11 @@ fn from_wire<B>(
     w: Wire<'_, B>,
     body: impl FnOnce(B) -> Result<Box<RawValue>, CodecError>,
 ) -> Result<TriggerEnvelope, CodecError> {
-    let order_id_ = order_id("orderId", w.order_id.as_deref())?;
-    let legacy = order_id("legacyOrderId", w.legacy_order_id.as_deref())?;
     let trigger = match (w.kind, w.method) {
-        (TriggerKind::OrderId, Method::Get) => match (order_id_, legacy) {
+        (TriggerKind::OrderId, Method::Get) => match (
+            order_id("orderId", w.order_id.as_deref())?,
+            order_id("legacyOrderId", w.legacy_order_id.as_deref())?,
+        ) {
             (Some(id), None) => Trigger::Order(OrderRef::V2(id)),
             (None, Some(id)) => Trigger::Order(OrderRef::Legacy(id)),
             _ => {
@@ -220,6 +221,8 @@ fn from_wire<B>(
                 w.body.map(body).transpose()?.ok_or_else(|| {
                     CodecError::Invalid("an event trigger has no body".to_owned())
                 })?;
+            // As at the ingress, an event's unusable id is left out rather than refused.
+            let lenient = |id: Option<Cow<'_, str>>| id.and_then(|id| OrderId::parse(&id).ok());
             Trigger::Event(EventTrigger {
                 method: if method == Method::Put {
                     EventMethod::Put
@@ -227,8 +230,8 @@ fn from_wire<B>(
                     EventMethod::Post
                 },
                 event_name,
-                order_id: order_id_,
-                legacy_order_id: legacy,
+                order_id: lenient(w.order_id),
+                legacy_order_id: lenient(w.legacy_order_id),
                 tradecloud_message_id: w.tradecloud_message_id.map(Cow::into_owned),
                 content_type: w.content_type.map(Cow::into_owned),
                 body,

@@ -82,8 +82,6 @@ pub enum TriggerError {
     IdTooLong,
     #[error("the order id must not be only dots ('..') or contain control characters")]
     IdCharacters,
-    #[error("{field} in the body: {reason}")]
-    BodyId { field: &'static str, reason: String },
     #[error("the body is not valid JSON: {0}")]
     NotJson(String),
     #[error("the body is not a JSON object")]
@@ -182,14 +180,6 @@ pub enum OrderRef {
     Legacy(OrderId),
 }
 
-impl OrderRef {
-    pub fn id(&self) -> &OrderId {
-        match self {
-            OrderRef::V2(id) | OrderRef::Legacy(id) => id,
-        }
-    }
-}
-
 /// A POST/PUT trigger: the event body as received, and the routing facts read from it.
 #[derive(Debug, Clone)]
 pub struct EventTrigger {
@@ -284,22 +274,19 @@ impl TriggerEnvelope {
         };
         // Only the routing facts are read here, from any member: a body whose event object does
         // not parse is still accepted, and the worker dead-letters it, so nothing is lost.
-        let member_id = |field: &'static str| {
+        // An id that is not one (empty, dots only, ...) is left out rather than refused: an
+        // event needs no fetch, and Tradecloud would drop a 4xx for good. The trigger is then
+        // keyed by its own id.
+        let member_id = |field: &str| {
             WEBHOOK_EVENT_MEMBERS
                 .iter()
                 .filter_map(|m| object.get(*m))
                 .chain(object.values())
                 .find_map(|v| v.get(field).and_then(|id| id.as_str()))
-                .map(|id| {
-                    OrderId::parse(id).map_err(|e| TriggerError::BodyId {
-                        field,
-                        reason: e.to_string(),
-                    })
-                })
-                .transpose()
+                .and_then(|id| OrderId::parse(id).ok())
         };
-        let order_id = member_id("orderId")?;
-        let legacy_order_id = member_id("legacyOrderId")?;
+        let order_id = member_id("orderId");
+        let legacy_order_id = member_id("legacyOrderId");
         let tradecloud_message_id = object
             .get("meta")
             .and_then(|m| m.get("messageId"))
@@ -470,13 +457,11 @@ mod tests {
             bad(br#"{"eventName":"A\u0000B"}"#),
             TriggerError::EventNameCharacters
         );
-        assert!(matches!(
-            bad(br#"{"eventName":"X","orderEvent":{"orderId":".."}}"#),
-            TriggerError::BodyId {
-                field: "orderId",
-                ..
-            }
-        ));
+        // An unusable order id in an event is left out: keyed by the trigger's own id.
+        let dots = br#"{"eventName":"X","orderEvent":{"orderId":".."}}"#;
+        let t = TriggerEnvelope::event(EventMethod::Post, None, dots, now()).unwrap();
+        assert_eq!(t.order_id(), None);
+        assert_eq!(t.key(), t.id.to_string());
         // A known member of an unexpected shape is the worker's to dead-letter, not a 400.
         let odd = br#"{"eventName":"X","orderEvent":{"orderId":"o-2","lines":"no"}}"#;
         let t = TriggerEnvelope::event(EventMethod::Post, None, odd, now()).unwrap();

@@ -524,8 +524,10 @@ fn describe(e: &reqwest::Error) -> String {
     }
 }
 
-/// Ids are validated at the ingress to `[A-Za-z0-9._:-]`; encode anything else anyway.
-fn encode_segment(s: &str) -> String {
+/// Ids are validated at the ingress (no control characters, not dots only) but may hold any other
+/// character: everything outside `[A-Za-z0-9._:-]` is percent-encoded, so an id stays one path
+/// segment (`a/../b` becomes `a%2F..%2Fb`).
+pub(crate) fn encode_segment(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':') {
@@ -535,4 +537,17 @@ fn encode_segment(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_stays_one_path_segment() {
+        assert_eq!(encode_segment("a/../b"), "a%2F..%2Fb");
+        assert_eq!(encode_segment("a?b#c d%"), "a%3Fb%23c%20d%25");
+        assert_eq!(encode_segment("PO-1.2:3_x"), "PO-1.2:3_x");
+        assert_eq!(encode_segment("é"), "%C3%A9");
+    }
 }

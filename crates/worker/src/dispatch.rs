@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tcb_bus::{Consumer, Delivery};
-use tcb_model::{Trigger, TriggerEnvelope, codec};
+use tcb_model::{OrderRef, Trigger, TriggerEnvelope, codec};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
@@ -46,7 +46,18 @@ impl Item {
     }
 
     pub fn is_get(&self) -> bool {
-        matches!(&self.trigger, Ok(t) if matches!(t.trigger, Trigger::Order(_)))
+        self.order_ref().is_some()
+    }
+
+    /// The order a GET trigger names (`None` for anything else).
+    fn order_ref(&self) -> Option<&OrderRef> {
+        match &self.trigger {
+            Ok(TriggerEnvelope {
+                trigger: Trigger::Order(order),
+                ..
+            }) => Some(order),
+            _ => None,
+        }
     }
 }
 
@@ -68,10 +79,12 @@ pub(crate) fn next_work(first: Item, pending: &mut VecDeque<Item>) -> Work {
     }
 }
 
-/// Takes from `pending` the GET triggers of `first`'s order, up to the first other trigger of
-/// that order (which must not be overtaken).
+/// Takes from `pending` the GET triggers naming the same order as `first` (an API v2 id and a
+/// legacy id that look alike are different orders), up to the first other trigger with its key
+/// (which must not be overtaken).
 fn take_coalescable(first: &Item, pending: &mut VecDeque<Item>) -> Vec<Item> {
     let key = &first.delivery.message.key;
+    let order = first.order_ref();
     let mut taken = Vec::new();
     let mut i = 0;
     while i < pending.len() && taken.len() < MAX_COALESCE {
@@ -79,7 +92,7 @@ fn take_coalescable(first: &Item, pending: &mut VecDeque<Item>) -> Vec<Item> {
             i += 1;
             continue;
         }
-        if !pending[i].is_get() {
+        if pending[i].order_ref() != order {
             break;
         }
         if let Some(item) = pending.remove(i) {
@@ -336,6 +349,17 @@ mod tests {
         );
         let all_events: VecDeque<Item> = [event("a"), event("a")].into();
         assert!(fetches(all_events).is_empty());
+    }
+
+    #[test]
+    fn a_legacy_id_that_looks_like_a_v2_id_is_another_order() {
+        let legacy =
+            || item(&TriggerEnvelope::get(IdKind::LegacyOrderId, "123", Utc::now()).unwrap());
+        let first = get("123");
+        let mut pending: VecDeque<Item> = [get("123"), legacy(), get("123")].into();
+        let taken = take_coalescable(&first, &mut pending);
+        assert_eq!(taken.len(), 1, "stops at the legacy GET with the same key");
+        assert_eq!(pending.len(), 2);
     }
 
     #[test]

@@ -42,16 +42,15 @@ fn classify(context: impl Into<String>, e: KafkaError) -> BusError {
     let context = format!("Kafka: {}", context.into());
     let source = Some(Box::new(e.clone()) as crate::BoxError);
     match e.rdkafka_error_code() {
-        Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-            | RDKafkaErrorCode::InvalidMessageSize
-            | RDKafkaErrorCode::MessageBatchTooLarge,
-        ) => BusError::TooLarge { context, source },
+        // The message itself is over the limit (a batch over it is retried: librdkafka splits).
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
+            BusError::TooLarge { context, source }
+        }
+        // Unknown topics and partitions are not here: topics may still be being created (in the
+        // background at start-up) or metadata may lag, so those are retried.
         Some(
             RDKafkaErrorCode::TopicAuthorizationFailed
             | RDKafkaErrorCode::ClusterAuthorizationFailed
-            | RDKafkaErrorCode::UnknownTopic
-            | RDKafkaErrorCode::UnknownPartition
             | RDKafkaErrorCode::InvalidMessage
             | RDKafkaErrorCode::InvalidRecord
             | RDKafkaErrorCode::PolicyViolation
@@ -63,6 +62,16 @@ fn classify(context: impl Into<String>, e: KafkaError) -> BusError {
 
 fn config_error(what: &str, e: KafkaError) -> BusError {
     BusError::Config(format!("bus (kafka) {what}: {e}"))
+}
+
+/// Builds the producer, so librdkafka checks every property, and reads the CA file; connects to
+/// nothing.
+pub(crate) fn check(config: &KafkaConfig) -> Result<(), BusError> {
+    if let Some(ca) = &config.ssl_ca_location {
+        std::fs::metadata(ca)
+            .map_err(|e| BusError::Config(format!("bus.ssl_ca_location {}: {e}", ca.display())))?;
+    }
+    produce::build_producer(config).map(drop)
 }
 
 /// The client context of producer and consumers: logs librdkafka's own errors through `tracing`
@@ -239,7 +248,6 @@ mod tests {
         for code in [
             RDKafkaErrorCode::MessageSizeTooLarge,
             RDKafkaErrorCode::TopicAuthorizationFailed,
-            RDKafkaErrorCode::UnknownTopic,
             RDKafkaErrorCode::InvalidRecord,
         ] {
             let e = classify("publishing", P(code));
@@ -250,6 +258,8 @@ mod tests {
             RDKafkaErrorCode::BrokerTransportFailure,
             RDKafkaErrorCode::NotLeaderForPartition,
             RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::MessageBatchTooLarge,
             RDKafkaErrorCode::RequestTimedOut,
         ] {
             assert!(classify("publishing", P(code)).is_transient(), "{code:?}");

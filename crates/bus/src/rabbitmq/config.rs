@@ -40,9 +40,9 @@ pub struct RabbitMqConfig {
     /// Longest a connection attempt may take.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
-    /// Keep a copy of every topic in a stream (`<topic>.tail`), so that `consume` without a group
-    /// can read a topic from its start without taking messages from its queue. Costs one more
-    /// write per message; `false` turns it off (then a tail has nothing to read).
+    /// Keep a copy of the orders and dead-letter topics in a stream (`<topic>.tail`, RabbitMQ
+    /// 3.9+), so that `consume` without a group can read them from their start without taking
+    /// messages from their queues. Costs one more write per output message; `false` turns it off.
     #[serde(default = "default_true")]
     pub tail_streams: bool,
     /// How long the tail streams keep messages (`x-max-age`: a number and one of `Y`, `M`, `D`,

@@ -26,10 +26,18 @@ impl ConsumerOpener for RabbitMq {
         group: Option<&str>,
     ) -> Result<Box<dyn Consumer>, BusError> {
         let tail = group.is_none();
-        if tail && !self.inner.config.tail_streams {
+        let c = &self.inner.config;
+        if tail && !c.tail_streams {
             return Err(BusError::Config(format!(
                 "reading {topic} from its start needs bus.tail_streams = true (RabbitMQ keeps no \
                  copy of a queue's messages otherwise); give a consumer group instead"
+            )));
+        }
+        if tail && !super::tailed(c).contains(&topic) {
+            return Err(BusError::Config(format!(
+                "RabbitMQ keeps a copy for reading from the start of the orders and dead-letter \
+                 topics only, not of {topic}; give a consumer group instead (it takes messages \
+                 from the queue)"
             )));
         }
         let mut consumer = RabbitConsumer {

@@ -9,9 +9,10 @@
 //!   exactly one word after the topic, so that a topic whose name extends another's (the default
 //!   `tradecloud.triggers.dead-letter` beside `tradecloud.triggers`) never receives the other's
 //!   messages (an older `T.#` binding is removed);
-//! * with `tail_streams`, a stream per topic (`T.tail`, bound with `T.*`, bounded by age and size)
-//!   that a consumer without a group reads from its first message, without taking anything from
-//!   the topic's queue;
+//! * with `tail_streams`, a stream for the orders and the dead-letter topic (`T.tail`, bound with
+//!   `T.*`, bounded by age and size) that a consumer without a group reads from its first message,
+//!   without taking anything from the topic's queue (declared apart: a broker without streams
+//!   only loses the tails);
 //! * a dead-letter exchange (`dead_letter_exchange`, fanout) feeding the dead-letter queue: the
 //!   triggers queue dead-letters there what is rejected without requeue or, on quorum queues,
 //!   delivered more than `delivery_limit` times (a trigger that crashes the worker every time).
@@ -208,6 +209,9 @@ async fn connect(inner: &Inner) -> Result<Link, BusError> {
         let ch = connection.create_channel().await?;
         declare_topology(&ch, c).await?;
         let _ = ch.close(200, "topology declared".into()).await;
+        if c.tail_streams {
+            declare_tail_streams(&connection, c).await;
+        }
         let mut channels = Vec::with_capacity(c.publish_channels);
         for _ in 0..c.publish_channels {
             let ch = connection.create_channel().await?;
@@ -330,14 +334,39 @@ async fn declare_topology(ch: &Channel, c: &RabbitMqConfig) -> Result<(), lapin:
             FieldTable::default(),
         )
         .await?;
-        if c.tail_streams {
-            let stream = tail_stream(queue);
-            ch.queue_declare(stream.as_str().into(), durable_queue, stream_args(c))
-                .await?;
-            bind(ch, &stream, &c.exchange, &binding(queue)).await?;
-        }
     }
     bind(ch, &t.dead_letters, &c.dead_letter_exchange, "").await
+}
+
+/// The topics that get a tail stream: the orders and the dead letters. Not the triggers: a copy
+/// there would confirm a trigger even when its queue is gone (a publish that reached only the
+/// stream is not returned as unroutable), and the ingress must answer 503 then.
+fn tailed(c: &RabbitMqConfig) -> [&str; 2] {
+    [&c.topics.orders, &c.topics.dead_letters]
+}
+
+/// Declares the tail streams on a channel of their own; a broker without streams (before 3.9) or a
+/// refused declaration costs only the tails, never the bridge.
+async fn declare_tail_streams(connection: &Connection, c: &RabbitMqConfig) {
+    let result = async {
+        let ch = connection.create_channel().await?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        for topic in tailed(c) {
+            let stream = tail_stream(topic);
+            ch.queue_declare(stream.as_str().into(), durable, stream_args(c))
+                .await?;
+            bind(&ch, &stream, &c.exchange, &binding(topic)).await?;
+        }
+        let _ = ch.close(200, "tail streams declared".into()).await;
+        Ok::<_, lapin::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot declare the tail streams (RabbitMQ 3.9 or later has streams): consume without a group cannot read topics from their start");
+    }
 }
 
 async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), lapin::Error> {
