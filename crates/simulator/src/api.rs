@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,8 @@ pub struct Stats {
     pub rate_limited: u64,
     pub unauthorized: u64,
     pub injected_failures: u64,
+    /// The most requests (of any kind) in any rolling second, including refused ones.
+    pub max_per_second: u64,
 }
 
 #[derive(Default)]
@@ -65,6 +67,7 @@ struct Counters {
     rate_limited: AtomicU64,
     unauthorized: AtomicU64,
     injected_failures: AtomicU64,
+    max_per_second: AtomicU64,
 }
 
 struct State {
@@ -74,6 +77,15 @@ struct State {
     versions: Mutex<HashMap<String, u64>>,
     window: Mutex<VecDeque<Instant>>,
     fail_next: AtomicU32,
+    /// Orders that answer this status for ever (until healed).
+    failing: Mutex<HashMap<String, u16>>,
+    /// Every request answers 503 (Tradecloud is down).
+    down: AtomicBool,
+    /// The integration user's credentials are revoked (logins 401) or its role is gone (403).
+    revoked: AtomicBool,
+    forbidden: AtomicBool,
+    /// Every request seen in the last second (for `max_per_second`).
+    seen: Mutex<VecDeque<Instant>>,
     counters: Counters,
 }
 
@@ -94,6 +106,11 @@ impl Simulator {
             versions: Mutex::new(HashMap::new()),
             window: Mutex::new(VecDeque::new()),
             fail_next: AtomicU32::new(0),
+            failing: Mutex::new(HashMap::new()),
+            down: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
+            forbidden: AtomicBool::new(false),
+            seen: Mutex::new(VecDeque::new()),
             counters: Counters::default(),
         });
         let data = web::Data::from(state.clone());
@@ -145,6 +162,37 @@ impl Simulator {
         self.state.fail_next.store(n, Ordering::SeqCst);
     }
 
+    /// `GET /v2/order/{order_id}` answers `status` for ever (until [`Simulator::heal_order`]).
+    pub fn fail_order(&self, order_id: &str, status: u16) {
+        if let Ok(mut f) = self.state.failing.lock() {
+            f.insert(order_id.to_owned(), status);
+        }
+    }
+
+    pub fn heal_order(&self, order_id: &str) {
+        if let Ok(mut f) = self.state.failing.lock() {
+            f.remove(order_id);
+        }
+    }
+
+    /// Tradecloud down (every request answers 503) or back.
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// The integration user's credentials revoked (logins and tokens refused) or restored.
+    pub fn set_credentials_revoked(&self, revoked: bool) {
+        self.state.revoked.store(revoked, Ordering::SeqCst);
+        if revoked {
+            self.expire_access_tokens();
+        }
+    }
+
+    /// The integration role taken away (order requests answer 403) or given back.
+    pub fn set_forbidden(&self, forbidden: bool) {
+        self.state.forbidden.store(forbidden, Ordering::SeqCst);
+    }
+
     /// Every access token expires now (the next order request gets 401).
     pub fn expire_access_tokens(&self) {
         if let Ok(mut a) = self.state.access.lock() {
@@ -184,11 +232,29 @@ impl State {
             rate_limited: c.rate_limited.load(Ordering::SeqCst),
             unauthorized: c.unauthorized.load(Ordering::SeqCst),
             injected_failures: c.injected_failures.load(Ordering::SeqCst),
+            max_per_second: c.max_per_second.load(Ordering::SeqCst),
         }
+    }
+
+    /// Records one request for `max_per_second`.
+    fn saw(&self) {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        while seen
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            seen.pop_front();
+        }
+        seen.push_back(now);
+        self.counters
+            .max_per_second
+            .fetch_max(seen.len() as u64, Ordering::SeqCst);
     }
 
     /// Counts the request; `false` when it is over the rolling one-second limit.
     fn admit(&self) -> bool {
+        self.saw();
         let now = Instant::now();
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         while w
@@ -252,7 +318,9 @@ fn basic_matches(req: &HttpRequest, user: &str, password: &str) -> bool {
 fn gate(state: &State, authorized: bool) -> Option<HttpResponse> {
     if !state.admit() {
         Some(too_many())
-    } else if !authorized {
+    } else if state.down.load(Ordering::SeqCst) {
+        Some(HttpResponse::ServiceUnavailable().json(json!({"message": "down for maintenance"})))
+    } else if !authorized || state.revoked.load(Ordering::SeqCst) {
         Some(unauthorized(state))
     } else {
         None
@@ -272,7 +340,12 @@ async fn login(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     if !state.admit() {
         return too_many();
     }
-    if !basic_matches(&req, &state.config.email, &state.config.password) {
+    if state.down.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable().json(json!({"message": "down for maintenance"}));
+    }
+    if !basic_matches(&req, &state.config.email, &state.config.password)
+        || state.revoked.load(Ordering::SeqCst)
+    {
         return unauthorized(&state);
     }
     state.counters.logins.fetch_add(1, Ordering::SeqCst);
@@ -338,6 +411,21 @@ async fn get_order(
             .injected_failures
             .fetch_add(1, Ordering::SeqCst);
         return HttpResponse::ServiceUnavailable().json(json!({"message": "injected failure"}));
+    }
+    if state.forbidden.load(Ordering::SeqCst) {
+        return HttpResponse::Forbidden()
+            .json(json!({"message": "the user lacks the integration role"}));
+    }
+    let failing = state
+        .failing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(id.as_str())
+        .copied();
+    if let Some(status) = failing {
+        let status = actix_web::http::StatusCode::from_u16(status)
+            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+        return HttpResponse::build(status).json(json!({"message": "this order fails"}));
     }
     if id.starts_with("missing") {
         return HttpResponse::NotFound().json(json!({"message": "order not found"}));

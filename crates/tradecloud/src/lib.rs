@@ -198,9 +198,14 @@ struct Inner {
     legacy_base_url: Option<String>,
     legacy_basic: String,
     tokens: Mutex<Option<Tokens>>,
+    /// When the last login was refused (cleared by a successful one).
+    login_refused_at: std::sync::Mutex<Option<std::time::Instant>>,
     pacer: Pacer,
     in_flight: tokio::sync::Semaphore,
 }
+
+/// How long a refused login is not tried again.
+const LOGIN_REFUSAL_HOLD: Duration = Duration::from_secs(4);
 
 /// Spaces requests evenly: at most one per interval, no bursts. The interval can change at run
 /// time (a worker's share of the deployment's rate changes at every Kafka rebalance).
@@ -289,6 +294,7 @@ impl TradecloudClient {
                     STANDARD.encode(format!("{legacy_user}:{}", legacy_password.expose_secret()))
                 ),
                 tokens: Mutex::new(None),
+                login_refused_at: std::sync::Mutex::new(None),
                 pacer: Pacer::new(f64::from(config.max_requests_per_second)),
                 in_flight: tokio::sync::Semaphore::new(config.max_concurrent_requests as usize),
             }),
@@ -418,7 +424,27 @@ impl TradecloudClient {
         Ok(fresh)
     }
 
+    /// Logs in, unless a login was refused moments ago: then it fails at once, so that many
+    /// requests waiting for tokens do not each try the refused credentials (a lock-out risk).
     async fn login(&self) -> Result<Tokens, TradecloudError> {
+        if let Ok(refused) = self.inner.login_refused_at.lock()
+            && refused.is_some_and(|at| at.elapsed() < LOGIN_REFUSAL_HOLD)
+        {
+            return Err(TradecloudError::Unauthorized(
+                "login (refused moments ago; not tried again yet)",
+            ));
+        }
+        let result = self.try_login().await;
+        if let Ok(mut refused) = self.inner.login_refused_at.lock() {
+            *refused = match &result {
+                Err(TradecloudError::Unauthorized(_)) => Some(std::time::Instant::now()),
+                _ => None,
+            };
+        }
+        result
+    }
+
+    async fn try_login(&self) -> Result<Tokens, TradecloudError> {
         let url = format!("{}/v2/authentication/login", self.inner.base_url);
         let response = self
             .send(

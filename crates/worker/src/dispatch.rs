@@ -141,9 +141,27 @@ pub(crate) async fn run(
                 Err(_) => break Ok(()),
             },
         };
-        let next = tokio::select! {
-            _ = shared.cancel.cancelled() => break Ok(()),
-            next = consumer.next() => next,
+        // Waiting for the next delivery, still noticing a task that panics.
+        let mut panicked = None;
+        let next = loop {
+            tokio::select! {
+                _ = shared.cancel.cancelled() => break None,
+                next = consumer.next() => break Some(next),
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = done
+                        && e.is_panic()
+                    {
+                        panicked = Some(e.to_string());
+                        break None;
+                    }
+                }
+            }
+        };
+        if let Some(p) = panicked {
+            break Err(WorkerError::Panicked(p));
+        }
+        let Some(next) = next else {
+            break Ok(());
         };
         let delivery = match next {
             Ok(d) => d,

@@ -22,8 +22,13 @@ pub struct Breaker {
     changed: tokio::sync::Notify,
 }
 
+/// Transient failures in a row, across orders, that count as the whole service failing.
+pub const FAILURES_IN_A_ROW: u32 = 5;
+
 #[derive(Default)]
 struct BreakerState {
+    /// Transient failures since the last success.
+    failures: u32,
     /// Why it is open, and until when nobody probes.
     open: Option<(String, Instant)>,
     cooldown: Duration,
@@ -62,26 +67,62 @@ impl Breaker {
         }
     }
 
-    /// Opens the breaker with `reason` (or keeps it open; the cooldown doubles when a probe
-    /// failed).
+    /// Opens the breaker with `reason`; while it is open already (other requests failing
+    /// alike), only the reason changes.
     pub fn trip(&self, reason: &str) {
         let Ok(mut s) = self.state.lock() else {
             return;
         };
-        let was_open = s.open.is_some();
-        if was_open {
-            s.cooldown = (s.cooldown * 2).min(COOLDOWN_MAX);
-        } else {
-            s.cooldown = COOLDOWN_INITIAL;
-            tracing::error!(
-                breaker = self.name,
-                reason,
-                "pausing: a failure that no retry of one trigger can fix"
-            );
+        match &mut s.open {
+            Some((current, _)) => *current = reason.to_owned(),
+            None => {
+                s.cooldown = COOLDOWN_INITIAL;
+                s.open = Some((reason.to_owned(), Instant::now() + COOLDOWN_INITIAL));
+                tracing::error!(
+                    breaker = self.name,
+                    reason,
+                    "pausing: a failure that no retry of one trigger can fix"
+                );
+                tcb_telemetry::metrics::breaker_open(self.name, true);
+            }
         }
+    }
+
+    /// The probe failed alike: stay open, twice as long as before.
+    pub fn probe_failed(&self, reason: &str) {
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        s.cooldown = (s.cooldown * 2).min(COOLDOWN_MAX);
         let until = Instant::now() + s.cooldown;
         s.open = Some((reason.to_owned(), until));
-        tcb_telemetry::metrics::breaker_open(self.name, true);
+        tracing::warn!(
+            breaker = self.name,
+            reason,
+            retry_in_s = s.cooldown.as_secs(),
+            "still failing"
+        );
+    }
+
+    /// A transient failure of one request: after [`FAILURES_IN_A_ROW`] of them with no success
+    /// between (different orders failing alike), the service as a whole is failing: the breaker
+    /// opens. Returns whether it is open.
+    pub fn failure(&self, error: &str) -> bool {
+        let failures = match self.state.lock() {
+            Ok(mut s) => {
+                s.failures += 1;
+                s.failures
+            }
+            Err(_) => return false,
+        };
+        if failures >= FAILURES_IN_A_ROW {
+            self.trip(&format!(
+                "{failures} requests in a row failed; the last: {error}"
+            ));
+            true
+        } else {
+            false
+        }
     }
 
     /// Closes the breaker (a request went through).
@@ -89,6 +130,7 @@ impl Breaker {
         let Ok(mut s) = self.state.lock() else {
             return;
         };
+        s.failures = 0;
         if s.open.take().is_some() {
             tracing::info!(
                 breaker = self.name,
@@ -230,10 +272,30 @@ mod tests {
     }
 
     #[test]
-    fn trips_double_the_cooldown_and_close_resets_it() {
+    fn failures_in_a_row_open_it_and_a_success_resets_the_count() {
+        let b = Breaker::new("tradecloud");
+        for _ in 1..FAILURES_IN_A_ROW {
+            assert!(!b.failure("503"));
+        }
+        b.close();
+        for _ in 1..FAILURES_IN_A_ROW {
+            assert!(!b.failure("503"));
+        }
+        assert!(b.failure("503"));
+        assert!(b.reason().unwrap().contains("5 requests in a row failed"));
+    }
+
+    #[test]
+    fn failed_probes_double_the_cooldown_and_close_resets_it() {
         let b = Breaker::new("bus");
         b.trip("down");
-        b.trip("still down");
+        b.trip("down for another request");
+        assert_eq!(
+            b.state.lock().unwrap().cooldown,
+            COOLDOWN_INITIAL,
+            "requests failing alike while open do not extend the pause"
+        );
+        b.probe_failed("still down");
         assert_eq!(b.state.lock().unwrap().cooldown, COOLDOWN_INITIAL * 2);
         b.close();
         assert!(b.reason().is_none());

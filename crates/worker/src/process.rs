@@ -234,16 +234,21 @@ async fn fetch(
             Err(e) => e,
         };
         let class = classify(&e);
-        if class == Class::Systemic {
-            breaker.trip(&e.to_string());
-            drop(pass);
-            continue; // not counted: the trigger is not at fault
+        let reason = e.to_string();
+        let probing = matches!(pass, Pass::Probe(_));
+        drop(pass);
+        if class == Class::Systemic || (probing && matches!(class, Class::Retry(_))) {
+            // Still failing for everyone; not counted: the trigger is not at fault.
+            if probing {
+                breaker.probe_failed(&reason);
+            } else {
+                breaker.trip(&reason);
+            }
+            continue;
         }
-        if matches!(pass, Pass::Probe(_)) {
+        if probing {
             breaker.close(); // Tradecloud answered something else: the systemic failure is gone
         }
-        drop(pass);
-        let reason = e.to_string();
         let delay = match class {
             Class::Poison => return Err(Failure::Dead(attempts.dead_letter(reason))),
             Class::NotFound => {
@@ -255,6 +260,11 @@ async fn fetch(
                 not_found.next_delay()
             }
             Class::Retry(retry_after) => {
+                if breaker.failure(&reason) {
+                    // Tradecloud fails for everyone: this attempt does not count against the
+                    // trigger; it waits behind the breaker.
+                    continue;
+                }
                 attempts.fail(&reason);
                 if attempts.exhausted(limits.max_attempts, limits.max_retry) {
                     tcb_telemetry::metrics::retries_exhausted("fetch");

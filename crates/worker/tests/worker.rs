@@ -471,3 +471,196 @@ impl tcb_bus::ConsumerOpener for ReuseOpener {
         self.0.consumer(topic, group).await
     }
 }
+
+/// Waits until `f` holds, or fails with `what`.
+async fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Nothing arrives on `topic` for `quiet`.
+async fn nothing_on(f: &Fixture, topic: &str, quiet: Duration) {
+    let mut c = f.bus.consumer(topic, None).await.unwrap();
+    if let Ok(d) = tokio::time::timeout(quiet, c.next()).await {
+        panic!(
+            "unexpected message on {topic}: {:?}",
+            d.map(|d| d.message.headers)
+        );
+    }
+}
+
+fn start_worker(
+    f: &Fixture,
+) -> (
+    CancellationToken,
+    std::sync::Arc<tcb_worker::WorkerHealth>,
+    tokio::task::JoinHandle<()>,
+) {
+    let cancel = CancellationToken::new();
+    let worker = tcb_worker::Worker::new(&f.config, f.bus.clone(), cancel.clone()).unwrap();
+    let health = worker.health();
+    let task = tokio::spawn(async move { worker.run().await.unwrap() });
+    (cancel, health, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_order_failing_for_ever_holds_up_no_other_and_ends_as_a_dead_letter() {
+    let mut f = fixture().await;
+    f.config.max_attempts = 4;
+    f.sim.fail_order("stuck-order", 500);
+    f.publish(&get("stuck-order")).await;
+    f.publish(&event("stuck-order", 2, "OrderLinesUpdatedByBuyer"))
+        .await;
+    for i in 0..50 {
+        f.publish(&event(&format!("flowing-{i}"), 2, "OrderIssuedByBuyer"))
+            .await;
+    }
+    let started = Instant::now();
+    let (cancel, _health, task) = start_worker(&f);
+    let out = f.read(&f.bus.topics.orders, 51).await;
+    let flowing = out
+        .iter()
+        .filter(|d| d.message.key.starts_with("flowing-"))
+        .count();
+    assert_eq!(flowing, 50, "the 50 other orders were delivered");
+    assert_eq!(
+        out.last().unwrap().message.key,
+        "stuck-order",
+        "the stuck order's event comes only after its GET was dead-lettered (order kept)"
+    );
+    let dead = f.read(&f.bus.topics.dead_letters, 1).await;
+    let h = &dead[0].message.headers;
+    assert!(
+        h[headers::DEAD_LETTER_REASON].contains("gave up after 4 attempts")
+            && h[headers::DEAD_LETTER_REASON].contains("500"),
+        "{h:?}"
+    );
+    assert_eq!(h[headers::DEAD_LETTER_ATTEMPTS], "4");
+    assert!(h.contains_key(headers::DEAD_LETTER_FIRST_FAILED_AT));
+    eprintln!(
+        "50 orders and the stuck one settled in {:?}",
+        started.elapsed()
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tradecloud_down_pauses_fetching_and_dead_letters_nothing() {
+    let mut f = fixture().await;
+    f.config.max_attempts = 2; // far fewer than the failures while down
+    f.sim.set_down(true);
+    for i in 0..12 {
+        f.publish(&get(&format!("down-{i}"))).await;
+    }
+    let (cancel, health, task) = start_worker(&f);
+    eventually("the worker pauses", Duration::from_secs(20), || {
+        use tcb_telemetry::health::Probe;
+        health
+            .unready()
+            .is_some_and(|r| r.starts_with("tradecloud:"))
+    })
+    .await;
+    nothing_on(&f, &f.bus.topics.dead_letters, Duration::from_secs(3)).await;
+    f.sim.set_down(false);
+    let out = f.read(&f.bus.topics.orders, 12).await;
+    assert_eq!(out.len(), 12);
+    eventually("the worker resumes", Duration::from_secs(5), || {
+        use tcb_telemetry::health::Probe;
+        health.unready().is_none()
+    })
+    .await;
+    nothing_on(&f, &f.bus.topics.dead_letters, Duration::from_millis(300)).await;
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_credentials_pause_without_hammering_logins_then_resume() {
+    let f = fixture().await;
+    f.sim.set_credentials_revoked(true);
+    for i in 0..10 {
+        f.publish(&get(&format!("revoked-{i}"))).await;
+    }
+    let (cancel, health, task) = start_worker(&f);
+    eventually("the worker pauses", Duration::from_secs(10), || {
+        use tcb_telemetry::health::Probe;
+        health
+            .unready()
+            .is_some_and(|r| r.contains("refused the credentials"))
+    })
+    .await;
+    nothing_on(&f, &f.bus.topics.dead_letters, Duration::from_secs(6)).await;
+    let refused = f.sim.stats().unauthorized;
+    assert!(
+        refused <= 3,
+        "one probe per cooldown, not a login per trigger: {refused} refused"
+    );
+    f.sim.set_credentials_revoked(false);
+    let out = f.read(&f.bus.topics.orders, 10).await;
+    assert_eq!(out.len(), 10);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_is_retried_a_few_times_before_it_is_a_dead_letter() {
+    let mut f = fixture().await;
+    f.config.not_found_attempts = 3;
+    f.config.not_found_delay_ms = 50;
+    f.sim.fail_order("late-order", 404);
+    f.publish(&get("late-order")).await;
+    f.publish(&get("missing-for-good")).await;
+    let (cancel, _health, task) = start_worker(&f);
+    // Tradecloud's read side catches up with the webhook.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    f.sim.heal_order("late-order");
+    let out = f.read(&f.bus.topics.orders, 1).await;
+    assert_eq!(msg(&out[0]).order_id.as_deref(), Some("late-order"));
+    let dead = f.read(&f.bus.topics.dead_letters, 1).await;
+    let h = &dead[0].message.headers;
+    assert_eq!(dead[0].message.key, "missing-for-good");
+    assert_eq!(h[headers::DEAD_LETTER_ATTEMPTS], "3");
+    assert!(
+        h[headers::DEAD_LETTER_REASON].contains("not found"),
+        "{h:?}"
+    );
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// Panics on every publish.
+struct Panicking;
+
+#[async_trait::async_trait]
+impl tcb_bus::Publisher for Panicking {
+    async fn publish(&self, _: &str, _: Message) -> Result<(), tcb_bus::BusError> {
+        panic!("a bug in a lane");
+    }
+    async fn check_ready(&self) -> Result<(), tcb_bus::BusError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_task_fails_the_worker() {
+    let mut f = fixture().await;
+    f.publish(&event("boom", 2, "OrderIssuedByBuyer")).await;
+    let opener = f.bus.clone();
+    f.bus = Bus::new(
+        std::sync::Arc::new(Panicking),
+        std::sync::Arc::new(ReuseOpener(opener)),
+        f.bus.topics.clone(),
+    );
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        tcb_worker::run(&f.config, f.bus.clone(), CancellationToken::new()),
+    )
+    .await
+    .expect("the worker ends by itself");
+    let e = result.unwrap_err();
+    assert!(matches!(e, tcb_worker::WorkerError::Panicked(_)), "{e}");
+}
