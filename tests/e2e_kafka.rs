@@ -170,13 +170,27 @@ async fn two_workers_in_one_group_share_the_partitions() {
         assert!(o.accepted(), "{o:?}");
         accepted.insert(o.trigger_id.unwrap());
     }
+    // GETs: both workers fetch, each at its share (2 of 4 partitions: half the rate).
+    for i in 0..30 {
+        let o = sender
+            .send(&Webhook::GetPath(format!("share-get-{i}")))
+            .await;
+        assert!(o.accepted(), "{o:?}");
+        accepted.insert(o.trigger_id.unwrap());
+    }
     assert_all_delivered(&world, &accepted).await;
+    let api = world.sim.stats();
+    assert_eq!(api.rate_limited, 0, "no 429 from Tradecloud: {api:?}");
+    assert!(
+        api.max_per_second <= 10,
+        "together at most the configured 10 requests/s: {api:?}"
+    );
     let (done_a, done_b) = (done_count(&a).await, done_count(&b).await);
     assert!(
         done_a > 0.0 && done_b > 0.0,
         "both workers worked: {done_a} and {done_b}"
     );
-    assert_eq!(done_a + done_b, 40.0);
+    assert_eq!(done_a + done_b, 70.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,6 +173,37 @@ pub trait Publisher: Send + Sync + 'static {
 pub trait Consumer: Send + 'static {
     /// The next delivery; waits until one is there.
     async fn next(&mut self) -> Result<Delivery, BusError>;
+
+    /// This consumer's share of the topic among its group's members, kept current (Kafka: the
+    /// partitions it holds of all). `None`: it gets the whole topic (RabbitMQ's single active
+    /// consumer, the embedded store).
+    fn share(&self) -> Option<Arc<Share>> {
+        None
+    }
+}
+
+/// A group member's share of a topic: `held` of `total` partitions.
+#[derive(Debug, Default)]
+pub struct Share {
+    held: std::sync::atomic::AtomicU32,
+    total: std::sync::atomic::AtomicU32,
+}
+
+impl Share {
+    pub fn set(&self, held: u32, total: u32) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.held.store(held, SeqCst);
+        self.total.store(total, SeqCst);
+    }
+
+    /// `held / total`, 0 to 1; 1 before anything is known.
+    pub fn fraction(&self) -> f64 {
+        use std::sync::atomic::Ordering::SeqCst;
+        match self.total.load(SeqCst) {
+            0 => 1.0,
+            total => (f64::from(self.held.load(SeqCst)) / f64::from(total)).min(1.0),
+        }
+    }
 }
 
 /// Settles one delivery with its backend.

@@ -269,6 +269,29 @@ impl Worker {
             .await
             .map_err(WorkerError::Consume)?;
         tracing::info!(lanes = self.lanes, group = %self.group, topic = %bus.topics.triggers, "worker consuming");
+        // The deployment's Tradecloud rate is shared: this worker paces itself at its share of
+        // the triggers topic (Kafka: its partitions of all), which changes at every rebalance.
+        if let Some(share) = consumer.share() {
+            let (shared, every) = (self.shared.clone(), Duration::from_millis(250));
+            tokio::spawn(async move {
+                let mut last = f64::NAN;
+                loop {
+                    let now = share.fraction();
+                    if now != last {
+                        tracing::info!(
+                            share = now,
+                            "pacing Tradecloud requests at this share of the rate"
+                        );
+                        shared.client.set_rate_share(now);
+                        last = now;
+                    }
+                    tokio::select! {
+                        _ = shared.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                }
+            });
+        }
         let result = dispatch::run(self.shared.clone(), consumer, self.max_held).await;
         tracing::info!("worker stopped");
         result

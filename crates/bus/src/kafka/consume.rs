@@ -25,15 +25,42 @@ impl ConsumerContext for Context {
                 tracker.remove(&(e.topic().to_owned(), e.partition()));
             }
             tracing::info!(partitions = tpl.count(), "partitions revoked");
+            // Nothing held until the next assignment: take no share of the rate meanwhile.
+            self.share.set(0, 1);
             if !self.group.is_empty() {
                 tcb_telemetry::metrics::kafka_assigned_partitions(&self.group, 0);
             }
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            tracing::info!(partitions = tpl.count(), "partitions assigned");
+            let held = tpl.count();
+            // All partitions of the assigned topics, to know this member's share.
+            let topics: std::collections::BTreeSet<String> = tpl
+                .elements()
+                .iter()
+                .map(|e| e.topic().to_owned())
+                .collect();
+            let total: usize = topics
+                .iter()
+                .filter_map(|t| {
+                    consumer
+                        .fetch_metadata(Some(t), std::time::Duration::from_secs(5))
+                        .ok()
+                        .map(|m| {
+                            m.topics()
+                                .iter()
+                                .map(|t| t.partitions().len())
+                                .sum::<usize>()
+                        })
+                })
+                .sum();
+            self.share.set(
+                u32::try_from(held).unwrap_or(u32::MAX),
+                u32::try_from(total.max(held)).unwrap_or(u32::MAX),
+            );
+            tracing::info!(partitions = held, of = total, "partitions assigned");
             if !self.group.is_empty() {
                 tcb_telemetry::metrics::kafka_assigned_partitions(&self.group, tpl.count());
             }
@@ -75,6 +102,7 @@ impl ConsumerOpener for Kafka {
             .map_err(|e| classify(format!("subscribing to {topic}"), e))?;
         Ok(Box::new(KafkaConsumer {
             consumer: Arc::new(consumer),
+            share: context.share,
             tracker: context.tracker,
             tail,
             topic: topic.to_owned(),
@@ -93,6 +121,7 @@ fn uuid_like() -> String {
 
 struct KafkaConsumer {
     consumer: Arc<StreamConsumer<Context>>,
+    share: Arc<crate::Share>,
     tracker: SharedTracker,
     tail: bool,
     topic: String,
@@ -100,6 +129,10 @@ struct KafkaConsumer {
 
 #[async_trait]
 impl Consumer for KafkaConsumer {
+    fn share(&self) -> Option<Arc<crate::Share>> {
+        (!self.tail).then(|| self.share.clone())
+    }
+
     async fn next(&mut self) -> Result<Delivery, BusError> {
         let m = self
             .consumer

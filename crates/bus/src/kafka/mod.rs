@@ -81,6 +81,8 @@ pub struct Context {
     tracker: consume::SharedTracker,
     /// The consumer group (for the assigned-partitions gauge); empty for a producer or a tail.
     group: String,
+    /// The partitions this member holds of all of the topic's.
+    share: Arc<crate::Share>,
 }
 
 impl ClientContext for Context {
