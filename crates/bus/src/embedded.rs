@@ -8,8 +8,9 @@
 //! Layout: `messages` is an append-only log per topic (ids increase); `acks` records which ids a
 //! consumer group has settled. A group's consumer reads ids above its cursor that it has not
 //! acked, so after a crash everything unacked is delivered again. One consumer per group and
-//! topic at a time (the worker); run one bridge process per data file. Messages older than
-//! `retention_hours` are deleted once a consumer group has acked them; unacked ones are kept.
+//! topic at a time, enforced by a lock file (a second worker on the same file fails to start).
+//! Messages older than `retention_hours` are deleted once every group that consumes their topic
+//! has acked them; unacked ones are kept.
 //!
 //! Writes go through one writer thread that commits whatever is pending in one transaction (group
 //! commit), so many concurrent publishes share one fsync.
@@ -175,7 +176,15 @@ CREATE TABLE IF NOT EXISTS acks (
     id INTEGER NOT NULL,
     PRIMARY KEY (grp, topic, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups (
+    grp TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    PRIMARY KEY (grp, topic)
+) WITHOUT ROWID;
 ";
+
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 impl EmbeddedStore {
     /// Opens (or creates) the store and starts its writer thread.
@@ -199,8 +208,16 @@ impl EmbeddedStore {
             std::thread::Builder::new()
                 .name("embedded-writer".to_owned())
                 .spawn(move || {
+                    // Marks the writer dead however it ends, a panic included: readiness goes red.
+                    struct Alive(Arc<AtomicBool>);
+                    impl Drop for Alive {
+                        fn drop(&mut self) {
+                            self.0.store(false, Ordering::SeqCst);
+                            tracing::error!("the embedded store's writer stopped");
+                        }
+                    }
+                    let _alive = Alive(alive);
                     writer_loop(conn, rx, &notify, retention_hours);
-                    alive.store(false, Ordering::SeqCst);
                 })
                 .map_err(storage)?;
         }
@@ -232,8 +249,10 @@ impl EmbeddedStore {
     }
 }
 
-/// Deletes messages older than the retention that some consumer group has acked, and their acks.
-/// A message nobody acked is kept however old it is: nothing acknowledged to Tradecloud is lost.
+/// Deletes messages older than the retention that every known consumer group of their topic has
+/// acked, and their acks. A group is known from when it first consumes the topic until it has not
+/// consumed or acked for longer than the retention. A message of a topic no group consumes, or one
+/// a group has not acked, is kept however old it is: nothing acknowledged to Tradecloud is lost.
 fn sweep(conn: &Connection, retention_hours: u64) -> Result<(), rusqlite::Error> {
     if retention_hours == 0 {
         return Ok(());
@@ -243,9 +262,16 @@ fn sweep(conn: &Connection, retention_hours: u64) -> Result<(), rusqlite::Error>
         "CREATE TEMP TABLE IF NOT EXISTS sweep_ids (id INTEGER PRIMARY KEY); DELETE FROM sweep_ids;",
     )?;
     conn.execute(
+        "DELETE FROM groups WHERE last_seen < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)",
+        params![age],
+    )?;
+    conn.execute(
         "INSERT INTO sweep_ids SELECT m.id FROM messages m
          WHERE m.published_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)
-           AND EXISTS (SELECT 1 FROM acks a WHERE a.topic = m.topic AND a.id = m.id)",
+           AND EXISTS (SELECT 1 FROM groups g WHERE g.topic = m.topic)
+           AND NOT EXISTS (
+               SELECT 1 FROM groups g WHERE g.topic = m.topic AND NOT EXISTS (
+                   SELECT 1 FROM acks a WHERE a.grp = g.grp AND a.topic = m.topic AND a.id = m.id))",
         params![age],
     )?;
     conn.execute(
@@ -297,6 +323,10 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Op>, notify: &Notify, retentio
                 let mut ack = txn.prepare_cached(
                     "INSERT OR IGNORE INTO acks (grp, topic, id) VALUES (?1, ?2, ?3)",
                 )?;
+                let mut seen = txn.prepare_cached(&format!(
+                    "INSERT INTO groups (grp, topic, last_seen) VALUES (?1, ?2, {NOW})
+                     ON CONFLICT (grp, topic) DO UPDATE SET last_seen = excluded.last_seen"
+                ))?;
                 for op in &batch {
                     let result = match op {
                         Op::Publish { topic, message, .. } => {
@@ -312,6 +342,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Op>, notify: &Notify, retentio
                             group, topic, id, ..
                         } => ack
                             .execute(params![group, topic, id])
+                            .and_then(|_| seen.execute(params![group, topic]))
                             .map(|_| ())
                             .map_err(storage),
                         Op::Sweep { .. } => sweep(&txn, retention_hours).map_err(storage),
@@ -383,9 +414,29 @@ impl ConsumerOpener for EmbeddedStore {
         group: Option<&str>,
     ) -> Result<Box<dyn Consumer>, BusError> {
         let path = self.inner.path.clone();
-        let conn = tokio::task::spawn_blocking(move || open_connection(&path))
-            .await
-            .map_err(storage)??;
+        let (topic_, group_) = (topic.to_owned(), group.map(str::to_owned));
+        let (conn, lock) = tokio::task::spawn_blocking(move || {
+            let conn = open_connection(&path)?;
+            let lock = match &group_ {
+                Some(g) => {
+                    let lock = lock_group(&path, g, &topic_)?;
+                    // Known from now on: retention keeps what this group has not acked.
+                    conn.execute(
+                        &format!(
+                            "INSERT INTO groups (grp, topic, last_seen) VALUES (?1, ?2, {NOW})
+                             ON CONFLICT (grp, topic) DO UPDATE SET last_seen = excluded.last_seen"
+                        ),
+                        params![g, topic_],
+                    )
+                    .map_err(storage)?;
+                    Some(lock)
+                }
+                None => None,
+            };
+            Ok::<_, BusError>((conn, lock))
+        })
+        .await
+        .map_err(storage)??;
         Ok(Box::new(EmbeddedConsumer {
             store: self.clone(),
             topic: topic.to_owned(),
@@ -393,7 +444,45 @@ impl ConsumerOpener for EmbeddedStore {
             conn: Arc::new(Mutex::new(conn)),
             cursor: 0,
             buffer: VecDeque::new(),
+            _lock: lock,
         }))
+    }
+}
+
+/// One process at a time consumes a group's topic from one file (two workers on one file would
+/// each take every message, out of order): an exclusive lock on `<file>.<group>.<topic>.lock`.
+fn lock_group(db: &Path, group: &str, topic: &str) -> Result<std::fs::File, BusError> {
+    let safe = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let mut name = db.as_os_str().to_owned();
+    name.push(format!(".{}.{}.lock", safe(group), safe(topic)));
+    let path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| BusError::storage(format!("cannot open {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(BusError::Config(format!(
+            "another process already consumes group {group:?} of topic {topic:?} from {} \
+             (one worker per embedded file)",
+            db.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(BusError::storage(
+            format!("cannot lock {}", path.display()),
+            e,
+        )),
     }
 }
 
@@ -409,6 +498,8 @@ struct EmbeddedConsumer {
     conn: Arc<Mutex<Connection>>,
     cursor: i64,
     buffer: VecDeque<Row>,
+    /// The exclusive lock of this group on this topic, while it consumes.
+    _lock: Option<std::fs::File>,
 }
 
 impl EmbeddedConsumer {

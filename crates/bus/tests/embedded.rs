@@ -169,3 +169,112 @@ async fn consumed_messages_past_the_retention_are_deleted_unconsumed_ones_kept()
         .unwrap();
     assert_eq!(acks, 0, "its ack went with it");
 }
+
+/// The payloads left in the file, in order.
+fn payloads(path: &std::path::Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.prepare("SELECT payload FROM messages ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|p| String::from_utf8(p.unwrap()).unwrap())
+        .collect()
+}
+
+fn age_everything(path: &std::path::Path) {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute(
+            "UPDATE messages SET published_at = '2000-01-01T00:00:00.000Z'",
+            [],
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn retention_waits_for_every_group_of_the_topic() {
+    use tcb_bus::embedded::EmbeddedStore;
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig::at(dir.path().join("g.db"));
+    let store = EmbeddedStore::open(&config).unwrap();
+    let p: &dyn tcb_bus::Publisher = &store;
+    p.publish("t", msg("k", 1)).await.unwrap();
+    // The worker's group and an operator's second group both consume the topic.
+    let mut worker = tcb_bus::ConsumerOpener::consumer(&store, "t", Some("worker"))
+        .await
+        .unwrap();
+    let mut operator = tcb_bus::ConsumerOpener::consumer(&store, "t", Some("operator"))
+        .await
+        .unwrap();
+    next(&mut worker).await.ack().await.unwrap();
+    age_everything(&config.path);
+    store.sweep().await.unwrap();
+    assert_eq!(
+        payloads(&config.path),
+        ["payload-1"],
+        "the operator's group has not acked it: kept"
+    );
+    next(&mut operator).await.ack().await.unwrap();
+    store.sweep().await.unwrap();
+    assert!(payloads(&config.path).is_empty(), "every group acked it");
+}
+
+#[tokio::test]
+async fn a_group_unseen_for_longer_than_the_retention_no_longer_holds_messages() {
+    use tcb_bus::embedded::EmbeddedStore;
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig::at(dir.path().join("u.db"));
+    let store = EmbeddedStore::open(&config).unwrap();
+    let p: &dyn tcb_bus::Publisher = &store;
+    p.publish("t", msg("k", 1)).await.unwrap();
+    let mut worker = tcb_bus::ConsumerOpener::consumer(&store, "t", Some("worker"))
+        .await
+        .unwrap();
+    drop(
+        tcb_bus::ConsumerOpener::consumer(&store, "t", Some("one-off"))
+            .await
+            .unwrap(),
+    );
+    next(&mut worker).await.ack().await.unwrap();
+    age_everything(&config.path);
+    rusqlite::Connection::open(&config.path)
+        .unwrap()
+        .execute(
+            "UPDATE groups SET last_seen = '2000-01-01T00:00:00.000Z' WHERE grp = 'one-off'",
+            [],
+        )
+        .unwrap();
+    store.sweep().await.unwrap();
+    assert!(payloads(&config.path).is_empty());
+}
+
+#[tokio::test]
+async fn one_consumer_per_group_and_topic_per_file() {
+    use tcb_bus::embedded::EmbeddedStore;
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig::at(dir.path().join("l.db"));
+    // Two stores on one file stand for two processes.
+    let a = EmbeddedStore::open(&config).unwrap();
+    let b = EmbeddedStore::open(&config).unwrap();
+    let first = tcb_bus::ConsumerOpener::consumer(&a, "t", Some("worker"))
+        .await
+        .unwrap();
+    let e = tcb_bus::ConsumerOpener::consumer(&b, "t", Some("worker"))
+        .await
+        .err()
+        .expect("a second worker of the group is refused");
+    assert!(!e.is_transient(), "{e}");
+    assert!(e.to_string().contains("already consumes group"), "{e}");
+    // Other groups, other topics and tails are fine.
+    tcb_bus::ConsumerOpener::consumer(&b, "t", Some("operator"))
+        .await
+        .unwrap();
+    tcb_bus::ConsumerOpener::consumer(&b, "u", Some("worker"))
+        .await
+        .unwrap();
+    tcb_bus::ConsumerOpener::consumer(&b, "t", None).await.unwrap();
+    drop(first);
+    tcb_bus::ConsumerOpener::consumer(&b, "t", Some("worker"))
+        .await
+        .unwrap();
+}
