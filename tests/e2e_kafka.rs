@@ -217,3 +217,30 @@ async fn an_unreachable_broker_gives_503_and_red_readiness_then_recovers() {
     let accepted = stream.finish().await;
     assert_all_delivered(&world, &accepted).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_900_kb_event_is_delivered() {
+    let world = world(kafka_bootstrap(), 5000);
+    let bridge = world.start_bridge();
+    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
+    let mut body = orders::event("kafka-big", 2, "OrderLinesUpdatedByBuyer", "big-1");
+    body["orderEvent"]["buyerOrder"]["description"] = serde_json::json!("x".repeat(900_000));
+    let body = serde_json::to_vec(&body).unwrap();
+    assert!(body.len() > 900_000, "{}", body.len());
+    let o = world
+        .sender(&bridge, 1)
+        .send(&Webhook::Post(body))
+        .await;
+    assert_eq!(o.status, Some(200), "{o:?}");
+    let bus = world.bus().await;
+    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
+    let got = collect_until(&mut out, Duration::from_secs(60), |d| !d.is_empty()).await;
+    let m = message(&got[0]);
+    assert_eq!(m.trigger.id.to_string(), o.trigger_id.unwrap());
+    assert_eq!(
+        m.original["orderEvent"]["buyerOrder"]["description"]
+            .as_str()
+            .map(str::len),
+        Some(900_000)
+    );
+}

@@ -28,6 +28,8 @@ fn config(prefix: &str, servers: &str) -> KafkaConfig {
         create_topics: true,
         partitions: 3,
         replication_factor: 1,
+        retention_hours: 24,
+        max_message_bytes: 8 << 20,
         session_timeout_ms: 6_000,
         max_poll_interval_ms: 300_000,
         commit_interval_ms: 200,
@@ -124,11 +126,10 @@ async fn an_unreachable_broker_fails_publishes_within_the_message_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_too_large_for_the_producer_is_a_permanent_error() {
     let mut c = config(&unique(), &bootstrap());
-    c.properties
-        .insert("message.max.bytes".to_owned(), "10000".to_owned());
+    c.max_message_bytes = 128 * 1024;
     let bus = connect(&BusConfig::Kafka(c.clone())).await.unwrap();
     let mut big = msg("k", 1);
-    big.payload = vec![b'x'; 20_000];
+    big.payload = vec![b'x'; 200_000];
     let e = bus
         .publisher()
         .publish(&c.topics.triggers, big)
@@ -154,6 +155,16 @@ fn check_config_builds_the_client_without_a_broker() {
     c.ssl_ca_location = Some("/nonexistent/ca.pem".into());
     let e = tcb_bus::check(&BusConfig::Kafka(c)).unwrap_err();
     assert!(e.to_string().contains("bus.ssl_ca_location"), "{e}");
+}
+
+#[test]
+fn properties_may_not_override_what_the_bridge_sets() {
+    let mut c = config(&unique(), "127.0.0.1:1");
+    c.properties.insert("acks".to_owned(), "1".to_owned());
+    c.properties
+        .insert("enable.idempotence".to_owned(), "false".to_owned());
+    let keys: Vec<String> = c.validate().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["properties.acks", "properties.enable.idempotence"]);
 }
 
 #[tokio::test]

@@ -176,6 +176,21 @@ impl Config {
         if let Some(worker) = &self.worker {
             problems.extend(within("worker", worker.validate()));
         }
+        #[cfg(feature = "kafka")]
+        if let (BusConfig::Kafka(k), Some(i)) = (&self.bus, &self.ingress)
+            && !k.fits_body(i.max_body_bytes)
+        {
+            problems.push((
+                "bus.max_message_bytes".to_owned(),
+                format!(
+                    "{} cannot hold the largest body the ingress accepts (ingress.max_body_bytes \
+                     {} plus up to {} of envelope): raise it or lower max_body_bytes",
+                    k.max_message_bytes,
+                    i.max_body_bytes,
+                    tcb_bus::kafka::ENVELOPE_OVERHEAD_BYTES
+                ),
+            ));
+        }
         problems.extend(within("telemetry", self.telemetry.validate()));
         problems
     }
@@ -184,6 +199,16 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         #[allow(unused_mut)]
         let mut w = Vec::new();
+        #[cfg(feature = "kafka")]
+        if let BusConfig::Kafka(k) = &self.bus
+            && k.replication_factor < 3
+        {
+            w.push(format!(
+                "bus.replication_factor is {}: with fewer than 3 replicas the loss of a broker can \
+                 lose triggers that were answered 200 (fine for development)",
+                k.replication_factor
+            ));
+        }
         #[cfg(feature = "kafka")]
         if let (BusConfig::Kafka(k), Some(i)) = (&self.bus, &self.ingress)
             && k.message_timeout_ms > i.ack_timeout_ms
@@ -550,10 +575,38 @@ log_level = "info,tcb_worker=debug"
             "backend = \"kafka\"\nbootstrap_servers = \"k:9092\"\nmessage_timeout_ms = 9000",
         );
         let c = load(&text, &[("PW", "x")]).unwrap();
-        assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
-        assert!(c.warnings()[0].contains("exceeds ingress.ack_timeout_ms (5000)"));
+        let timeout = |c: &Config| {
+            c.warnings()
+                .iter()
+                .any(|w| w.contains("exceeds ingress.ack_timeout_ms (5000)"))
+        };
+        assert!(timeout(&c), "{:?}", c.warnings());
+        assert!(
+            c.warnings()
+                .iter()
+                .any(|w| w.starts_with("bus.replication_factor is 1")),
+            "{:?}",
+            c.warnings()
+        );
         let c = load(&text.replace("9000", "5000"), &[("PW", "x")]).unwrap();
-        assert!(c.warnings().is_empty());
+        assert!(!timeout(&c));
+        let c = load(
+            &text.replace("message_timeout_ms = 9000", "replication_factor = 3"),
+            &[("PW", "x")],
+        )
+        .unwrap();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        // The largest body must fit a message after encoding.
+        let e = load(
+            &text.replace("message_timeout_ms = 9000", "max_message_bytes = 1000000"),
+            &[("PW", "x")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("bus.max_message_bytes: 1000000 cannot hold the largest body"),
+            "{e}"
+        );
     }
 
     #[test]

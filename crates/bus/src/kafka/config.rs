@@ -44,8 +44,20 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     #[serde(default = "default_partitions")]
     pub partitions: i32,
+    /// Replicas of each topic the bridge creates; below 3 a broker loss can lose acknowledged
+    /// triggers (`check-config` warns). Topics are created with `min.insync.replicas` = 2 when
+    /// this allows (so `acks=all` means two copies).
     #[serde(default = "default_replication")]
     pub replication_factor: i32,
+    /// How long the triggers and dead-letter topics keep messages (`retention.ms` of the topics
+    /// the bridge creates): long, so that a stalled worker loses nothing that was answered 200.
+    #[serde(default = "default_retention_hours")]
+    pub retention_hours: u64,
+    /// Largest message the bridge produces (`message.max.bytes` of the producer and
+    /// `max.message.bytes` of the topics it creates). Must hold the ingress's largest body plus
+    /// the envelope (`check-config` checks); an order message over it is dead-lettered.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
     /// A consumer silent for this long is removed from its group.
     #[serde(default = "default_session_timeout")]
     pub session_timeout_ms: u32,
@@ -71,6 +83,37 @@ fn default_partitions() -> i32 {
 fn default_replication() -> i32 {
     1
 }
+fn default_retention_hours() -> u64 {
+    14 * 24
+}
+fn default_max_message_bytes() -> usize {
+    8 * 1024 * 1024
+}
+
+/// librdkafka properties the bridge sets itself (for its guarantees, or from its own keys):
+/// `properties` may not override them.
+pub(super) const OWN_PROPERTIES: [&str; 16] = [
+    "bootstrap.servers",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.username",
+    "sasl.password",
+    "ssl.ca.location",
+    "enable.idempotence",
+    "acks",
+    "message.timeout.ms",
+    "message.max.bytes",
+    "compression.type",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "isolation.level",
+];
+
+/// What an envelope adds to a body at most (fields, escaping of the few characters a JSON
+/// body has outside strings is none; headers and the key are apart): a generous bound.
+pub const ENVELOPE_OVERHEAD_BYTES: usize = 64 * 1024;
 fn default_session_timeout() -> u32 {
     10_000
 }
@@ -134,6 +177,12 @@ impl KafkaConfig {
             "must be at least 1",
         );
         check(self.partitions >= 1, "partitions", "must be at least 1");
+        check(self.retention_hours >= 1, "retention_hours", "must be at least 1");
+        check(
+            (ENVELOPE_OVERHEAD_BYTES * 2..=1_000_000_000).contains(&self.max_message_bytes),
+            "max_message_bytes",
+            "must be 128 KiB to 1,000,000,000",
+        );
         check(
             self.replication_factor >= 1,
             "replication_factor",
@@ -159,8 +208,22 @@ impl KafkaConfig {
             "sasl_username",
             "is needed with sasl_mechanism",
         );
+        for key in self.properties.keys() {
+            if OWN_PROPERTIES.contains(&key.as_str()) {
+                problems.push((
+                    format!("properties.{key}"),
+                    "is set by the bridge (its delivery guarantees or its own keys depend on it)"
+                        .to_owned(),
+                ));
+            }
+        }
         problems.extend(self.topics.validate());
         problems
+    }
+
+    /// Whether a body of `max_body_bytes` fits a message after encoding.
+    pub fn fits_body(&self, max_body_bytes: usize) -> bool {
+        max_body_bytes.saturating_add(ENVELOPE_OVERHEAD_BYTES) <= self.max_message_bytes
     }
 
     /// The librdkafka properties shared by producer, consumer and admin client.

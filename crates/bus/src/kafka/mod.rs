@@ -31,7 +31,9 @@ mod config;
 mod consume;
 mod produce;
 
-pub use config::{Compression, KafkaConfig, SaslMechanism, SecurityProtocol};
+pub use config::{
+    Compression, ENVELOPE_OVERHEAD_BYTES, KafkaConfig, SaslMechanism, SecurityProtocol,
+};
 
 /// How long one attempt to create or check the topics may take (start-up waits for the first).
 const TOPIC_SETUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -174,14 +176,26 @@ impl Shared {
             .client_config()
             .create()
             .map_err(|e| config_error("admin client", e))?;
+        // Durable by default: two in-sync copies where the replication allows, long retention of
+        // what is not yet processed, and room for the largest message the bridge produces.
+        let min_insync = c.replication_factor.clamp(1, 2).to_string();
+        let retention = (c.retention_hours.saturating_mul(3_600_000)).to_string();
+        let max_bytes = c.max_message_bytes.to_string();
         let new: Vec<NewTopic<'_>> = names
             .iter()
             .map(|n| {
-                NewTopic::new(
+                let topic = NewTopic::new(
                     n,
                     c.partitions,
                     TopicReplication::Fixed(c.replication_factor),
                 )
+                .set("min.insync.replicas", &min_insync)
+                .set("max.message.bytes", &max_bytes);
+                if **n == c.topics.orders {
+                    topic
+                } else {
+                    topic.set("retention.ms", &retention)
+                }
             })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(TOPIC_SETUP_TIMEOUT));

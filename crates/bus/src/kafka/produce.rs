@@ -18,6 +18,7 @@ pub(super) fn build_producer(c: &KafkaConfig) -> Result<FutureProducer<Context>,
         .set("acks", "all")
         .set("message.timeout.ms", c.message_timeout_ms.to_string())
         .set("compression.type", c.compression_type())
+        .set("message.max.bytes", c.max_message_bytes.to_string())
         .set("linger.ms", "2");
     cc.create_with_context(Context::default())
         .map_err(|e| config_error("producer", e))
