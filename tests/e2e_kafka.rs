@@ -227,10 +227,7 @@ async fn a_900_kb_event_is_delivered() {
     body["orderEvent"]["buyerOrder"]["description"] = serde_json::json!("x".repeat(900_000));
     let body = serde_json::to_vec(&body).unwrap();
     assert!(body.len() > 900_000, "{}", body.len());
-    let o = world
-        .sender(&bridge, 1)
-        .send(&Webhook::Post(body))
-        .await;
+    let o = world.sender(&bridge, 1).send(&Webhook::Post(body)).await;
     assert_eq!(o.status, Some(200), "{o:?}");
     let bus = world.bus().await;
     let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();

@@ -270,3 +270,50 @@ async fn a_worker_killed_with_sigkill_loses_nothing() {
     let (world, _names) = world(rabbitmq_uri(), 5000);
     support::worker_sigkill_loses_nothing(&world).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_orders_queue_pauses_the_worker_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let (world, _names) = world(rabbitmq_uri(), 5000);
+    // The ERP is not consuming, and its queue holds at most 5.
+    let text = std::fs::read_to_string(&world.config).unwrap().replacen(
+        "[bus]\n",
+        "[bus]\norders_max_length = 5\n",
+        1,
+    );
+    std::fs::write(&world.config, text).unwrap();
+    let bridge = world.start_bridge();
+    wait_ready(&bridge, 200, Duration::from_secs(20)).await;
+    let sender = world.sender(&bridge, 1);
+    let mut accepted = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        let body = orders::event(
+            &format!("full-{i}"),
+            2,
+            "OrderLinesUpdatedByBuyer",
+            &format!("full-{i}"),
+        );
+        let o = sender
+            .send(&Webhook::Post(serde_json::to_vec(&body).unwrap()))
+            .await;
+        assert_eq!(o.status, Some(200), "the triggers queue is healthy: {o:?}");
+        accepted.insert(o.trigger_id.unwrap());
+    }
+    // The worker sees RabbitMQ refuse its outputs (a nack) and pauses: readiness goes red.
+    wait_ready(&bridge, 503, Duration::from_secs(30)).await;
+    // The ERP catches up: every trigger arrives (none was acked before its output was taken, none
+    // dead-lettered), and the worker goes on by itself.
+    assert_all_delivered(&world, &accepted).await;
+    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
+    let bus = world.bus().await;
+    let mut dead = bus
+        .consumer(&bus.topics.dead_letters, Some("ops"))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), dead.next())
+            .await
+            .is_err(),
+        "nothing dead-lettered"
+    );
+}

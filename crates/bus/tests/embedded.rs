@@ -272,7 +272,9 @@ async fn one_consumer_per_group_and_topic_per_file() {
     tcb_bus::ConsumerOpener::consumer(&b, "u", Some("worker"))
         .await
         .unwrap();
-    tcb_bus::ConsumerOpener::consumer(&b, "t", None).await.unwrap();
+    tcb_bus::ConsumerOpener::consumer(&b, "t", None)
+        .await
+        .unwrap();
     drop(first);
     tcb_bus::ConsumerOpener::consumer(&b, "t", Some("worker"))
         .await

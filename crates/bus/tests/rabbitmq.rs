@@ -26,6 +26,7 @@ fn config(prefix: &str, queue_type: QueueType) -> RabbitMqConfig {
         dead_letter_exchange: format!("{prefix}.dlx"),
         delivery_limit: 3,
         single_active_consumer: true,
+        orders_max_length: None,
         publish_channels: 2,
         connect_timeout_ms: 5_000,
         tail_streams: true,
@@ -119,6 +120,83 @@ async fn an_unroutable_publish_is_an_error_and_an_unacked_delivery_comes_again()
     let again = next(&mut consumer).await;
     assert_eq!(again.message.headers["n"], "2");
     again.ack().await.unwrap();
+    cleanup(&c).await;
+}
+
+#[tokio::test]
+async fn a_full_orders_queue_refuses_publishes_until_it_is_consumed() {
+    let mut c = config(&unique(), QueueType::Quorum);
+    c.orders_max_length = Some(2);
+    let bus = connect(&BusConfig::Rabbitmq(c.clone())).await.unwrap();
+    ready(&bus).await;
+    let p = bus.publisher();
+    // A quorum queue's limit is soft (it refuses once it is over it): within a few, a nack.
+    let mut accepted = 0;
+    let refused = loop {
+        match p.publish(&c.topics.orders, msg("k", accepted + 1)).await {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted <= 4, "a queue limited to 2 took {accepted}");
+    };
+    assert!(
+        matches!(refused, BusError::Rejected { .. }) && refused.is_transient(),
+        "{refused}"
+    );
+    let mut erp = bus.consumer(&c.topics.orders, Some("erp")).await.unwrap();
+    for n in 1..=accepted {
+        let d = next(&mut erp).await;
+        assert_eq!(d.message.headers["n"], n.to_string());
+        d.ack().await.unwrap();
+    }
+    // Room again: the refused message goes in now.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p
+        .publish(&c.topics.orders, msg("k", accepted + 1))
+        .await
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "still refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        next(&mut erp).await.message.headers["n"],
+        (accepted + 1).to_string()
+    );
+    cleanup(&c).await;
+}
+
+#[tokio::test]
+async fn a_queue_declared_with_other_arguments_is_used_as_it_is() {
+    // An older bridge declared the triggers queue without reject-publish: RabbitMQ refuses to
+    // change its arguments, and the bridge must connect all the same.
+    let c = config(&unique(), QueueType::Quorum);
+    let conn = lapin::Connection::connect(&uri(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut old = lapin::types::FieldTable::default();
+    old.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        c.topics.triggers.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        old,
+    )
+    .await
+    .unwrap();
+    let bus = connect(&BusConfig::Rabbitmq(c.clone())).await.unwrap();
+    ready(&bus).await;
+    bus.publisher()
+        .publish(&c.topics.triggers, msg("k", 1))
+        .await
+        .unwrap();
+    let _ = conn.close(200, "done".into()).await;
     cleanup(&c).await;
 }
 

@@ -177,7 +177,11 @@ impl KafkaConfig {
             "must be at least 1",
         );
         check(self.partitions >= 1, "partitions", "must be at least 1");
-        check(self.retention_hours >= 1, "retention_hours", "must be at least 1");
+        check(
+            self.retention_hours >= 1,
+            "retention_hours",
+            "must be at least 1",
+        );
         check(
             (ENVELOPE_OVERHEAD_BYTES * 2..=1_000_000_000).contains(&self.max_message_bytes),
             "max_message_bytes",

@@ -34,6 +34,11 @@ pub struct RabbitMqConfig {
     /// Deliver the triggers queue to one worker at a time (keeps each order in sequence).
     #[serde(default = "default_true")]
     pub single_active_consumer: bool,
+    /// A length limit on the orders queue (`x-max-length`), for an ERP that may fall far behind:
+    /// when it is reached RabbitMQ refuses publishes (`reject-publish`), the worker pauses (its
+    /// bus breaker opens) and goes on once the ERP has consumed. Unset: no limit.
+    #[serde(default)]
+    pub orders_max_length: Option<u64>,
     /// Channels publishing in parallel, each in confirm mode.
     #[serde(default = "default_channels")]
     pub publish_channels: usize,

@@ -70,7 +70,7 @@ struct RabbitConsumer {
 
 impl RabbitConsumer {
     async fn subscribe(&mut self) -> Result<(), BusError> {
-        let mut rx = self.bus.inner.link.subscribe();
+        let mut rx = self.bus.consume_slot().link.subscribe();
         let link = rx
             .wait_for(|l| l.as_ref().is_some_and(|l| l.healthy()))
             .await
@@ -111,7 +111,7 @@ impl RabbitConsumer {
                 Ok(())
             }
             Err(e) => {
-                self.bus.inner.broken.notify_one();
+                self.bus.consume_slot().broken.notify_one();
                 Err(unavailable(format!("cannot consume {queue}"), Some(e)))
             }
         }
@@ -195,7 +195,7 @@ impl Consumer for RabbitConsumer {
                 }
                 Some(Err(e)) => {
                     self.stream = None;
-                    self.bus.inner.broken.notify_one();
+                    self.bus.consume_slot().broken.notify_one();
                     return Err(unavailable(
                         format!("consuming {} failed", self.topic),
                         Some(e),
@@ -204,7 +204,7 @@ impl Consumer for RabbitConsumer {
                 None => {
                     // The channel closed (connection lost, queue deleted): resubscribe.
                     self.stream = None;
-                    self.bus.inner.broken.notify_one();
+                    self.bus.consume_slot().broken.notify_one();
                     if self.bus.inner.stop.is_cancelled() {
                         return Err(BusError::Closed);
                     }

@@ -66,13 +66,48 @@ impl Link {
     }
 }
 
-struct Inner {
-    config: RabbitMqConfig,
-    uri: AMQPUri,
+/// Which connection: publishing and consuming never share one, so a consumer's flow control or
+/// a slow ack never stalls a publisher confirm (and the reverse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Declares the topology and keeps the confirm-mode publish channels.
+    Publish,
+    /// Carries the consumers' channels; connected on the first consumer.
+    Consume,
+}
+
+/// One supervised connection.
+struct Slot {
     link: watch::Sender<Option<Arc<Link>>>,
     /// Wakes the supervisor when a user of the link saw it fail.
     broken: Notify,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Self {
+            link: watch::channel(None).0,
+            broken: Notify::new(),
+        }
+    }
+}
+
+struct Inner {
+    config: RabbitMqConfig,
+    uri: AMQPUri,
+    publish: Slot,
+    consume: Slot,
+    consume_started: std::sync::Once,
     stop: CancellationToken,
+}
+
+impl Inner {
+    fn slot(&self, role: Role) -> &Slot {
+        match role {
+            Role::Publish => &self.publish,
+            Role::Consume => &self.consume,
+        }
+    }
 }
 
 /// A RabbitMQ connection kept alive by a supervisor task. Cheap to clone.
@@ -104,47 +139,67 @@ impl RabbitMq {
         let uri = config
             .parsed_uri()
             .map_err(|e| BusError::Config(format!("bus.uri: {e}")))?;
-        let (link, _) = watch::channel(None);
         let inner = Arc::new(Inner {
             config: config.clone(),
             uri,
-            link,
-            broken: Notify::new(),
+            publish: Slot::new(),
+            consume: Slot::new(),
+            consume_started: std::sync::Once::new(),
             stop: CancellationToken::new(),
         });
-        tokio::spawn(supervise(Arc::downgrade(&inner), inner.stop.clone()));
+        tokio::spawn(supervise(
+            Arc::downgrade(&inner),
+            Role::Publish,
+            inner.stop.clone(),
+        ));
         Ok(Self { inner })
     }
 
+    /// The publishing link, when it is healthy.
     fn current(&self) -> Result<Arc<Link>, BusError> {
-        match self.inner.link.borrow().as_ref() {
+        let slot = &self.inner.publish;
+        match slot.link.borrow().as_ref() {
             Some(link) if link.healthy() => Ok(link.clone()),
             Some(_) => {
-                self.inner.broken.notify_one();
+                slot.broken.notify_one();
                 Err(unavailable("the connection is lost; reconnecting", None))
             }
             None => Err(unavailable("not connected", None)),
         }
     }
 
-    /// Closes the connection cleanly and stops reconnecting (graceful shutdown: lapin's I/O task
-    /// then ends on its own instead of being cancelled mid-read when the runtime stops).
+    /// The consuming connection's slot, its supervisor started on first use.
+    fn consume_slot(&self) -> &Slot {
+        self.inner.consume_started.call_once(|| {
+            tokio::spawn(supervise(
+                Arc::downgrade(&self.inner),
+                Role::Consume,
+                self.inner.stop.clone(),
+            ));
+        });
+        &self.inner.consume
+    }
+
+    /// Closes the connections cleanly and stops reconnecting (graceful shutdown: lapin's I/O
+    /// tasks then end on their own instead of being cancelled mid-read when the runtime stops).
     pub async fn close(&self) {
         self.inner.stop.cancel();
-        let link = self.inner.link.send_replace(None);
-        if let Some(link) = link {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                link.connection.close(200, "shutting down".into()),
-            )
-            .await;
+        for slot in [&self.inner.publish, &self.inner.consume] {
+            if let Some(link) = slot.link.send_replace(None) {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    link.connection.close(200, "shutting down".into()),
+                )
+                .await;
+            }
         }
     }
 }
 
-/// Keeps a healthy link published on the watch channel: connect with back-off, declare the
-/// topology, open the publish channels; then watch the link and start over when it breaks.
-async fn supervise(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
+/// Keeps a healthy link of `role` published on its watch channel: connect with back-off (the
+/// publishing one also declares the topology and opens the publish channels); then watch the
+/// link and start over when it breaks.
+async fn supervise(inner: std::sync::Weak<Inner>, role: Role, stop: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let Some(strong) = inner.upgrade() else {
@@ -152,14 +207,14 @@ async fn supervise(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
         };
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
-            connected = connect(&strong) => connected,
+            connected = connect(&strong, role) => connected,
         };
         match connected {
             Ok(link) => {
-                tracing::info!(exchange = %strong.config.exchange, "connected to RabbitMQ");
+                tracing::info!(exchange = %strong.config.exchange, ?role, "connected to RabbitMQ");
                 backoff.reset();
                 let link = Arc::new(link);
-                strong.link.send_replace(Some(link.clone()));
+                strong.slot(role).link.send_replace(Some(link.clone()));
                 drop(strong);
                 // Watch the link until it breaks or a user reports it broken.
                 loop {
@@ -169,12 +224,12 @@ async fn supervise(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
                     // A user that saw the link fail wakes the check early.
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = strong.broken.notified() => {}
+                        _ = strong.slot(role).broken.notified() => {}
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                     }
                     if !link.healthy() {
-                        tracing::warn!("RabbitMQ connection lost; reconnecting");
-                        strong.link.send_replace(None);
+                        tracing::warn!(?role, "RabbitMQ connection lost; reconnecting");
+                        strong.slot(role).link.send_replace(None);
                         let _ = tokio::time::timeout(
                             Duration::from_secs(1),
                             link.connection.close(200, "reconnecting".into()),
@@ -185,7 +240,7 @@ async fn supervise(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e.chain(), retry_in_ms = backoff.base().as_millis() as u64, "cannot connect to RabbitMQ");
+                tracing::warn!(error = %e.chain(), ?role, retry_in_ms = backoff.base().as_millis() as u64, "cannot connect to RabbitMQ");
                 drop(strong);
                 if !backoff.wait(&stop).await {
                     return;
@@ -195,20 +250,30 @@ async fn supervise(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
     }
 }
 
-async fn connect(inner: &Inner) -> Result<Link, BusError> {
+async fn connect(inner: &Inner, role: Role) -> Result<Link, BusError> {
     let c = &inner.config;
     let timeout = Duration::from_millis(c.connect_timeout_ms);
-    let props = ConnectionProperties::default().with_connection_name("tradecloud-bridge".into());
+    let name = match role {
+        Role::Publish => "tradecloud-bridge (publish)",
+        Role::Consume => "tradecloud-bridge (consume)",
+    };
+    let props = ConnectionProperties::default().with_connection_name(name.into());
     let connection =
         tokio::time::timeout(timeout, Connection::connect_uri(inner.uri.clone(), props))
             .await
             .map_err(|_| BusError::Timeout(timeout))?
             // lapin's error may quote the URI: keep only its text, without the password.
             .map_err(|e| unavailable(strip_secret(&e.to_string(), &c.uri), None))?;
+    if role == Role::Consume {
+        // Consumers open their own channels on it.
+        return Ok(Link {
+            connection,
+            channels: Vec::new(),
+            next: AtomicUsize::new(0),
+        });
+    }
     let setup = async {
-        let ch = connection.create_channel().await?;
-        declare_topology(&ch, c).await?;
-        let _ = ch.close(200, "topology declared".into()).await;
+        declare_topology(&connection, c).await?;
         if c.tail_streams {
             declare_tail_streams(&connection, c).await;
         }
@@ -237,14 +302,36 @@ async fn connect(inner: &Inner) -> Result<Link, BusError> {
     }
 }
 
-fn queue_args(c: &RabbitMqConfig, triggers: bool) -> FieldTable {
+/// A topic's queue's arguments. Every queue refuses publishes when full (`reject-publish`: the
+/// publisher gets a nack, the ingress answers 503, the worker waits) instead of dropping the
+/// oldest message; the triggers queue (quorum) dead-letters at least once.
+fn queue_args(c: &RabbitMqConfig, topic: &str) -> FieldTable {
     let mut args = FieldTable::default();
     let kind = match c.queue_type {
         QueueType::Quorum => "quorum",
         QueueType::Classic => "classic",
     };
     args.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
-    if triggers {
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    if topic == c.topics.orders
+        && let Some(limit) = c.orders_max_length
+    {
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(i64::try_from(limit).unwrap_or(i64::MAX)),
+        );
+    }
+    if topic == c.topics.triggers {
+        if c.queue_type == QueueType::Quorum {
+            // RabbitMQ's own dead-lettering (past the delivery limit) is at-most-once otherwise.
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
+        }
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(c.dead_letter_exchange.as_str().into()),
@@ -289,7 +376,39 @@ fn binding(topic: &str) -> String {
     format!("{topic}.*")
 }
 
-async fn declare_topology(ch: &Channel, c: &RabbitMqConfig) -> Result<(), lapin::Error> {
+/// Declares `queue`; one that exists with other arguments (declared by an older bridge) is used
+/// as it is, with a warning that says how to bring it up to date: RabbitMQ refuses to change a
+/// queue's arguments, and a refusal must not keep the bridge from connecting.
+async fn declare_queue(
+    connection: &Connection,
+    ch: &mut Channel,
+    queue: &str,
+    args: FieldTable,
+) -> Result<(), lapin::Error> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    match ch.queue_declare(queue.into(), durable, args).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("PRECONDITION_FAILED") => {
+            // The refusal closed the channel.
+            *ch = connection.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            ch.queue_declare(queue.into(), passive, FieldTable::default())
+                .await?;
+            tracing::warn!(queue, error = %e, "the queue exists with other arguments (an older bridge declared it) and is used as it is; to get reject-publish and at-least-once dead-lettering, apply them as a policy (docs/rabbitmq.md)");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn declare_topology(connection: &Connection, c: &RabbitMqConfig) -> Result<(), lapin::Error> {
+    let mut ch = connection.create_channel().await?;
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -308,23 +427,10 @@ async fn declare_topology(ch: &Channel, c: &RabbitMqConfig) -> Result<(), lapin:
         FieldTable::default(),
     )
     .await?;
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
     let t = &c.topics;
-    for (queue, is_triggers) in [
-        (&t.triggers, true),
-        (&t.orders, false),
-        (&t.dead_letters, false),
-    ] {
-        ch.queue_declare(
-            queue.as_str().into(),
-            durable_queue,
-            queue_args(c, is_triggers),
-        )
-        .await?;
-        bind(ch, queue, &c.exchange, &binding(queue)).await?;
+    for queue in [&t.triggers, &t.orders, &t.dead_letters] {
+        declare_queue(connection, &mut ch, queue, queue_args(c, queue)).await?;
+        bind(&ch, queue, &c.exchange, &binding(queue)).await?;
         // Before 2026-11 queues were bound with `T.#`, which also matched topics whose names
         // extend `T`: remove it (a no-op where it does not exist).
         ch.queue_unbind(
@@ -335,7 +441,9 @@ async fn declare_topology(ch: &Channel, c: &RabbitMqConfig) -> Result<(), lapin:
         )
         .await?;
     }
-    bind(ch, &t.dead_letters, &c.dead_letter_exchange, "").await
+    bind(&ch, &t.dead_letters, &c.dead_letter_exchange, "").await?;
+    let _ = ch.close(200, "topology declared".into()).await;
+    Ok(())
 }
 
 /// The topics that get a tail stream: the orders and the dead letters. Not the triggers: a copy

@@ -90,7 +90,7 @@ impl Publisher for RabbitMq {
                 source: None,
             }),
             Err(e) => {
-                self.inner.broken.notify_one();
+                self.inner.publish.broken.notify_one();
                 Err(unavailable(
                     format!("publishing to {topic} failed"),
                     Some(e),
