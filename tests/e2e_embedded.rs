@@ -616,3 +616,11 @@ async fn the_webhook_speaks_tls_1_2_and_1_3() {
         assert_eq!(r.status(), 200, "{name}");
     }
 }
+
+/// One order failing for ever among 50 that flow, Tradecloud down for 60 s, the credentials
+/// revoked and restored: every trigger answered 200 ends delivered or dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_lose_nothing() {
+    let world = World::new(1 << 20);
+    support::faults_lose_nothing(&world, Duration::from_secs(60)).await;
+}

@@ -241,3 +241,11 @@ async fn a_900_kb_event_is_delivered() {
         Some(900_000)
     );
 }
+
+/// One order failing for ever among 50 that flow, Tradecloud down for 15 s, the credentials
+/// revoked and restored: every trigger answered 200 ends delivered or dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_lose_nothing() {
+    let world = world(kafka_bootstrap(), 5000);
+    support::faults_lose_nothing(&world, Duration::from_secs(15)).await;
+}

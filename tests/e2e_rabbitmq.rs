@@ -317,3 +317,12 @@ async fn a_full_orders_queue_pauses_the_worker_and_loses_nothing() {
         "nothing dead-lettered"
     );
 }
+
+/// One order failing for ever among 50 that flow, Tradecloud down for 15 s, the credentials
+/// revoked and restored: every trigger answered 200 ends delivered or dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_lose_nothing() {
+    let _serial = SERIAL.lock().await;
+    let (world, _names) = world(rabbitmq_uri(), 5000);
+    support::faults_lose_nothing(&world, Duration::from_secs(15)).await;
+}

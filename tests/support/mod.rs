@@ -137,6 +137,7 @@ auth = {{ kind = "basic", username = "{USER}", password = "${{E2E_WEBHOOK_PASSWO
 lanes = 8
 retry_initial_ms = 50
 retry_max_ms = 1000
+max_attempts = 6
 not_found_attempts = 2
 not_found_delay_ms = 100
 
@@ -701,4 +702,173 @@ pub async fn worker_sigkill_loses_nothing(world: &World) {
     seen.extend(trigger_ids(&rest));
     let missing: Vec<_> = accepted.difference(&seen).collect();
     assert!(missing.is_empty(), "lost: {missing:?}");
+}
+
+/// Waits until every trigger in `accepted` has ended on the orders topic or the dead-letter
+/// topic (none lost); returns the delivered ids and the dead letters' headers by trigger id.
+pub async fn assert_all_settled(
+    world: &World,
+    accepted: &BTreeSet<String>,
+    within: Duration,
+) -> (
+    BTreeSet<String>,
+    std::collections::BTreeMap<String, tcb_bus::Headers>,
+) {
+    let bus = world.bus().await;
+    let mut orders = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
+    let mut dead = bus
+        .consumer(&bus.topics.dead_letters, Some("ops"))
+        .await
+        .unwrap();
+    let mut delivered = BTreeSet::new();
+    let mut dead_letters = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + within;
+    loop {
+        let settled: BTreeSet<String> = delivered
+            .iter()
+            .chain(dead_letters.keys())
+            .cloned()
+            .collect();
+        let missing: Vec<&String> = accepted.difference(&settled).collect();
+        if missing.is_empty() {
+            return (delivered, dead_letters);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged triggers neither delivered nor dead-lettered: {:?}",
+            missing.len(),
+            accepted.len(),
+            missing.iter().take(5).collect::<Vec<_>>()
+        );
+        tokio::select! {
+            d = orders.next() => {
+                let d = d.unwrap();
+                let order = tcb_model::codec::decode_order(&d.message).unwrap();
+                delivered.insert(order.trigger.id.to_string());
+                d.ack().await.unwrap();
+            }
+            d = dead.next() => {
+                let d = d.unwrap();
+                let h = d.message.headers.clone();
+                if let Some(id) = h.get(tcb_model::codec::header::TRIGGER_ID) {
+                    dead_letters.insert(id.clone(), h);
+                }
+                d.ack().await.unwrap();
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// Fires `webhooks` one after another; the trigger ids of those answered 200.
+pub async fn fire(
+    sender: &Sender,
+    webhooks: impl IntoIterator<Item = Webhook>,
+) -> BTreeSet<String> {
+    let mut accepted = BTreeSet::new();
+    for w in webhooks {
+        let o = sender.send(&w).await;
+        assert_eq!(o.status, Some(200), "{w:?}: {o:?}");
+        accepted.insert(o.trigger_id.unwrap());
+    }
+    accepted
+}
+
+fn event_webhook(order: &str, version: u64, n: usize) -> Webhook {
+    let body = orders::event(
+        order,
+        version,
+        "OrderLinesUpdatedByBuyer",
+        &format!("{order}-{n}"),
+    );
+    Webhook::Post(serde_json::to_vec(&body).unwrap())
+}
+
+/// The fault scenario of each backend, ingress and worker as separate processes: one order that
+/// Tradecloud answers 500 for ever among 50 that flow; Tradecloud down for `down`; the
+/// credentials revoked and restored. Every trigger answered 200 ends delivered or dead-lettered.
+pub async fn faults_lose_nothing(world: &World, down: Duration) {
+    let ingress = world.start("ingress");
+    let worker = world.start("worker");
+    wait_ready(&ingress, 200, Duration::from_secs(30)).await;
+    let sender = world.sender(&ingress, 1);
+
+    // 1. One order failing for ever among 50 that flow: 201 triggers.
+    world.sim.fail_order("stuck-order", 500);
+    let started = Instant::now();
+    let mut first = fire(&sender, [Webhook::GetPath("stuck-order".to_owned())]).await;
+    let stuck_id = first.iter().next().cloned().unwrap();
+    first.extend(
+        fire(
+            &sender,
+            (0..50).flat_map(|i| {
+                let order = format!("flow-{i}");
+                [
+                    event_webhook(&order, 2, 1),
+                    Webhook::GetPath(order.clone()),
+                    event_webhook(&order, 3, 2),
+                    Webhook::GetQuery(order.clone()),
+                ]
+            }),
+        )
+        .await,
+    );
+    let (delivered, dead) = assert_all_settled(world, &first, Duration::from_secs(120)).await;
+    eprintln!(
+        "faults: {} triggers settled in {:?} ({} delivered, {} dead-lettered)",
+        first.len(),
+        started.elapsed(),
+        delivered.len(),
+        dead.len()
+    );
+    assert_eq!(dead.len(), 1, "only the stuck order: {dead:?}");
+    let h = &dead[&stuck_id];
+    assert_eq!(h[tcb_model::codec::header::DEAD_LETTER_ATTEMPTS], "6");
+    assert!(
+        h[tcb_model::codec::header::DEAD_LETTER_REASON].contains("500"),
+        "{h:?}"
+    );
+
+    // 2. Tradecloud down: the worker pauses, nothing is dead-lettered, all arrive after.
+    world.sim.set_down(true);
+    let down_at = Instant::now();
+    let second = fire(
+        &sender,
+        (0..30).map(|i| Webhook::GetPath(format!("down-{i}"))),
+    )
+    .await;
+    wait_ready(&worker, 503, Duration::from_secs(30)).await;
+    tokio::time::sleep(down.saturating_sub(down_at.elapsed())).await;
+    world.sim.set_down(false);
+    let up_at = Instant::now();
+    let (_, dead) = assert_all_settled(world, &second, Duration::from_secs(120)).await;
+    assert!(
+        dead.is_empty(),
+        "nothing dead-lettered while down: {dead:?}"
+    );
+    eprintln!(
+        "faults: Tradecloud down {:?}: 30 triggers delivered {:?} after it came back",
+        down,
+        up_at.elapsed()
+    );
+    wait_ready(&worker, 200, Duration::from_secs(30)).await;
+
+    // 3. Credentials revoked, then restored.
+    world.sim.set_credentials_revoked(true);
+    let third = fire(
+        &sender,
+        (0..20).map(|i| Webhook::GetPath(format!("revoked-{i}"))),
+    )
+    .await;
+    wait_ready(&worker, 503, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    world.sim.set_credentials_revoked(false);
+    let (_, dead) = assert_all_settled(world, &third, Duration::from_secs(120)).await;
+    assert!(
+        dead.is_empty(),
+        "nothing dead-lettered while refused: {dead:?}"
+    );
+    let api = world.sim.stats();
+    assert_eq!(api.rate_limited, 0, "{api:?}");
+    eprintln!("faults: Tradecloud saw {api:?}");
 }

@@ -360,6 +360,9 @@ async fn refresh(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         return HttpResponse::BadRequest()
             .json(json!({"message": "refresh takes only Refresh-Token"}));
     }
+    if state.revoked.load(Ordering::SeqCst) {
+        return unauthorized(&state);
+    }
     let token = req
         .headers()
         .get("Refresh-Token")

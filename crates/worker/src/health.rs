@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 /// First pause after a systemic failure; it doubles while the failure persists.
 const COOLDOWN_INITIAL: Duration = Duration::from_secs(5);
-const COOLDOWN_MAX: Duration = Duration::from_secs(60);
+const COOLDOWN_MAX: Duration = Duration::from_secs(30);
 
 /// Pauses work that cannot succeed for anyone right now (Tradecloud refuses the credentials, the
 /// bus is down) instead of burning triggers on it. Open: callers wait; after the cooldown one
