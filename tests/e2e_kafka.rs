@@ -123,10 +123,13 @@ async fn separate_processes_deliver_keyed_messages_with_headers_and_dead_letter_
     tail.assert_no_panic();
 }
 
-/// The partitions a worker holds now (its admin `/metrics`).
-async fn assigned(worker: &Bridge) -> f64 {
+/// The partitions a worker of `world` holds now (its admin `/metrics`).
+async fn assigned(world: &World, worker: &Bridge) -> f64 {
     worker
-        .metric("tcb_kafka_assigned_partitions{group=\"tradecloud-bridge-worker\"}")
+        .metric(&format!(
+            "tcb_kafka_assigned_partitions{{group=\"{}\"}}",
+            world.group
+        ))
         .await
 }
 
@@ -145,12 +148,12 @@ async fn two_workers_in_one_group_share_the_partitions() {
     let b = world.start("worker");
     // Both members hold half of the 4 partitions before any trigger is sent.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !(assigned(&a).await == 2.0 && assigned(&b).await == 2.0) {
+    while !(assigned(&world, &a).await == 2.0 && assigned(&world, &b).await == 2.0) {
         assert!(
             Instant::now() < deadline,
             "the group did not settle: a={} b={}",
-            assigned(&a).await,
-            assigned(&b).await
+            assigned(&world, &a).await,
+            assigned(&world, &b).await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

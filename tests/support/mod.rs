@@ -107,6 +107,8 @@ pub struct World {
     pub cert: DevCertificate,
     pub config: PathBuf,
     pub backend: Backend,
+    /// The worker's consumer group.
+    pub group: String,
 }
 
 impl World {
@@ -122,6 +124,7 @@ impl World {
             Simulator::start(sim_config.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         let cert = ensure_dev_certificate(&dir.path().join("tls")).unwrap();
         let config = dir.path().join("bridge.toml");
+        let group = unique("tcb-e2e-worker");
         let text = format!(
             r#"
 {bus}
@@ -134,6 +137,9 @@ tls = {{ mode = "files", cert = "{cert}", key = "{key}" }}
 auth = {{ kind = "basic", username = "{USER}", password = "${{E2E_WEBHOOK_PASSWORD}}" }}
 
 [worker]
+# A group of its own: tests run in parallel, and on Kafka one group spans topics (a shared group
+# would rebalance every test's workers whenever any test's worker comes or goes).
+group = "{group}"
 lanes = 8
 retry_initial_ms = 50
 retry_max_ms = 1000
@@ -171,6 +177,7 @@ log_level = "info"
             cert,
             config,
             backend,
+            group,
         }
     }
 
