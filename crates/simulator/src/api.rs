@@ -428,7 +428,11 @@ async fn get_order(
     if let Some(status) = failing {
         let status = actix_web::http::StatusCode::from_u16(status)
             .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-        return HttpResponse::build(status).json(json!({"message": "this order fails"}));
+        let mut answer = HttpResponse::build(status);
+        if status.as_u16() == 429 || status.as_u16() == 503 {
+            answer.insert_header((header::RETRY_AFTER, "2"));
+        }
+        return answer.json(json!({"message": "this order fails"}));
     }
     if id.starts_with("missing") {
         return HttpResponse::NotFound().json(json!({"message": "order not found"}));

@@ -22,6 +22,8 @@ pub const WORKER_RETRIES: &str = "tcb_worker_retries_total";
 pub const WORKER_PAUSED: &str = "tcb_worker_paused";
 /// Triggers the worker holds (received, not yet settled).
 pub const WORKER_HELD: &str = "tcb_worker_held_triggers";
+/// When the worker last made progress (an attempt ended, a trigger settled), Unix seconds.
+pub const WORKER_LAST_PROGRESS: &str = "tcb_worker_last_progress_timestamp_seconds";
 /// Triggers dead-lettered after their retries ran out, by `what` (`fetch`, `publish`).
 pub const WORKER_EXHAUSTED: &str = "tcb_worker_retries_exhausted_total";
 
@@ -95,4 +97,13 @@ pub fn worker_held(n: usize) {
 /// A trigger's retries ran out.
 pub fn retries_exhausted(what: &'static str) {
     metrics::counter!(WORKER_EXHAUSTED, "what" => what).increment(1);
+}
+
+/// The worker made progress now.
+pub fn worker_progress() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    metrics::gauge!(WORKER_LAST_PROGRESS).set(now);
 }

@@ -176,3 +176,51 @@ async fn the_rate_limit_holds_requests_to_the_configured_rate() {
         start.elapsed()
     );
 }
+
+#[tokio::test]
+async fn retry_after_and_403_are_reported() {
+    let sim = sim(SimConfig::default());
+    let c = client(&sim, &good_password(), 100);
+    sim.fail_order("busy", 503);
+    match c.get_order("busy").await.unwrap_err() {
+        TradecloudError::Status {
+            status: 503,
+            retry_after,
+            ..
+        } => assert_eq!(retry_after, Some(Duration::from_secs(2))),
+        other => panic!("{other:?}"),
+    }
+    sim.set_forbidden(true);
+    let e = c.get_order("o-1").await.unwrap_err();
+    assert!(matches!(e, TradecloudError::Forbidden(_)), "{e}");
+}
+
+#[tokio::test]
+async fn a_refused_login_is_not_tried_again_at_once() {
+    let sim = sim(SimConfig::default());
+    let c = client(&sim, "wrong-password", 100);
+    for _ in 0..3 {
+        let e = c.get_order("o-1").await.unwrap_err();
+        assert!(matches!(e, TradecloudError::Unauthorized(_)), "{e}");
+    }
+    assert_eq!(
+        sim.stats().unauthorized,
+        1,
+        "one refused login; the others failed without asking"
+    );
+}
+
+#[tokio::test]
+async fn a_share_of_zero_holds_requests_until_it_is_lifted() {
+    let sim = sim(SimConfig::default());
+    let c = client(&sim, &good_password(), 100);
+    c.get_order("o-1").await.unwrap();
+    c.set_rate_share(0.0);
+    let held = tokio::time::timeout(Duration::from_millis(1500), c.get_order("o-2")).await;
+    assert!(held.is_err(), "no request while the share is 0");
+    c.set_rate_share(1.0);
+    tokio::time::timeout(Duration::from_secs(5), c.get_order("o-2"))
+        .await
+        .expect("goes on once the share is lifted")
+        .unwrap();
+}

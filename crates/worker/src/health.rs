@@ -200,6 +200,7 @@ impl Progress {
         if let Ok(mut last) = self.last_step.lock() {
             *last = Some(Instant::now());
         }
+        tcb_telemetry::metrics::worker_progress();
     }
 
     pub fn held(&self) -> usize {

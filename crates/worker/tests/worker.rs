@@ -664,3 +664,25 @@ async fn a_panicking_task_fails_the_worker() {
     let e = result.unwrap_err();
     assert!(matches!(e, tcb_worker::WorkerError::Panicked(_)), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_pauses_instead_of_dead_lettering_every_get() {
+    let f = fixture().await;
+    f.sim.set_forbidden(true);
+    for i in 0..5 {
+        f.publish(&get(&format!("forbidden-{i}"))).await;
+    }
+    let (cancel, health, task) = start_worker(&f);
+    eventually("the worker pauses", Duration::from_secs(10), || {
+        use tcb_telemetry::health::Probe;
+        health
+            .unready()
+            .is_some_and(|r| r.contains("integration role"))
+    })
+    .await;
+    nothing_on(&f, &f.bus.topics.dead_letters, Duration::from_secs(1)).await;
+    f.sim.set_forbidden(false);
+    assert_eq!(f.read(&f.bus.topics.orders, 5).await.len(), 5);
+    cancel.cancel();
+    task.await.unwrap();
+}
