@@ -171,7 +171,8 @@ pub trait Publisher: Send + Sync + 'static {
 /// Yields deliveries from one topic for one consumer group.
 #[async_trait]
 pub trait Consumer: Send + 'static {
-    /// The next delivery; waits until one is there.
+    /// The next delivery; waits until one is there. Cancel-safe: a caller may drop the future (in
+    /// a `select!`) without losing a delivery.
     async fn next(&mut self) -> Result<Delivery, BusError>;
 
     /// This consumer's share of the topic among its group's members, kept current (Kafka: the

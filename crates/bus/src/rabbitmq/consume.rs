@@ -174,14 +174,19 @@ impl Consumer for RabbitConsumer {
                         ..Message::default()
                     };
                     let acker = if self.tail {
-                        // A stream keeps its messages: the ack only grants credit for more.
+                        // A stream keeps its messages: the ack only grants credit for more. It is
+                        // sent from a task of its own: no await between taking the delivery and
+                        // returning it, so a caller that drops this future (a `select!`) loses
+                        // nothing.
                         if let Some(offset) = stream_offset {
                             self.next_offset = Some(offset + 1);
                         }
-                        d.acker
-                            .ack(BasicAckOptions::default())
-                            .await
-                            .map_err(|e| unavailable("acknowledging a stream delivery", Some(e)))?;
+                        let credit = d.acker;
+                        tokio::spawn(async move {
+                            if let Err(e) = credit.ack(BasicAckOptions::default()).await {
+                                tracing::debug!(error = %e, "acknowledging a stream delivery");
+                            }
+                        });
                         None
                     } else {
                         Some(d.acker)
