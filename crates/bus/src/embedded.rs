@@ -250,9 +250,10 @@ impl EmbeddedStore {
 }
 
 /// Deletes messages older than the retention that every known consumer group of their topic has
-/// acked, and their acks. A group is known from when it first consumes the topic until it has not
-/// consumed or acked for longer than the retention. A message of a topic no group consumes, or one
-/// a group has not acked, is kept however old it is: nothing acknowledged to Tradecloud is lost.
+/// acked, and their acks. A group is known from when it first consumes the topic until an
+/// operator removes it (`DELETE FROM groups WHERE grp = ...`): a worker paused for longer than the
+/// retention must not lose what it has not processed. A message of a topic no group consumes, or
+/// one a group has not acked, is kept however old it is: nothing acknowledged to Tradecloud is lost.
 fn sweep(conn: &Connection, retention_hours: u64) -> Result<(), rusqlite::Error> {
     if retention_hours == 0 {
         return Ok(());
@@ -260,10 +261,6 @@ fn sweep(conn: &Connection, retention_hours: u64) -> Result<(), rusqlite::Error>
     let age = format!("-{} seconds", retention_hours.saturating_mul(3600));
     conn.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS sweep_ids (id INTEGER PRIMARY KEY); DELETE FROM sweep_ids;",
-    )?;
-    conn.execute(
-        "DELETE FROM groups WHERE last_seen < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)",
-        params![age],
     )?;
     conn.execute(
         "INSERT INTO sweep_ids SELECT m.id FROM messages m

@@ -197,6 +197,11 @@ impl Share {
         self.total.store(total, SeqCst);
     }
 
+    /// All partitions, as last known (0: not known).
+    pub fn total(&self) -> u32 {
+        self.total.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// `held / total`, 0 to 1; 1 before anything is known.
     pub fn fraction(&self) -> f64 {
         use std::sync::atomic::Ordering::SeqCst;

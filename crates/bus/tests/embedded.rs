@@ -220,7 +220,7 @@ async fn retention_waits_for_every_group_of_the_topic() {
 }
 
 #[tokio::test]
-async fn a_group_unseen_for_longer_than_the_retention_no_longer_holds_messages() {
+async fn a_group_an_operator_removed_no_longer_holds_messages() {
     use tcb_bus::embedded::EmbeddedStore;
     let dir = tempfile::tempdir().unwrap();
     let config = EmbeddedConfig::at(dir.path().join("u.db"));
@@ -237,12 +237,15 @@ async fn a_group_unseen_for_longer_than_the_retention_no_longer_holds_messages()
     );
     next(&mut worker).await.ack().await.unwrap();
     age_everything(&config.path);
+    store.sweep().await.unwrap();
+    assert_eq!(
+        payloads(&config.path),
+        ["payload-1"],
+        "a group that went quiet still holds what it has not acked"
+    );
     rusqlite::Connection::open(&config.path)
         .unwrap()
-        .execute(
-            "UPDATE groups SET last_seen = '2000-01-01T00:00:00.000Z' WHERE grp = 'one-off'",
-            [],
-        )
+        .execute("DELETE FROM groups WHERE grp = 'one-off'", [])
         .unwrap();
     store.sweep().await.unwrap();
     assert!(payloads(&config.path).is_empty());

@@ -220,6 +220,17 @@ impl Config {
             ));
         }
         #[cfg(feature = "rabbitmq")]
+        if let (BusConfig::Rabbitmq(_), Some(worker)) = (&self.bus, &self.worker)
+            && worker.max_retry_seconds >= 1800
+        {
+            w.push(format!(
+                "worker.max_retry_seconds ({}) reaches RabbitMQ's default consumer_timeout (30 min): \
+                 a trigger retried that long is delivered again; raise consumer_timeout \
+                 (docs/rabbitmq.md) or lower max_retry_seconds",
+                worker.max_retry_seconds
+            ));
+        }
+        #[cfg(feature = "rabbitmq")]
         if let BusConfig::Rabbitmq(r) = &self.bus
             && !r.single_active_consumer
             && self.worker.is_some()

@@ -119,6 +119,15 @@ pub enum CliError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A panic anywhere (a worker task, a broker supervisor) is a bug the process cannot know the
+    // effects of: log it and exit non-zero, so the supervisor restarts a clean process. Nothing
+    // unfinished was acked, so nothing is lost.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        tracing::error!(panic = %info, "a task panicked; exiting");
+        std::process::exit(101);
+    }));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -459,7 +459,14 @@ impl TradecloudClient {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 Err(TradecloudError::Unauthorized("login"))
             }
-            _ => Err(status_error(&response, "login")),
+            status if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
+                Err(status_error(&response, "login"))
+            }
+            // Any other answer means the login itself is wrong (e.g. a base URL that is not the
+            // API): no order can be fetched, so it is a configuration problem, not one order's.
+            status => Err(TradecloudError::Config(format!(
+                "login answered {status}; check worker.tradecloud.base_url"
+            ))),
         }
     }
 
@@ -488,10 +495,10 @@ fn tokens_from(headers: &HeaderMap, what: &str) -> Result<Tokens, TradecloudErro
             .map(|v| v.trim().trim_start_matches("Bearer ").to_owned())
             .filter(|v| !v.is_empty())
     };
-    let access = get("Set-Authorization").ok_or_else(|| TradecloudError::Status {
-        status: 200,
-        what: format!("{what} without a Set-Authorization header"),
-        retry_after: None,
+    let access = get("Set-Authorization").ok_or_else(|| {
+        TradecloudError::Config(format!(
+            "{what} answered without a Set-Authorization header; check worker.tradecloud.base_url"
+        ))
     })?;
     Ok(Tokens {
         access: SecretString::from(access),

@@ -141,18 +141,24 @@ pub(crate) async fn run(
                 Err(_) => break Ok(()),
             },
         };
-        // Waiting for the next delivery, still noticing a task that panics.
+        // Waiting for the next delivery, still noticing a task that panics. The same `next`
+        // future is polled until it completes (never rebuilt when a task ends), so a backend
+        // that subscribes inside `next` is never interrupted half-way.
         let mut panicked = None;
-        let next = loop {
-            tokio::select! {
-                _ = shared.cancel.cancelled() => break None,
-                next = consumer.next() => break Some(next),
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Err(e) = done
-                        && e.is_panic()
-                    {
-                        panicked = Some(e.to_string());
-                        break None;
+        let next = {
+            let next = consumer.next();
+            tokio::pin!(next);
+            loop {
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => break None,
+                    r = &mut next => break Some(r),
+                    Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                        if let Err(e) = done
+                            && e.is_panic()
+                        {
+                            panicked = Some(e.to_string());
+                            break None;
+                        }
                     }
                 }
             }

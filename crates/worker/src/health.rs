@@ -22,13 +22,18 @@ pub struct Breaker {
     changed: tokio::sync::Notify,
 }
 
-/// Transient failures in a row, across orders, that count as the whole service failing.
+/// Transient failures in a row, of this many different orders, that count as the whole service
+/// failing (one order failing alone never opens the breaker).
 pub const FAILURES_IN_A_ROW: u32 = 5;
 
 #[derive(Default)]
 struct BreakerState {
-    /// Transient failures since the last success.
-    failures: u32,
+    /// The orders whose requests failed transiently since the last success.
+    failing: std::collections::BTreeSet<String>,
+    /// Successful requests so far (to tell a trigger's own systemic-looking failure from everyone's).
+    successes: u64,
+    /// Since when it is open.
+    opened_at: Option<Instant>,
     /// Why it is open, and until when nobody probes.
     open: Option<(String, Instant)>,
     cooldown: Duration,
@@ -77,6 +82,7 @@ impl Breaker {
             Some((current, _)) => *current = reason.to_owned(),
             None => {
                 s.cooldown = COOLDOWN_INITIAL;
+                s.opened_at = Some(Instant::now());
                 s.open = Some((reason.to_owned(), Instant::now() + COOLDOWN_INITIAL));
                 tracing::error!(
                     breaker = self.name,
@@ -107,17 +113,17 @@ impl Breaker {
     /// A transient failure of one request: after [`FAILURES_IN_A_ROW`] of them with no success
     /// between (different orders failing alike), the service as a whole is failing: the breaker
     /// opens. Returns whether it is open.
-    pub fn failure(&self, error: &str) -> bool {
+    pub fn failure(&self, order: &str, error: &str) -> bool {
         let failures = match self.state.lock() {
             Ok(mut s) => {
-                s.failures += 1;
-                s.failures
+                s.failing.insert(order.to_owned());
+                s.failing.len() as u32
             }
             Err(_) => return false,
         };
         if failures >= FAILURES_IN_A_ROW {
             self.trip(&format!(
-                "{failures} requests in a row failed; the last: {error}"
+                "requests for {failures} orders in a row failed; the last: {error}"
             ));
             true
         } else {
@@ -130,7 +136,9 @@ impl Breaker {
         let Ok(mut s) = self.state.lock() else {
             return;
         };
-        s.failures = 0;
+        s.failing.clear();
+        s.successes += 1;
+        s.opened_at = None;
         if s.open.take().is_some() {
             tracing::info!(
                 breaker = self.name,
@@ -141,6 +149,37 @@ impl Breaker {
         s.cooldown = COOLDOWN_INITIAL;
         drop(s);
         self.changed.notify_waiters();
+    }
+
+    /// Successful requests so far.
+    pub fn successes(&self) -> u64 {
+        self.state.lock().map(|s| s.successes).unwrap_or_default()
+    }
+
+    /// How long it has been open, if it is.
+    pub fn open_for(&self) -> Option<Duration> {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.opened_at.map(|at| at.elapsed()))
+    }
+
+    /// Waits while the breaker is open, without probing (for work that another path probes:
+    /// fetching while the bus is down); `false` when cancelled.
+    pub async fn wait_closed(&self, cancel: &CancellationToken) -> bool {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.reason().is_none() {
+                return true;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = &mut changed => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     /// Why it is open, if it is.
@@ -165,6 +204,8 @@ impl Breaker {
                         s.probing = true;
                         return Some(Pass::Probe(ProbeGuard(self)));
                     }
+                    // Another caller probes: wait for its report, not for a deadline.
+                    Some(_) if s.probing => Duration::from_secs(5),
                     Some((_, until)) => until.saturating_duration_since(Instant::now()),
                 }
             };
@@ -231,6 +272,17 @@ impl Probe for WorkerHealth {
     }
 
     fn wedged(&self) -> Option<String> {
+        // The bus paused for this long will not heal by waiting (a dead embedded writer, a
+        // dead-letter topic that refuses): a restart may.
+        if let Some(open) = self.bus.open_for()
+            && open > self.stall_timeout
+        {
+            return Some(format!(
+                "the bus has refused work for {} s: {}",
+                open.as_secs(),
+                self.bus.reason().unwrap_or_default()
+            ));
+        }
         let held = self.progress.held();
         let idle = self.progress.idle_for();
         (held > 0 && idle > self.stall_timeout && self.unready().is_none()).then(|| {
@@ -275,15 +327,26 @@ mod tests {
     #[test]
     fn failures_in_a_row_open_it_and_a_success_resets_the_count() {
         let b = Breaker::new("tradecloud");
-        for _ in 1..FAILURES_IN_A_ROW {
-            assert!(!b.failure("503"));
+        for _ in 0..20 {
+            assert!(
+                !b.failure("one-order", "500"),
+                "one order alone never opens it"
+            );
         }
         b.close();
-        for _ in 1..FAILURES_IN_A_ROW {
-            assert!(!b.failure("503"));
+        for i in 1..FAILURES_IN_A_ROW {
+            assert!(!b.failure(&format!("o-{i}"), "503"));
         }
-        assert!(b.failure("503"));
-        assert!(b.reason().unwrap().contains("5 requests in a row failed"));
+        b.close();
+        for i in 1..FAILURES_IN_A_ROW {
+            assert!(!b.failure(&format!("o-{i}"), "503"));
+        }
+        assert!(b.failure("o-last", "503"));
+        assert!(
+            b.reason()
+                .unwrap()
+                .contains("requests for 5 orders in a row failed")
+        );
     }
 
     #[test]

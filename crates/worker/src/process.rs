@@ -20,6 +20,8 @@ use crate::{Shared, WorkerConfig};
 pub(crate) struct Limits {
     pub max_attempts: u32,
     pub max_retry: Duration,
+    /// The longest back-off (`retry_max_ms`), also the cap on Tradecloud's `Retry-After`.
+    pub retry_max: Duration,
     pub not_found_attempts: u32,
     pub not_found_delay: Duration,
     pub publish_timeout: Duration,
@@ -30,6 +32,7 @@ impl From<&WorkerConfig> for Limits {
         Self {
             max_attempts: c.max_attempts,
             max_retry: Duration::from_secs(c.max_retry_seconds),
+            retry_max: Duration::from_millis(c.retry_max_ms),
             not_found_attempts: c.not_found_attempts,
             not_found_delay: Duration::from_millis(c.not_found_delay_ms),
             publish_timeout: Duration::from_millis(c.publish_timeout_ms),
@@ -79,6 +82,8 @@ pub(crate) fn classify(e: &TradecloudError) -> Class {
 pub(crate) struct Attempts {
     count: u32,
     first: Option<(String, DateTime<Utc>, Instant)>,
+    /// Time spent paused behind a breaker since the first failure: not counted in the age.
+    paused: Duration,
 }
 
 impl Attempts {
@@ -86,6 +91,14 @@ impl Attempts {
         Self {
             count: 0,
             first: None,
+            paused: Duration::ZERO,
+        }
+    }
+
+    /// Time spent paused (not this trigger's doing), left out of its age.
+    pub fn pause(&mut self, paused: Duration) {
+        if self.first.is_some() {
+            self.paused += paused;
         }
     }
 
@@ -106,7 +119,7 @@ impl Attempts {
             || self
                 .first
                 .as_ref()
-                .is_some_and(|(_, _, at)| at.elapsed() >= max_age)
+                .is_some_and(|(_, _, at)| at.elapsed().saturating_sub(self.paused) >= max_age)
     }
 
     /// The dead letter after the last failure, `reason`.
@@ -201,14 +214,24 @@ async fn fetch(
             "an event trigger cannot be fetched",
         )));
     };
+    let key = format!("{order:?}");
     let limits = &shared.limits;
     let breaker = &shared.health.tradecloud;
     let mut backoff = shared.backoff.clone();
     let mut not_found = tcb_bus::Backoff::new(limits.not_found_delay, limits.not_found_delay * 8);
     let mut attempts = Attempts::new();
     let mut not_found_attempts = 0;
+    // Successes of others seen at this trigger's last systemic-looking failure: when others
+    // succeed in between, the failure is this trigger's own (e.g. a 403 for one order).
+    let mut systemic_at: Option<u64> = None;
     loop {
         lane.give_back();
+        let waited = Instant::now();
+        // No fetch while the bus cannot take the output (its publishes probe it), nor while
+        // Tradecloud fails for everyone; time paused is not counted against the trigger.
+        if !shared.health.bus.wait_closed(&shared.cancel).await {
+            return Err(Failure::Cancelled);
+        }
         let pass = breaker
             .pass(&shared.cancel)
             .await
@@ -216,6 +239,7 @@ async fn fetch(
         if !lane.retake().await {
             return Err(Failure::Cancelled);
         }
+        attempts.pause(waited.elapsed());
         let result = tokio::select! {
             _ = shared.cancel.cancelled() => return Err(Failure::Cancelled),
             r = async {
@@ -236,19 +260,36 @@ async fn fetch(
         let class = classify(&e);
         let reason = e.to_string();
         let probing = matches!(pass, Pass::Probe(_));
-        drop(pass);
-        if class == Class::Systemic || (probing && matches!(class, Class::Retry(_))) {
-            // Still failing for everyone; not counted: the trigger is not at fault.
-            if probing {
-                breaker.probe_failed(&reason);
-            } else {
-                breaker.trip(&reason);
+        // Report before the probe guard goes, so no second probe slips in.
+        let own_failure = match class {
+            Class::Systemic => {
+                let successes = breaker.successes();
+                let own = systemic_at.is_some_and(|at| successes > at);
+                systemic_at = Some(successes);
+                if !own {
+                    if probing {
+                        breaker.probe_failed(&reason);
+                    } else {
+                        breaker.trip(&reason);
+                    }
+                }
+                own
             }
-            continue;
-        }
-        if probing {
-            breaker.close(); // Tradecloud answered something else: the systemic failure is gone
-        }
+            Class::Retry(_) if probing => {
+                // Still failing: the pause grows, and this probe counts against its trigger (one
+                // order failing alone must end as a dead letter, not hold the breaker).
+                breaker.probe_failed(&reason);
+                true
+            }
+            Class::Retry(_) => !breaker.failure(&key, &reason),
+            _ => {
+                if probing {
+                    breaker.close(); // Tradecloud answered something else: not systemic
+                }
+                true
+            }
+        };
+        drop(pass);
         let delay = match class {
             Class::Poison => return Err(Failure::Dead(attempts.dead_letter(reason))),
             Class::NotFound => {
@@ -259,12 +300,9 @@ async fn fetch(
                 }
                 not_found.next_delay()
             }
-            Class::Retry(retry_after) => {
-                if breaker.failure(&reason) {
-                    // Tradecloud fails for everyone: this attempt does not count against the
-                    // trigger; it waits behind the breaker.
-                    continue;
-                }
+            // Not this trigger's fault: wait behind the breaker, uncounted.
+            Class::Systemic | Class::Retry(_) if !own_failure => continue,
+            Class::Systemic | Class::Retry(_) => {
                 attempts.fail(&reason);
                 if attempts.exhausted(limits.max_attempts, limits.max_retry) {
                     tcb_telemetry::metrics::retries_exhausted("fetch");
@@ -273,9 +311,13 @@ async fn fetch(
                         attempts.count()
                     ))));
                 }
-                backoff.next_delay().max(retry_after.unwrap_or_default())
+                let retry_after = match class {
+                    Class::Retry(r) => r.unwrap_or_default(),
+                    _ => Duration::ZERO,
+                };
+                // Tradecloud's Retry-After is the least wait, within the configured maximum.
+                backoff.next_delay().max(retry_after.min(limits.retry_max))
             }
-            Class::Systemic => Duration::ZERO,
         };
         tcb_telemetry::metrics::retry("fetch");
         tracing::warn!(trigger_id = %trigger.id, error = %reason, attempt = attempts.count(), retry_in_ms = delay.as_millis() as u64, "fetching the order failed; retrying");

@@ -509,7 +509,9 @@ fn start_worker(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_order_failing_for_ever_holds_up_no_other_and_ends_as_a_dead_letter() {
     let mut f = fixture().await;
-    f.config.max_attempts = 4;
+    // More attempts than the failures in a row that open the breaker: one order failing alone
+    // must still end as a dead letter, not hold the worker paused.
+    f.config.max_attempts = 7;
     f.sim.fail_order("stuck-order", 500);
     f.publish(&get("stuck-order")).await;
     f.publish(&event("stuck-order", 2, "OrderLinesUpdatedByBuyer"))
@@ -519,7 +521,7 @@ async fn one_order_failing_for_ever_holds_up_no_other_and_ends_as_a_dead_letter(
             .await;
     }
     let started = Instant::now();
-    let (cancel, _health, task) = start_worker(&f);
+    let (cancel, health, task) = start_worker(&f);
     let out = f.read(&f.bus.topics.orders, 51).await;
     let flowing = out
         .iter()
@@ -534,11 +536,15 @@ async fn one_order_failing_for_ever_holds_up_no_other_and_ends_as_a_dead_letter(
     let dead = f.read(&f.bus.topics.dead_letters, 1).await;
     let h = &dead[0].message.headers;
     assert!(
-        h[headers::DEAD_LETTER_REASON].contains("gave up after 4 attempts")
+        h[headers::DEAD_LETTER_REASON].contains("gave up after 7 attempts")
             && h[headers::DEAD_LETTER_REASON].contains("500"),
         "{h:?}"
     );
-    assert_eq!(h[headers::DEAD_LETTER_ATTEMPTS], "4");
+    assert_eq!(h[headers::DEAD_LETTER_ATTEMPTS], "7");
+    {
+        use tcb_telemetry::health::Probe;
+        assert_eq!(health.unready(), None, "one order never pauses the worker");
+    }
     assert!(h.contains_key(headers::DEAD_LETTER_FIRST_FAILED_AT));
     eprintln!(
         "50 orders and the stuck one settled in {:?}",

@@ -92,7 +92,7 @@ fn default_max_message_bytes() -> usize {
 
 /// librdkafka properties the bridge sets itself (for its guarantees, or from its own keys):
 /// `properties` may not override them.
-pub(super) const OWN_PROPERTIES: [&str; 16] = [
+pub(super) const OWN_PROPERTIES: [&str; 17] = [
     "bootstrap.servers",
     "security.protocol",
     "sasl.mechanism",
@@ -109,6 +109,8 @@ pub(super) const OWN_PROPERTIES: [&str; 16] = [
     "enable.auto.offset.store",
     "auto.offset.reset",
     "isolation.level",
+    // The share of the Tradecloud rate is taken from eager rebalances' full assignments.
+    "partition.assignment.strategy",
 ];
 
 /// What an envelope adds to a body at most (fields, escaping of the few characters a JSON

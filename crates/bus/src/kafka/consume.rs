@@ -82,6 +82,8 @@ impl ConsumerOpener for Kafka {
             group: group.unwrap_or_default().to_owned(),
             ..Context::default()
         };
+        // A group member takes no share of the Tradecloud rate until it holds partitions.
+        context.share.set(0, 1);
         // A tail joins a group of its own that commits nothing, so it starts at the beginning.
         let group = group
             .map(str::to_owned)
