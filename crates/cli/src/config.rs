@@ -5,7 +5,9 @@
 //!   double underscore (`TCB_CONFIG`, `TCB_WEBHOOK_PASSWORD`) are not overrides. A value replacing a
 //!   string stays a string; one replacing a number, boolean or list is read as a TOML value.
 //! * `${VAR}` in any string value is replaced by the environment variable `VAR` (`$${` writes a
-//!   literal `${`); an unset variable is an error naming the key. Use it for secrets.
+//!   literal `${`); an unset variable is an error naming the key. `${VAR:-default}` falls back to
+//!   the default; `${file:/run/secrets/x}` is the file's text without its final line break (a
+//!   mounted secret). Use them for secrets.
 //! * Unknown keys are rejected, and every error names the key.
 
 use std::path::{Path, PathBuf};
@@ -67,6 +69,12 @@ pub enum ConfigError {
     MissingVar { key: String, var: String },
     #[error("{key}: unterminated ${{...}}")]
     Unterminated { key: String },
+    #[error("{key}: cannot read the secret file {path}: {source}")]
+    SecretFile {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("environment override {var}: {message}")]
     Override { var: String, message: String },
     #[error("{key}: {message}")]
@@ -354,6 +362,31 @@ fn expand(
     Ok(())
 }
 
+/// One `${...}`: `file:PATH` (the file's text without its final line break: a mounted secret),
+/// `VAR:-default` (the variable, or the default when it is unset) or `VAR`.
+fn substitute(
+    inner: &str,
+    key: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    if let Some(path) = inner.strip_prefix("file:") {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+            key: key.to_owned(),
+            path: PathBuf::from(path),
+            source,
+        })?;
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        return Ok(text.strip_suffix('\r').unwrap_or(text).to_owned());
+    }
+    if let Some((name, default)) = inner.split_once(":-") {
+        return Ok(lookup(name).unwrap_or_else(|| default.to_owned()));
+    }
+    lookup(inner).ok_or_else(|| ConfigError::MissingVar {
+        key: key.to_owned(),
+        var: inner.to_owned(),
+    })
+}
+
 fn expand_str(
     s: &str,
     key: &str,
@@ -371,12 +404,7 @@ fn expand_str(
             let end = tail.find('}').ok_or_else(|| ConfigError::Unterminated {
                 key: key.to_owned(),
             })?;
-            let name = &tail[..end];
-            let v = lookup(name).ok_or_else(|| ConfigError::MissingVar {
-                key: key.to_owned(),
-                var: name.to_owned(),
-            })?;
-            out.push_str(&v);
+            out.push_str(&substitute(&tail[..end], key, lookup)?);
             rest = &tail[end + 1..];
         } else {
             out.push('$');
@@ -618,6 +646,38 @@ log_level = "info,tcb_worker=debug"
             e.contains("bus.max_message_bytes: 1000000 cannot hold the largest body"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn secrets_from_files_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "s3cret-from-a-file\n").unwrap();
+        let lookup = |name: &str| (name == "SET").then(|| "set".to_owned());
+        let file = format!("${{file:{}}}", secret.display());
+        assert_eq!(
+            expand_str(&file, "k", &lookup).unwrap(),
+            "s3cret-from-a-file"
+        );
+        assert_eq!(expand_str("${SET:-x}", "k", &lookup).unwrap(), "set");
+        assert_eq!(expand_str("${UNSET:-x}", "k", &lookup).unwrap(), "x");
+        assert_eq!(expand_str("a${UNSET:-}b", "k", &lookup).unwrap(), "ab");
+        let e = expand_str("${file:/nonexistent/pw}", "ingress.auth.password", &lookup)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("ingress.auth.password: cannot read the secret file /nonexistent/pw"),
+            "{e}"
+        );
+        // Through a whole file: the password comes from the mounted secret.
+        let c = load(&BASE.replace("${PW}", &file), &[]).unwrap();
+        match &c.ingress().unwrap().auth {
+            tcb_ingress::AuthConfig::Basic { password, .. } => assert_eq!(
+                secrecy::ExposeSecret::expose_secret(password),
+                "s3cret-from-a-file"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
