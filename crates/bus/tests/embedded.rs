@@ -191,14 +191,24 @@ fn age_everything(path: &std::path::Path) {
         .unwrap();
 }
 
+/// A store in a new folder with one message published to topic `t`.
+async fn store_with_one_message() -> (
+    tempfile::TempDir,
+    EmbeddedConfig,
+    tcb_bus::embedded::EmbeddedStore,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig::at(dir.path().join("r.db"));
+    let store = tcb_bus::embedded::EmbeddedStore::open(&config).unwrap();
+    tcb_bus::Publisher::publish(&store, "t", msg("k", 1))
+        .await
+        .unwrap();
+    (dir, config, store)
+}
+
 #[tokio::test]
 async fn retention_waits_for_every_group_of_the_topic() {
-    use tcb_bus::embedded::EmbeddedStore;
-    let dir = tempfile::tempdir().unwrap();
-    let config = EmbeddedConfig::at(dir.path().join("g.db"));
-    let store = EmbeddedStore::open(&config).unwrap();
-    let p: &dyn tcb_bus::Publisher = &store;
-    p.publish("t", msg("k", 1)).await.unwrap();
+    let (_dir, config, store) = store_with_one_message().await;
     // The worker's group and an operator's second group both consume the topic.
     let mut worker = tcb_bus::ConsumerOpener::consumer(&store, "t", Some("worker"))
         .await
@@ -221,12 +231,7 @@ async fn retention_waits_for_every_group_of_the_topic() {
 
 #[tokio::test]
 async fn a_group_an_operator_removed_no_longer_holds_messages() {
-    use tcb_bus::embedded::EmbeddedStore;
-    let dir = tempfile::tempdir().unwrap();
-    let config = EmbeddedConfig::at(dir.path().join("u.db"));
-    let store = EmbeddedStore::open(&config).unwrap();
-    let p: &dyn tcb_bus::Publisher = &store;
-    p.publish("t", msg("k", 1)).await.unwrap();
+    let (_dir, config, store) = store_with_one_message().await;
     let mut worker = tcb_bus::ConsumerOpener::consumer(&store, "t", Some("worker"))
         .await
         .unwrap();
