@@ -206,7 +206,7 @@ async fn a_worker_killed_with_sigkill_loses_nothing() {
 /// on the idempotent producer's first write after a restart, and its memory storage would lose
 /// the acknowledged triggers with the process (see docs/kafka.md, "Tests").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_broker_gives_503_and_red_readiness_then_recovers() {
+async fn an_unreachable_broker_gives_503_and_stays_ready_then_recovers() {
     let broker_port = tansu::free_port();
     let proxy =
         proxy::Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], broker_port))).await;

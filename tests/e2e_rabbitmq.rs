@@ -15,7 +15,7 @@ use std::time::Duration;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use support::{
     Backend, Stream, World, assert_all_delivered, collect_until, message, rabbitmq_uri, unique,
-    wait_ready,
+    wait_ready, wait_readyz_field,
 };
 use tcb_model::codec::header as headers;
 use tcb_model::message::Scope;
@@ -299,12 +299,14 @@ async fn a_full_orders_queue_pauses_the_worker_and_loses_nothing() {
         assert_eq!(o.status, Some(200), "the triggers queue is healthy: {o:?}");
         accepted.insert(o.trigger_id.unwrap());
     }
-    // The worker sees RabbitMQ refuse its outputs (a nack) and pauses: readiness goes red.
-    wait_ready(&bridge, 503, Duration::from_secs(30)).await;
+    // The worker sees RabbitMQ refuse its outputs (a nack) and pauses: /readyz says so, and stays
+    // 200 all the while, since this process serves webhooks and can still answer them.
+    wait_readyz_field(&bridge, "worker", false, Duration::from_secs(30)).await;
+    assert_eq!(bridge.readyz().await, 200);
     // The ERP catches up: every trigger arrives (none was acked before its output was taken, none
     // dead-lettered), and the worker goes on by itself.
     assert_all_delivered(&world, &accepted).await;
-    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
+    wait_readyz_field(&bridge, "worker", true, Duration::from_secs(30)).await;
     let bus = world.bus().await;
     let mut dead = bus
         .consumer(&bus.topics.dead_letters, Some("ops"))

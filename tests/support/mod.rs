@@ -122,7 +122,7 @@ impl World {
         let sim_config = SimConfig::default();
         let sim =
             Simulator::start(sim_config.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-        let cert = ensure_dev_certificate(&dir.path().join("tls")).unwrap();
+        let cert = ensure_dev_certificate(&dir.path().join("tls"), &[]).unwrap();
         let config = dir.path().join("bridge.toml");
         let group = unique("tcb-e2e-worker");
         let text = format!(
@@ -440,6 +440,14 @@ impl Bridge {
             .unwrap_or(0.0)
     }
 
+    /// The body of `GET /readyz` (`{"status", "broker", "worker"}`); Null when it cannot be read.
+    pub async fn readyz_body(&self) -> serde_json::Value {
+        match reqwest::get(format!("http://{}/readyz", self.admin)).await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+
     /// The status of `GET /readyz`.
     pub async fn readyz(&self) -> u16 {
         reqwest::get(format!("http://{}/readyz", self.admin))
@@ -538,6 +546,22 @@ pub async fn wait_ready(bridge: &Bridge, want: u16, within: Duration) {
         assert!(
             Instant::now() < deadline,
             "/readyz stayed {got}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the `/readyz` body says `field` is (`want_ok`) or is not "ok".
+pub async fn wait_readyz_field(bridge: &Bridge, field: &str, want_ok: bool, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let body = bridge.readyz_body().await;
+        if (body[field] == "ok") == want_ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz {field} stayed {body}, wanted ok: {want_ok}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -643,7 +667,10 @@ pub async fn outage(
     end: impl FnOnce(),
 ) {
     begin();
-    wait_ready(bridge, 503, Duration::from_secs(20)).await;
+    // /readyz reports the broker, and stays 200: the process can still answer (503 with
+    // Retry-After, which Tradecloud retries), where leaving the Service would give connection errors.
+    wait_readyz_field(bridge, "broker", false, Duration::from_secs(20)).await;
+    assert_eq!(bridge.readyz().await, 200, "ready while the broker is away");
     let before = stream.count(503);
     stream.advance(min_503 + 2).await;
     assert!(
@@ -651,7 +678,7 @@ pub async fn outage(
         "503s while the broker is away"
     );
     end();
-    wait_ready(bridge, 200, Duration::from_secs(60)).await;
+    wait_readyz_field(bridge, "broker", true, Duration::from_secs(60)).await;
     let ok = stream.count(200);
     stream.advance(10).await;
     assert!(

@@ -39,7 +39,7 @@ const FETCH_BATCH: i64 = 128;
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// `[bus]` with `backend = "embedded"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedConfig {
     /// The SQLite file; it and its folder are created when missing.

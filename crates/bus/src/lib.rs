@@ -254,7 +254,7 @@ impl Delivery {
 }
 
 /// Names of the three topics (Kafka topics, RabbitMQ queues, embedded topics).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TopicsConfig {
     /// Triggers as received from Tradecloud.
@@ -312,7 +312,7 @@ impl TopicsConfig {
 /// The `[bus]` section: which broker to use, picked by `backend`. `backend = "embedded"` needs
 /// no broker. Each backend's section carries its own `topics`.
 #[cfg(any(feature = "embedded", feature = "kafka", feature = "rabbitmq"))]
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(tag = "backend", rename_all = "lowercase")]
 pub enum BusConfig {
     /// The on-disk queue: one SQLite file, one machine.

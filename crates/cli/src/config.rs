@@ -8,6 +8,9 @@
 //!   literal `${`); an unset variable is an error naming the key. `${VAR:-default}` falls back to
 //!   the default; `${file:/run/secrets/x}` is the file's text without its final line break (a
 //!   mounted secret). Use them for secrets.
+//! * Relative file names (certificate, key, CA files, the embedded database, `${file:...}`) are
+//!   relative to the folder of the config file, not to the working directory: a config mounted
+//!   at `/etc/tradecloud-bridge/bridge.toml` can name `tls/tls.crt` and `secrets/password`.
 //! * Unknown keys are rejected, and every error names the key.
 
 use std::path::{Path, PathBuf};
@@ -22,7 +25,7 @@ use tcb_worker::WorkerConfig;
 pub const ENV_PREFIX: &str = "TCB_";
 
 /// The whole file. Each section belongs to the crate that uses it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub bus: BusConfig,
@@ -37,7 +40,7 @@ pub struct Config {
 }
 
 /// `[admin]`: the listener for `/healthz` and `/readyz`, apart from the public one.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
@@ -124,12 +127,20 @@ impl Config {
             }
         }
         let mut value = toml::Value::Table(value);
-        expand(&mut value, &mut Vec::new(), &|name| {
-            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-        })?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        expand(
+            &mut value,
+            &mut Vec::new(),
+            &Vars {
+                lookup: &lookup,
+                dir,
+            },
+        )?;
         loop {
             let error = match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
-                Ok(config) => {
+                Ok(mut config) => {
+                    config.rebase(dir);
                     let problems = config.validate();
                     return if problems.is_empty() {
                         Ok(config)
@@ -159,6 +170,41 @@ impl Config {
                     });
                 }
             }
+        }
+    }
+
+    /// The effective configuration as TOML (defaults filled in, overrides and `${...}` applied),
+    /// every secret written as `[redacted]`: `tradecloud-bridge config --print`.
+    pub fn print(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Invalid {
+            key: "(top level)".to_owned(),
+            message: format!("cannot be printed: {e}"),
+        })
+    }
+
+    /// Makes every relative file name relative to `dir` (the config file's folder).
+    fn rebase(&mut self, dir: &Path) {
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        match &mut self.bus {
+            #[cfg(feature = "embedded")]
+            BusConfig::Embedded(e) => rebase(&mut e.path),
+            #[cfg(feature = "kafka")]
+            BusConfig::Kafka(k) => k.ssl_ca_location.iter_mut().for_each(rebase),
+            #[cfg(feature = "rabbitmq")]
+            BusConfig::Rabbitmq(_) => {}
+        }
+        if let Some(tcb_ingress::tls::TlsConfig::Files { cert, key }) =
+            self.ingress.as_mut().map(|i| &mut i.tls)
+        {
+            rebase(cert);
+            rebase(key);
+        }
+        if let Some(w) = &mut self.worker {
+            w.tradecloud.ca_file.iter_mut().for_each(rebase);
         }
     }
 
@@ -334,26 +380,32 @@ fn override_key(
     Ok(guessed)
 }
 
+/// Where `${...}` finds its values: variables, and files relative to `dir`.
+struct Vars<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    dir: &'a Path,
+}
+
 fn expand(
     value: &mut toml::Value,
     path: &mut Vec<String>,
-    lookup: &dyn Fn(&str) -> Option<String>,
+    vars: &Vars<'_>,
 ) -> Result<(), ConfigError> {
     match value {
         toml::Value::String(s) if s.contains("${") => {
-            *s = expand_str(s, &path.join("."), lookup)?;
+            *s = expand_str(s, &path.join("."), vars)?;
         }
         toml::Value::Table(t) => {
             for (k, v) in t.iter_mut() {
                 path.push(k.clone());
-                expand(v, path, lookup)?;
+                expand(v, path, vars)?;
                 path.pop();
             }
         }
         toml::Value::Array(a) => {
             for (i, v) in a.iter_mut().enumerate() {
                 path.push(i.to_string());
-                expand(v, path, lookup)?;
+                expand(v, path, vars)?;
                 path.pop();
             }
         }
@@ -364,15 +416,13 @@ fn expand(
 
 /// One `${...}`: `file:PATH` (the file's text without its final line break: a mounted secret),
 /// `VAR:-default` (the variable, or the default when it is unset) or `VAR`.
-fn substitute(
-    inner: &str,
-    key: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
+fn substitute(inner: &str, key: &str, vars: &Vars<'_>) -> Result<String, ConfigError> {
+    let lookup = vars.lookup;
     if let Some(path) = inner.strip_prefix("file:") {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        let path = vars.dir.join(path);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::SecretFile {
             key: key.to_owned(),
-            path: PathBuf::from(path),
+            path,
             source,
         })?;
         let text = text.strip_suffix('\n').unwrap_or(&text);
@@ -387,11 +437,7 @@ fn substitute(
     })
 }
 
-fn expand_str(
-    s: &str,
-    key: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
+fn expand_str(s: &str, key: &str, vars: &Vars<'_>) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {
@@ -404,7 +450,7 @@ fn expand_str(
             let end = tail.find('}').ok_or_else(|| ConfigError::Unterminated {
                 key: key.to_owned(),
             })?;
-            out.push_str(&substitute(&tail[..end], key, lookup)?);
+            out.push_str(&substitute(&tail[..end], key, vars)?);
             rest = &tail[end + 1..];
         } else {
             out.push('$');
@@ -654,15 +700,19 @@ log_level = "info,tcb_worker=debug"
         let secret = dir.path().join("password");
         std::fs::write(&secret, "s3cret-from-a-file\n").unwrap();
         let lookup = |name: &str| (name == "SET").then(|| "set".to_owned());
+        let lookup = &Vars {
+            lookup: &lookup,
+            dir: Path::new(""),
+        };
         let file = format!("${{file:{}}}", secret.display());
         assert_eq!(
-            expand_str(&file, "k", &lookup).unwrap(),
+            expand_str(&file, "k", lookup).unwrap(),
             "s3cret-from-a-file"
         );
-        assert_eq!(expand_str("${SET:-x}", "k", &lookup).unwrap(), "set");
-        assert_eq!(expand_str("${UNSET:-x}", "k", &lookup).unwrap(), "x");
-        assert_eq!(expand_str("a${UNSET:-}b", "k", &lookup).unwrap(), "ab");
-        let e = expand_str("${file:/nonexistent/pw}", "ingress.auth.password", &lookup)
+        assert_eq!(expand_str("${SET:-x}", "k", lookup).unwrap(), "set");
+        assert_eq!(expand_str("${UNSET:-x}", "k", lookup).unwrap(), "x");
+        assert_eq!(expand_str("a${UNSET:-}b", "k", lookup).unwrap(), "ab");
+        let e = expand_str("${file:/nonexistent/pw}", "ingress.auth.password", lookup)
             .unwrap_err()
             .to_string();
         assert!(
@@ -681,11 +731,80 @@ log_level = "info,tcb_worker=debug"
     }
 
     #[test]
+    fn relative_file_names_are_relative_to_the_config_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc/tradecloud-bridge");
+        std::fs::create_dir_all(etc.join("secrets")).unwrap();
+        std::fs::write(
+            etc.join("secrets/webhook-password"),
+            "a-long-webhook-password\n",
+        )
+        .unwrap();
+        let file = etc.join("bridge.toml");
+        std::fs::write(
+            &file,
+            BASE.replace("/tmp/x.db", "data/bridge.db")
+                .replace("${PW}", "${file:secrets/webhook-password}")
+                .replace(
+                    r#"tls = { mode = "off" }"#,
+                    r#"tls = { mode = "files", cert = "tls/tls.crt", key = "/abs/tls.key" }"#,
+                ),
+        )
+        .unwrap();
+        let c = Config::load(&file).unwrap();
+        match &c.bus {
+            BusConfig::Embedded(e) => assert_eq!(e.path, etc.join("data/bridge.db")),
+            other => panic!("{other:?}"),
+        }
+        let ingress = c.ingress().unwrap();
+        assert_eq!(
+            ingress.tls,
+            tcb_ingress::tls::TlsConfig::Files {
+                cert: etc.join("tls/tls.crt"),
+                key: PathBuf::from("/abs/tls.key"),
+            }
+        );
+        match &ingress.auth {
+            tcb_ingress::AuthConfig::Basic { password, .. } => assert_eq!(
+                secrecy::ExposeSecret::expose_secret(password),
+                "a-long-webhook-password"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_printed_config_has_defaults_and_no_secret() {
+        let text = BASE.replace("password = \"p\"", "password = \"tradecloud-secret\"");
+        let c = load(&text, &[("PW", "webhook-secret")]).unwrap();
+        let printed = c.print().unwrap();
+        for secret in ["webhook-secret", "tradecloud-secret"] {
+            assert!(!printed.contains(secret), "{secret} in\n{printed}");
+        }
+        assert_eq!(
+            printed.matches(tcb_telemetry::redact::REDACTED).count(),
+            2,
+            "{printed}"
+        );
+        // Defaults the file does not set are shown, and the output is a config file again.
+        assert!(
+            printed.contains("max_requests_per_second = 10"),
+            "{printed}"
+        );
+        let again = load(&printed, &[]).unwrap();
+        assert_eq!(again.print().unwrap(), printed);
+    }
+
+    #[test]
     fn literal_dollar_and_escape() {
         let lookup = |_: &str| None;
-        assert_eq!(expand_str("a$b$${c}", "k", &lookup).unwrap(), "a$b${c}");
+        let lookup = &Vars {
+            lookup: &lookup,
+            dir: Path::new(""),
+        };
+        assert_eq!(expand_str("a$b$${c}", "k", lookup).unwrap(), "a$b${c}");
         assert!(matches!(
-            expand_str("${oops", "k", &lookup),
+            expand_str("${oops", "k", lookup),
             Err(ConfigError::Unterminated { .. })
         ));
     }
@@ -693,10 +812,8 @@ log_level = "info,tcb_worker=debug"
     #[cfg(all(feature = "embedded", feature = "kafka", feature = "rabbitmq"))]
     #[test]
     fn the_example_configs_are_valid() {
+        // The compose and Kubernetes configs are run as deployed by tests/deploy.py.
         for (file, backend) in [
-            ("compose/bridge.toml", "kafka"),
-            ("compose/bridge.rabbitmq.toml", "rabbitmq"),
-            ("kubernetes/bridge.toml", "kafka"),
             ("bridge.example.toml", "embedded"),
             ("bridge.rabbitmq.toml", "rabbitmq"),
             ("bridge.kafka.toml", "kafka"),

@@ -61,7 +61,7 @@ fn credentials(dir: &Path) -> Result<(DevCredentials, PathBuf), CliError> {
 pub fn setup(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Dev, CliError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| CliError::Io(format!("cannot create {}: {e}", dir.display())))?;
-    let certificate = ensure_dev_certificate(dir)?;
+    let certificate = ensure_dev_certificate(dir, &[])?;
     let (credentials, credentials_file) = credentials(dir)?;
     let sim_config = SimConfig::default();
     let simulator = Simulator::start(sim_config.clone(), SocketAddr::from(([127, 0, 0, 1], 0)))

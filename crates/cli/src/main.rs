@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -14,6 +15,7 @@ mod demo;
 #[cfg(feature = "embedded")]
 mod dev;
 mod replay;
+mod secret;
 mod serve;
 mod simulate;
 
@@ -83,6 +85,31 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Validates a config file (and its certificate files) without starting anything.
     CheckConfig(ConfigArg),
+    /// Validates a config file like check-config; with --print, prints the effective
+    /// configuration (defaults, overrides and `${...}` applied) with every secret redacted.
+    Config {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the effective configuration as TOML.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Asks a running bridge's admin listener: exits 0 when `/healthz` (with --ready: `/readyz`)
+    /// answers 200, 1 otherwise. For container health checks; the image has no curl.
+    Healthcheck {
+        /// The admin listener (`[admin] listen`), as reachable from here.
+        #[arg(long, default_value = "127.0.0.1:9090", env = "TCB_HEALTHCHECK_ADDR")]
+        addr: String,
+        /// Check readiness (`/readyz`) instead of liveness.
+        #[arg(long, conflicts_with = "path")]
+        ready: bool,
+        /// Any other path to ask for (`/sim/stats` for the simulator).
+        #[arg(long)]
+        path: Option<String>,
+        /// Give up (and fail) after this long.
+        #[arg(long, default_value_t = 3)]
+        timeout_seconds: u64,
+    },
     /// Prints a topic's messages as JSON lines.
     Consume(consume::ConsumeArgs),
     /// Moves dead letters back to the triggers topic (after their cause is fixed).
@@ -91,10 +118,25 @@ enum Command {
     Schema,
     /// The Tradecloud stand-in: serves the order API, optionally fires webhooks at a bridge.
     Simulate(simulate::SimulateArgs),
-    /// Writes a development CA and a localhost certificate (dev-ca.pem, dev-cert.pem, dev-key.pem).
+    /// Writes a random secret to DIR/NAME for each NAME that does not exist yet (existing ones are
+    /// kept); prints the names written, never a secret. For development stacks (docker-compose).
+    DevSecret {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Write these with mode 0644 (read by another container's user, e.g. a broker's password).
+        #[arg(long = "shared", value_name = "NAME")]
+        shared: Vec<String>,
+        /// Secrets readable by their owner only (mode 0600).
+        names: Vec<String>,
+    },
+    /// Writes a development CA and a certificate it signed (dev-ca.pem, dev-cert.pem, dev-key.pem)
+    /// for localhost, 127.0.0.1, ::1 and every --san; reuses them when they cover those names.
     DevCertificate {
         #[arg(long, default_value = "tcb-data")]
         dir: PathBuf,
+        /// A further host name or IP address the certificate is for (repeatable): `--san ingress`.
+        #[arg(long = "san", value_name = "NAME")]
+        names: Vec<String>,
     },
 }
 
@@ -115,6 +157,8 @@ pub enum CliError {
     Io(String),
     #[error("demo: {0}")]
     Demo(String),
+    #[error("not healthy: {0}")]
+    Unhealthy(String),
 }
 
 fn main() -> ExitCode {
@@ -223,8 +267,36 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             tcb_telemetry::init(&tcb_telemetry::TelemetryConfig::default())?;
             simulate::run(args).await
         }
-        Command::DevCertificate { dir } => {
-            let c = tcb_ingress::tls::ensure_dev_certificate(&dir)?;
+        Command::Config { config, print } => {
+            if print {
+                let config = Config::load(&config.config)?;
+                print!("{}", config.print()?);
+                Ok(())
+            } else {
+                check_config(&config.config)
+            }
+        }
+        Command::Healthcheck {
+            addr,
+            ready,
+            path,
+            timeout_seconds,
+        } => {
+            let path =
+                path.unwrap_or_else(|| if ready { "/readyz" } else { "/healthz" }.to_owned());
+            healthcheck(&addr, &path, Duration::from_secs(timeout_seconds)).await
+        }
+        Command::DevSecret { dir, shared, names } => {
+            let all = names.iter().map(|n| (n, false));
+            for (name, shared) in all.chain(shared.iter().map(|n| (n, true))) {
+                let made = secret::ensure_secret(&dir, name, shared)?;
+                let what = if made { "written" } else { "kept" };
+                println!("{}: {what}", dir.join(name).display());
+            }
+            Ok(())
+        }
+        Command::DevCertificate { dir, names } => {
+            let c = tcb_ingress::tls::ensure_dev_certificate(&dir, &names)?;
             println!(
                 "CA: {}\ncertificate: {}\nkey: {}",
                 c.ca.display(),
@@ -239,6 +311,28 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             println!("{schema}");
             Ok(())
         }
+    }
+}
+
+/// `healthcheck`: one GET to the admin listener.
+async fn healthcheck(addr: &str, path: &str, timeout: Duration) -> Result<(), CliError> {
+    let url = format!("http://{addr}/{}", path.trim_start_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| CliError::Io(format!("healthcheck: {e}")))?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| CliError::Unhealthy(format!("{url}: {}", error_chain(&e))))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        println!("{url}: {status} {body}");
+        Ok(())
+    } else {
+        Err(CliError::Unhealthy(format!("{url}: {status} {body}")))
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tcb_bus::Bus;
 use tcb_ingress::Ingress;
-use tcb_ingress::admin::Admin;
+use tcb_ingress::admin::{Admin, Readiness};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -62,8 +62,6 @@ impl Running {
             .iter()
             .map(|w| w.health() as Arc<dyn tcb_telemetry::health::Probe>)
             .collect();
-        let admin = Admin::start(config.admin.listen, bus.publisher(), probes)?;
-        tracing::info!(addr = %admin.local_addr, "admin listening (/healthz, /readyz)");
         let ingress = match ingress_config {
             Some(c) => {
                 let ingress = Ingress::start(c, bus.publisher(), &bus.topics.triggers)?;
@@ -76,6 +74,14 @@ impl Running {
             }
             None => None,
         };
+        let readiness = match &ingress {
+            Some(i) => Readiness::Webhooks {
+                draining: i.draining(),
+            },
+            None => Readiness::Worker,
+        };
+        let admin = Admin::start(config.admin.listen, bus.publisher(), probes, readiness)?;
+        tracing::info!(addr = %admin.local_addr, "admin listening (/healthz, /readyz, /metrics)");
         let worker = worker.map(|w| tokio::spawn(w.run()));
         Ok(Self {
             bus,

@@ -20,6 +20,9 @@ pub struct SimulateArgs {
     /// Environment variable holding the API password the stand-in accepts.
     #[arg(long, default_value = "SIMULATOR_PASSWORD")]
     password_env: String,
+    /// A file holding the API password (a mounted secret); wins over --password-env.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
     /// A bridge webhook URL to fire triggers at, e.g. https://localhost:8443/webhook.
     #[arg(long)]
     bridge_url: Option<String>,
@@ -29,22 +32,36 @@ pub struct SimulateArgs {
     /// Environment variable holding the bridge's webhook password.
     #[arg(long, default_value = "TCB_WEBHOOK_PASSWORD")]
     webhook_password_env: String,
+    /// A file holding the bridge's webhook password; wins over --webhook-password-env.
+    #[arg(long)]
+    webhook_password_file: Option<PathBuf>,
     /// CA certificate (PEM) to trust for the bridge, e.g. a development CA.
     #[arg(long)]
     cacert: Option<PathBuf>,
     /// How many triggers to fire.
     #[arg(long, default_value_t = 20)]
     triggers: usize,
+    /// Exit once the triggers are sent (exit 1 when one was not accepted) instead of serving the
+    /// API until stopped.
+    #[arg(long)]
+    exit_after_sending: bool,
+}
+
+/// A secret from a file (its final line break dropped) or else from an environment variable.
+fn secret(file: Option<&PathBuf>, var: &str) -> Result<String, CliError> {
+    match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| t.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| CliError::Io(format!("cannot read {}: {e}", path.display()))),
+        None => std::env::var(var)
+            .map_err(|_| CliError::Io(format!("environment variable {var} is not set"))),
+    }
 }
 
 pub async fn run(args: SimulateArgs) -> Result<(), CliError> {
-    let env = |name: &str| {
-        std::env::var(name)
-            .map_err(|_| CliError::Io(format!("environment variable {name} is not set")))
-    };
     let config = SimConfig {
         email: args.email.clone(),
-        password: env(&args.password_env)?,
+        password: secret(args.password_file.as_ref(), &args.password_env)?,
         ..SimConfig::default()
     };
     let sim = Simulator::start(config, args.listen)
@@ -61,7 +78,10 @@ pub async fn run(args: SimulateArgs) -> Result<(), CliError> {
             url: url.clone(),
             auth: SenderAuth::Basic {
                 username: args.username.clone(),
-                password: env(&args.webhook_password_env)?,
+                password: secret(
+                    args.webhook_password_file.as_ref(),
+                    &args.webhook_password_env,
+                )?,
             },
             ca_pem,
             // Tradecloud retries >500 indefinitely; the stand-in gives up after a minute or so.
@@ -70,9 +90,13 @@ pub async fn run(args: SimulateArgs) -> Result<(), CliError> {
             timeout: Duration::from_secs(60),
         })
         .map_err(|e| CliError::Io(e.to_string()))?;
+        let mut refused = 0;
         for i in 0..args.triggers {
             let (kind, w) = tcb_simulator::orders::burst_webhook(i, &sim, false);
             let o = sender.send(&w).await;
+            if !o.accepted() {
+                refused += 1;
+            }
             tracing::info!(
                 kind,
                 status = o.status,
@@ -80,6 +104,21 @@ pub async fn run(args: SimulateArgs) -> Result<(), CliError> {
                 trigger_id = o.trigger_id.as_deref().unwrap_or(""),
                 "webhook sent"
             );
+        }
+        if args.exit_after_sending {
+            sim.stop().await;
+            println!(
+                "{} of {} webhooks accepted",
+                args.triggers - refused,
+                args.triggers
+            );
+            return if refused == 0 {
+                Ok(())
+            } else {
+                Err(CliError::Io(format!(
+                    "{refused} webhooks were not accepted"
+                )))
+            };
         }
     }
     crate::serve::shutdown_signal().await;

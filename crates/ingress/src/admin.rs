@@ -1,10 +1,19 @@
 //! The admin listener, apart from the public one: `/healthz` (the process makes progress: no
-//! [`Probe`] is wedged), `/readyz` (the broker is reachable and publishes can succeed, and no
-//! [`Probe`] is unready, e.g. the worker paused behind a circuit breaker), `/metrics` (Prometheus
-//! text format; `docs/metrics.md`).
+//! [`Probe`] is wedged), `/readyz`, `/metrics` (Prometheus text format; `docs/metrics.md`).
+//!
+//! `/readyz` means what a load balancer needs of the process:
+//! * a process with the webhook listener ([`Readiness::Webhooks`]) is ready once the broker has
+//!   answered a readiness check (so a new pod in a rolling update takes traffic only when it can
+//!   store triggers), and from then on until it starts draining. A later broker outage does not
+//!   make it unready: it answers 503 with `Retry-After` (Tradecloud retries those), where an
+//!   unready endpoint would give Tradecloud connection errors instead. The body still reports the
+//!   broker and the worker.
+//! * a worker-only process ([`Readiness::Worker`]) is ready when the broker is reachable and no
+//!   [`Probe`] is unready (e.g. the worker paused behind a circuit breaker).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
@@ -24,9 +33,21 @@ pub struct Admin {
     handle: ServerHandle,
 }
 
+/// What `/readyz` answers for.
+#[derive(Clone)]
+pub enum Readiness {
+    /// The process serves webhooks: ready until it drains (the ingress's draining flag).
+    Webhooks { draining: Arc<AtomicBool> },
+    /// A worker only: ready when the broker is reachable and no probe is unready.
+    Worker,
+}
+
 struct Checks {
     publisher: Arc<dyn Publisher>,
     probes: Vec<Arc<dyn Probe>>,
+    readiness: Readiness,
+    /// The broker answered a readiness check at least once.
+    connected_once: AtomicBool,
 }
 
 impl Admin {
@@ -34,8 +55,14 @@ impl Admin {
         listen: SocketAddr,
         publisher: Arc<dyn Publisher>,
         probes: Vec<Arc<dyn Probe>>,
+        readiness: Readiness,
     ) -> Result<Self, IngressError> {
-        let checks = web::Data::new(Checks { publisher, probes });
+        let checks = web::Data::new(Checks {
+            publisher,
+            probes,
+            readiness,
+            connected_once: AtomicBool::new(false),
+        });
         if tcb_telemetry::metrics::handle().is_none() {
             tracing::warn!("another metrics recorder is installed: /metrics stays empty");
         }
@@ -75,16 +102,37 @@ async fn healthz(checks: web::Data<Checks>) -> HttpResponse {
 }
 
 async fn readyz(checks: web::Data<Checks>) -> HttpResponse {
-    if let Some(reason) = checks.probes.iter().find_map(|p| p.unready()) {
+    if let Readiness::Webhooks { draining } = &checks.readiness
+        && draining.load(Ordering::SeqCst)
+    {
         return HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "not ready", "reason": reason}));
+            .json(json!({"status": "draining", "reason": "shutting down"}));
     }
-    match tokio::time::timeout(READY_TIMEOUT, checks.publisher.check_ready()).await {
-        Ok(Ok(())) => HttpResponse::Ok().json(json!({"status": "ready"})),
-        Ok(Err(e)) => HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "not ready", "reason": e.to_string()})),
-        Err(_) => HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "not ready", "reason": "the broker did not answer in time"})),
+    let worker = checks.probes.iter().find_map(|p| p.unready());
+    let broker = match tokio::time::timeout(READY_TIMEOUT, checks.publisher.check_ready()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("the broker did not answer in time".to_owned()),
+    };
+    if broker.is_none() {
+        checks.connected_once.store(true, Ordering::SeqCst);
+    }
+    let started = checks.connected_once.load(Ordering::SeqCst);
+    let state = |problem: &Option<String>| problem.clone().unwrap_or_else(|| "ok".to_owned());
+    let body = |status: &str| json!({"status": status, "broker": state(&broker), "worker": state(&worker)});
+    let ready = match checks.readiness {
+        Readiness::Webhooks { .. } => started,
+        Readiness::Worker => broker.is_none() && worker.is_none(),
+    };
+    if ready {
+        HttpResponse::Ok().json(body("ready"))
+    } else {
+        let mut body = body("not ready");
+        body["reason"] = match &checks.readiness {
+            Readiness::Webhooks { .. } => json!("not yet connected to the broker"),
+            Readiness::Worker => json!(worker.or(broker)),
+        };
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }
 

@@ -7,16 +7,20 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// `[ingress.auth]`, picked by `kind`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum AuthConfig {
     /// `Authorization: Basic base64(username:password)`, as set in Tradecloud's webhook settings.
     Basic {
         username: String,
+        #[serde(serialize_with = "tcb_telemetry::redact::secret")]
         password: SecretString,
     },
     /// `Authorization: Bearer <token>`, a static token set in Tradecloud's webhook settings.
-    Bearer { token: SecretString },
+    Bearer {
+        #[serde(serialize_with = "tcb_telemetry::redact::secret")]
+        token: SecretString,
+    },
 }
 
 impl AuthConfig {

@@ -25,7 +25,7 @@ pub use auth::AuthConfig;
 pub use error::ApiError;
 
 /// The `[ingress]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngressConfig {
     /// Address of the public HTTPS listener.
@@ -240,6 +240,11 @@ impl Ingress {
             draining,
             server: tokio::spawn(server),
         })
+    }
+
+    /// Set when the ingress starts draining; `/readyz` goes 503 from then on.
+    pub fn draining(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
     }
 
     /// Graceful stop: new requests get 503 at once, in-flight ones finish (up to the shutdown

@@ -79,15 +79,43 @@ impl DevCertificate {
     }
 }
 
-/// Reuses the development certificate in `dir`, or generates one (valid for `localhost`,
-/// `127.0.0.1` and `::1`). Never for production: the CA key is kept beside it.
-pub fn ensure_dev_certificate(dir: &Path) -> Result<DevCertificate, IngressError> {
+/// The names every development certificate covers.
+pub const DEV_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// Reuses the development certificate in `dir` when it covers `localhost`, `127.0.0.1`, `::1`
+/// and every name of `extra_names` (host names or IP addresses: `--san ingress`), or generates a
+/// new CA and certificate. The names covered are kept in `dev-cert.names`. Never for production.
+pub fn ensure_dev_certificate(
+    dir: &Path,
+    extra_names: &[String],
+) -> Result<DevCertificate, IngressError> {
     let files = DevCertificate {
         ca: dir.join("dev-ca.pem"),
         cert: dir.join("dev-cert.pem"),
         key: dir.join("dev-key.pem"),
     };
-    if files.ca.exists() && files.cert.exists() && files.key.exists() {
+    let mut names: Vec<String> = DEV_NAMES.iter().map(|n| (*n).to_owned()).collect();
+    for n in extra_names {
+        let n = n.trim().to_owned();
+        if n.is_empty() {
+            return Err(IngressError::Tls(
+                "an empty name cannot be put in a certificate".to_owned(),
+            ));
+        }
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let names_file = dir.join("dev-cert.names");
+    let covered: Vec<String> = std::fs::read_to_string(&names_file)
+        .map(|t| t.lines().map(str::to_owned).collect())
+        // A certificate written before the names file existed covers the default names.
+        .unwrap_or_else(|_| DEV_NAMES.iter().map(|n| (*n).to_owned()).collect());
+    if files.ca.exists()
+        && files.cert.exists()
+        && files.key.exists()
+        && names.iter().all(|n| covered.contains(n))
+    {
         return Ok(files);
     }
     let err = |e: rcgen::Error| {
@@ -112,12 +140,7 @@ pub fn ensure_dev_certificate(dir: &Path) -> Result<DevCertificate, IngressError
     ];
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).map_err(err)?;
     let leaf_key = rcgen::KeyPair::generate().map_err(err)?;
-    let mut leaf_params = rcgen::CertificateParams::new(vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ])
-    .map_err(err)?;
+    let mut leaf_params = rcgen::CertificateParams::new(names.clone()).map_err(err)?;
     leaf_params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "localhost");
@@ -126,6 +149,7 @@ pub fn ensure_dev_certificate(dir: &Path) -> Result<DevCertificate, IngressError
     std::fs::write(&files.ca, ca.pem()).map_err(io)?;
     std::fs::write(&files.cert, leaf.pem()).map_err(io)?;
     write_private(&files.key, leaf_key.serialize_pem().as_bytes()).map_err(io)?;
+    std::fs::write(&names_file, names.join("\n") + "\n").map_err(io)?;
     Ok(files)
 }
 
@@ -139,4 +163,61 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     #[cfg(unix)]
     options.mode(0o600);
     options.open(path)?.write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls_pki_types::{ServerName, UnixTime};
+
+    /// Whether a client trusting only the development CA accepts the certificate for `name`.
+    fn verifies(c: &DevCertificate, name: &str) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(&c.ca).unwrap() {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let leaf = CertificateDer::pem_file_iter(&c.cert)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        verifier
+            .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
+            .is_ok()
+    }
+
+    #[test]
+    fn the_development_certificate_covers_the_names_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ensure_dev_certificate(dir.path(), &[]).unwrap();
+        assert!(verifies(&c, "localhost"));
+        assert!(verifies(&c, "127.0.0.1"));
+        assert!(!verifies(&c, "ingress"));
+        // A name it does not cover: a new certificate, which covers it and the defaults.
+        let names = ["ingress".to_owned(), "10.0.0.7".to_owned()];
+        let c = ensure_dev_certificate(dir.path(), &names).unwrap();
+        for name in ["ingress", "10.0.0.7", "localhost", "::1"] {
+            assert!(verifies(&c, name), "{name}");
+        }
+        assert!(!verifies(&c, "other"));
+        // Asked again for names it covers: reused as it is.
+        let before = std::fs::read(&c.cert).unwrap();
+        ensure_dev_certificate(dir.path(), &names[..1]).unwrap();
+        assert_eq!(std::fs::read(&c.cert).unwrap(), before);
+        assert!(ensure_dev_certificate(dir.path(), &[" ".to_owned()]).is_err());
+        // The key is readable by its owner only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&c.key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
 }

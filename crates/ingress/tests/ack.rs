@@ -22,14 +22,15 @@ enum Mode {
 }
 
 struct Fake {
-    mode: Mode,
+    mode: Mutex<Mode>,
     stored: Mutex<Vec<(String, Message)>>,
 }
 
 #[async_trait]
 impl Publisher for Fake {
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
-        match self.mode {
+        let mode = *self.mode.lock().unwrap();
+        match mode {
             Mode::Store => {
                 self.stored
                     .lock()
@@ -49,7 +50,14 @@ impl Publisher for Fake {
         }
     }
     async fn check_ready(&self) -> Result<(), BusError> {
-        Ok(())
+        let mode = *self.mode.lock().unwrap();
+        match mode {
+            Mode::Fail => Err(BusError::Unavailable {
+                context: "broker down".to_owned(),
+                source: None,
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -71,7 +79,7 @@ fn config() -> IngressConfig {
 
 async fn start(mode: Mode) -> (Ingress, Arc<Fake>) {
     let fake = Arc::new(Fake {
-        mode,
+        mode: Mutex::new(mode),
         stored: Mutex::default(),
     });
     let ingress = Ingress::start(&config(), fake.clone(), "triggers").unwrap();
@@ -178,10 +186,71 @@ async fn a_publish_past_the_ack_timeout_answers_503() {
 #[tokio::test]
 async fn a_bad_path_config_is_refused() {
     let fake = Arc::new(Fake {
-        mode: Mode::Store,
+        mode: Mutex::new(Mode::Store),
         stored: Mutex::default(),
     });
     let mut c = config();
     c.path = "hook/".to_owned();
     assert!(Ingress::start(&c, fake, "t").is_err());
+}
+
+async fn readyz(admin: &tcb_ingress::admin::Admin) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("http://{}/readyz", admin.local_addr))
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// An ingress is ready once the broker answered, stays ready while the broker is down later
+/// (it answers 503 + Retry-After, which Tradecloud retries) and goes unready when it drains; a
+/// worker-only process follows the broker.
+#[tokio::test]
+async fn readiness_follows_draining_for_webhooks_and_the_broker_for_a_worker() {
+    use tcb_ingress::admin::{Admin, Readiness};
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    // Never connected: not ready yet (a new pod takes traffic once it can store triggers).
+    let (never, fake) = start(Mode::Fail).await;
+    let webhooks = Readiness::Webhooks {
+        draining: never.draining(),
+    };
+    let admin = Admin::start(any, fake, Vec::new(), webhooks).unwrap();
+    let (status, body) = readyz(&admin).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["reason"], "not yet connected to the broker");
+    admin.stop().await;
+    never.stop().await;
+
+    // Connected once, then the broker goes away: still ready; the body says why webhooks get 503.
+    let (ingress, fake) = start(Mode::Store).await;
+    let webhooks = Readiness::Webhooks {
+        draining: ingress.draining(),
+    };
+    let admin = Admin::start(any, fake.clone(), Vec::new(), webhooks).unwrap();
+    let (status, body) = readyz(&admin).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["broker"], "ok");
+    *fake.mode.lock().unwrap() = Mode::Fail;
+    let (status, body) = readyz(&admin).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ready");
+    assert!(
+        body["broker"].as_str().unwrap().contains("broker down"),
+        "{body}"
+    );
+    assert_eq!(body["worker"], "ok");
+
+    let worker = Admin::start(any, fake, Vec::new(), Readiness::Worker).unwrap();
+    let (status, body) = readyz(&worker).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("broker down"),
+        "{body}"
+    );
+    worker.stop().await;
+
+    ingress.stop().await;
+    let (status, body) = readyz(&admin).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "draining");
+    admin.stop().await;
 }

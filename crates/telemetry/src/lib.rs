@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 pub mod health;
 pub mod metrics;
+pub mod redact;
 pub mod trace_context;
 
 /// The `[telemetry]` section.

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 /// The `[worker.tradecloud]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TradecloudConfig {
     /// API v2 base URL: `https://api.tradecloud1.com` (production),
@@ -31,6 +31,7 @@ pub struct TradecloudConfig {
     pub base_url: String,
     /// E-mail of the Tradecloud user with the `integration` role.
     pub email: String,
+    #[serde(serialize_with = "tcb_telemetry::redact::secret")]
     pub password: SecretString,
     /// Legacy API v1 base URL (`https://tradecloud.nl`, `https://accp.tradecloud.nl`, ...), for
     /// companies whose webhook sends legacy order ids. Unset: legacy triggers are dead-lettered.
@@ -40,7 +41,7 @@ pub struct TradecloudConfig {
     #[serde(default)]
     pub legacy_username: Option<String>,
     /// Legacy API v1 password; defaults to `password`.
-    #[serde(default)]
+    #[serde(default, serialize_with = "tcb_telemetry::redact::optional_secret")]
     pub legacy_password: Option<SecretString>,
     /// Most requests per second to Tradecloud, all kinds together, for the whole deployment: a
     /// worker paces itself at its share (on Kafka, the share of the triggers topic's partitions it

@@ -30,7 +30,7 @@ mod process;
 pub use health::WorkerHealth;
 
 /// The `[worker]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     /// Consumer group on the triggers topic.

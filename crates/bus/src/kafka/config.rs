@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::TopicsConfig;
 
 /// `[bus]` with `backend = "kafka"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `host:port[,host:port...]`.
@@ -23,14 +23,14 @@ pub struct KafkaConfig {
     pub sasl_mechanism: Option<SaslMechanism>,
     #[serde(default)]
     pub sasl_username: Option<String>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "tcb_telemetry::redact::optional_secret")]
     pub sasl_password: Option<SecretString>,
     /// CA bundle (PEM) to verify the brokers with; unset: the system's.
     #[serde(default)]
     pub ssl_ca_location: Option<PathBuf>,
     /// Any other librdkafka property, for producer and consumer alike, e.g.
     /// `properties = { "socket.keepalive.enable" = "true" }`. Checked by librdkafka at start-up.
-    #[serde(default)]
+    #[serde(default, serialize_with = "tcb_telemetry::redact::properties")]
     pub properties: BTreeMap<String, String>,
     /// How long librdkafka tries to deliver a message before it reports a failure. Keep it at or
     /// below the ingress's `ack_timeout_ms`, so a stuck publish fails rather than lingers.
@@ -126,7 +126,7 @@ fn default_commit_interval() -> u32 {
     1_000
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecurityProtocol {
     Plaintext,
@@ -135,7 +135,7 @@ pub enum SecurityProtocol {
     SaslSsl,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum SaslMechanism {
     #[serde(rename = "PLAIN")]
     Plain,
@@ -146,7 +146,7 @@ pub enum SaslMechanism {
 }
 
 /// The producer's `compression.type`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     None,

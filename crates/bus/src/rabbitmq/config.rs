@@ -7,11 +7,12 @@ use serde::Deserialize;
 use crate::TopicsConfig;
 
 /// `[bus]` with `backend = "rabbitmq"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitMqConfig {
     /// `amqp://user:password@host:5672/%2f` (vhost `/` URL-encoded) or `amqps://...` for TLS.
     /// Keep the password out of the file: `uri = "amqp://bridge:${RABBITMQ_PASSWORD}@mq:5672/%2f"`.
+    #[serde(serialize_with = "tcb_telemetry::redact::uri")]
     pub uri: SecretString,
     /// Heartbeat interval; a connection silent for two intervals counts as lost.
     #[serde(default = "default_heartbeat")]
@@ -92,7 +93,7 @@ fn default_tail_max_bytes() -> u64 {
     1 << 30
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
     #[default]
