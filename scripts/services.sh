@@ -41,3 +41,15 @@ if ! port_open 9092; then
   wait_port 9092 30 tansu
 fi
 echo "services: Kafka protocol (tansu) is up on 127.0.0.1:9092"
+
+# The host names deploy/ gives the brokers and services, on this machine: tests/deploy.py runs the
+# bridge with exactly the configs docker-compose.yml and the Kubernetes overlays give it.
+names="kafka rabbitmq simulator ingress ingress-rabbitmq kafka-kafka-bootstrap.kafka rabbitmq.rabbitmq"
+missing_names=""
+for name in $names; do
+  getent hosts "$name" | grep -q '^127\.0\.0\.1 ' || missing_names="$missing_names $name"
+done
+if [ -n "$missing_names" ]; then
+  echo "services: adding to /etc/hosts as 127.0.0.1:$missing_names"
+  echo "127.0.0.1$missing_names # tradecloud-bridge tests/deploy.py" >> /etc/hosts
+fi

@@ -15,6 +15,10 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+# The bridge as docker-compose.yml and the Kubernetes overlays run it (their configs, commands,
+# environments and mounted files), against the brokers started above.
+echo "== deploy/ as deployed"
+python3 tests/deploy.py target/debug/tradecloud-bridge 2>&1 | tee -a "$log" || status=$?
 # Each backend is a cargo feature: the binary builds with each alone, and with only the embedded
 # backend its own tests (unit and end to end) pass.
 echo "== one backend at a time"
