@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 import yaml
 
@@ -62,12 +63,59 @@ def check_compose():
                     host_ip = port.get("host_ip", "") if isinstance(port, dict) else ""
                     if host_ip not in ("127.0.0.1", "::1") and "127.0.0.1:" not in str(port):
                         problem(f"{label} service {name}", f"port {port} is published beyond localhost")
-            if name.startswith(("ingress", "worker", "simulator")) and "healthcheck" not in svc:
+            long_running = svc.get("restart") != "no"
+            health = svc.get("healthcheck") or {}
+            if long_running and (not health or health.get("test") in (None, ["NONE"]) or health.get("disable")):
                 problem(f"{label} service {name}", "no healthcheck")
+            for dep, cond in (svc.get("depends_on") or {}).items():
+                if not isinstance(cond, dict) or cond.get("condition") not in (
+                        "service_healthy", "service_completed_successfully"):
+                    problem(f"{label} service {name}", f"depends on {dep} without a health condition")
+            if name.startswith(("ingress", "worker")) and _seconds(svc.get("stop_grace_period", "10s")) <= 20:
+                problem(f"{label} service {name}", "stop_grace_period is not above the ingress's 20 s drain")
         for vol in ("kafka-data", "rabbitmq-data"):
             if vol not in (doc.get("volumes") or {}):
                 problem(label, f"the broker volume {vol} is missing")
         print(f"ok  {label}")
+
+
+def _seconds(text):
+    """A compose duration (45s, 1m30s) in seconds."""
+    total = 0
+    for number, unit in re.findall(r"(\d+)(h|ms|m|s)", str(text)):
+        total += int(number) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[unit]
+    return total
+
+
+# The simulator's fixed stand-in for Tradecloud's legacy API: not a secret of anyone's.
+PLAIN_ALLOWED = {("worker.tradecloud.legacy_password", "legacy-password")}
+SECRET_KEY = re.compile(r"(password|secret|token)$")
+
+
+def check_bridge_configs():
+    """Every bridge config under deploy/compose and the overlays takes its secrets from a file or
+    a variable, never as a plain value."""
+    for folder in ("deploy/compose", "deploy/kubernetes/overlays"):
+        for base, _, files in os.walk(os.path.join(ROOT, folder)):
+            for name in files:
+                if not name.endswith(".toml"):
+                    continue
+                path = os.path.join(base, name)
+                with open(path, "rb") as f:
+                    config = tomllib.load(f)
+
+                def walk(node, key=""):
+                    if isinstance(node, dict):
+                        for k, v in node.items():
+                            walk(v, f"{key}.{k}" if key else k)
+                    elif isinstance(node, str):
+                        plain = "${" not in node
+                        leaf = key.rsplit(".", 1)[-1]
+                        secret = SECRET_KEY.search(leaf) or (leaf == "uri" and re.search(r"://[^/@]*:[^/@]*@", node))
+                        if secret and plain and (key, node) not in PLAIN_ALLOWED:
+                            problem(os.path.relpath(path, ROOT), f"{key} is a plain secret; use ${{file:...}}")
+                walk(config)
+    print("ok  bridge configs: secrets from files")
 
 
 # ---- Kubernetes -------------------------------------------------------------------------------
@@ -144,10 +192,11 @@ def check_pod(where, pod, deployment_name):
         tag = image.rsplit("/", 1)[-1]
         if "@sha256:" not in image and (":" not in tag or tag.endswith(":latest")):
             problem(cw, f"image {image!r} is not pinned (a tag other than latest, or a digest)")
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             p = c.get(probe)
             if not p:
-                problem(cw, f"no {probe}")
+                if probe != "startupProbe":
+                    problem(cw, f"no {probe}")
             elif "timeoutSeconds" not in p:
                 problem(cw, f"{probe} has no explicit timeoutSeconds")
         res = c.get("resources") or {}
@@ -299,6 +348,7 @@ def self_test():
 def main():
     self_test()
     check_compose()
+    check_bridge_configs()
     check_kubernetes()
     check_image()
     if problems:

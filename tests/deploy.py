@@ -45,6 +45,10 @@ EVENT = os.path.join(ROOT, "crates", "model", "tests", "fixtures", "event-lines-
 HOSTS = ["kafka", "rabbitmq", "simulator", "ingress", "ingress-rabbitmq",
          "kafka-kafka-bootstrap.kafka", "rabbitmq.rabbitmq"]
 RUN = uuid.uuid4().hex[:8]
+# The image's user (deploy/Dockerfile) and the pods' runAsUser/fsGroup: when the test runs as root,
+# every process runs as this user, so file ownership and modes are tested as deployed.
+BRIDGE_UID = 10001
+AS_BRIDGE = os.geteuid() == 0
 
 
 class Failure(Exception):
@@ -69,9 +73,12 @@ class Container:
     """A folder standing for one container's filesystem: each mount target is a link to its
     source; `map` turns container paths in arguments into paths in this folder."""
 
-    def __init__(self, base, name, binary, mounts):
+    def __init__(self, base, name, binary, mounts, uid=BRIDGE_UID):
         self.name = name
         self.root = os.path.join(base, name)
+        # The container's own filesystem is not writable by its user (read-only root filesystem).
+        os.makedirs(self.root, mode=0o755, exist_ok=True)
+        self.user = {"user": uid, "group": uid, "extra_groups": [uid]} if AS_BRIDGE else {}
         self.binary = binary
         self.targets = []
         for target, source in mounts:
@@ -89,24 +96,26 @@ class Container:
         return re.sub(rf"(?<![\w./-])({pattern})", lambda m: self.root + m.group(1), text)
 
     def argv(self, entrypoint, command):
-        args = [self.map(a) for a in (entrypoint or [IMAGE_BINARY]) + (command or [])]
+        # `docker-compose config` writes a literal `$` as `$$`; the container gets `$`.
+        args = [self.map(a).replace("$$", "$") for a in (entrypoint or [IMAGE_BINARY]) + (command or [])]
         return args
 
     def run(self, argv, env, timeout=60):
-        r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=self.root)
+        r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=self.root,
+                           **self.user)
         if r.returncode != 0:
             raise Failure(f"{self.name}: {' '.join(argv)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
         return r.stdout
 
     def start(self, argv, env):
-        log = open(os.path.join(self.root, "log"), "w")
-        p = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+        log = open(os.path.join(os.path.dirname(self.root), f"{self.name}.log"), "w")
+        p = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, **self.user)
         self.procs.append((p, argv))
         return p
 
     def log(self):
         try:
-            with open(os.path.join(self.root, "log")) as f:
+            with open(os.path.join(os.path.dirname(self.root), f"{self.name}.log")) as f:
                 return f.read()[-3000:]
         except OSError:
             return ""
@@ -138,6 +147,7 @@ def containers_in(prefix):
     """A folder for containers and their list: all stopped gracefully (exit 0 required) when the
     case ends, killed when it fails; the folder removed either way."""
     base = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(base, 0o755)
     containers = []
     try:
         yield base, containers
@@ -152,7 +162,7 @@ def containers_in(prefix):
 
 
 def base_env(extra):
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root")}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent"}
     env.update({k: str(v) for k, v in (extra or {}).items()})
     return env
 
@@ -209,7 +219,7 @@ def healthcheck(container, svc, env):
     def check():
         if any(p.poll() is not None for p, _ in container.procs):
             raise Failure(f"{container.name} exited:\n{container.log()}")
-        return subprocess.run(argv, env=env, capture_output=True, timeout=10).returncode == 0
+        return subprocess.run(argv, env=env, capture_output=True, timeout=10, **container.user).returncode == 0
     try:
         wait_for(f"{container.name}: its health check {' '.join(test[1:])}", check, 60)
     except Failure as e:
@@ -225,15 +235,24 @@ def compose_services(profiles):
     return yaml.safe_load(text)["services"]
 
 
-def compose_container(base, name, svc, binary, volumes):
+def compose_container(base, name, svc, binary, volumes, uid=BRIDGE_UID):
     mounts = []
     for v in svc.get("volumes") or []:
-        source, target = v.split(":")[:2]
+        if isinstance(v, dict):  # Compose v2's long form
+            source, target = v["source"], v["target"]
+        else:  # docker-compose 1.x: source:target[:mode]
+            source, target = v.split(":")[:2]
         if not source.startswith("/"):
-            source = volumes.setdefault(source, os.path.join(base, "volumes", source))
-            os.makedirs(source, exist_ok=True)
+            if source not in volumes:
+                # A new named volume takes the owner of the image's folder it is first mounted on
+                # (deploy/Dockerfile makes those the bridge user's).
+                volumes[source] = os.path.join(base, "volumes", source)
+                os.makedirs(volumes[source], mode=0o755)
+                if AS_BRIDGE:
+                    os.chown(volumes[source], uid, uid)
+            source = volumes[source]
         mounts.append((target, source))
-    return Container(base, name, binary, mounts)
+    return Container(base, name, binary, mounts, uid)
 
 
 def ensure_rabbitmq_user(user, password):
@@ -261,10 +280,23 @@ def compose(binary, backend):
 
         setup, env = container("setup")
         setup.run(setup.argv(services["setup"].get("entrypoint"), services["setup"]["command"]), env)
-        secrets_dir = volumes["secrets"]
         if backend == "rabbitmq":
-            with open(os.path.join(secrets_dir, "rabbitmq-password")) as f:
-                ensure_rabbitmq_user(services["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"], f.read().strip())
+            # The rabbitmq service's own command, as RabbitMQ's user (999) would run it, with a
+            # stand-in for the image's docker-entrypoint.sh that reports the credentials it got;
+            # then the test machine's RabbitMQ gets that user.
+            svc = services["rabbitmq"]
+            rabbit = compose_container(base, "rabbitmq", svc, binary, volumes, uid=999)
+            stub = os.path.join(base, "rabbitmq-image-bin")
+            os.makedirs(stub, mode=0o755)
+            with open(os.path.join(stub, "docker-entrypoint.sh"), "w") as f:
+                f.write('#!/bin/sh\nprintf "%s\\n%s\\n" "$RABBITMQ_DEFAULT_USER" "$RABBITMQ_DEFAULT_PASS"\n')
+            os.chmod(os.path.join(stub, "docker-entrypoint.sh"), 0o755)
+            env = base_env(svc.get("environment"))
+            env["PATH"] = stub + ":" + env["PATH"]
+            user, password = rabbit.run(rabbit.argv(svc["entrypoint"], svc["command"]), env).split("\n")[:2]
+            if not user or len(password) < 32:
+                raise Failure(f"rabbitmq: the command gave user {user!r} and a password of {len(password)} characters")
+            ensure_rabbitmq_user(user, password)
 
         for name in ["simulator", f"ingress{suffix}", f"worker{suffix}"]:
             c, env = container(name)
@@ -281,7 +313,7 @@ def compose(binary, backend):
 
         # This run's own orders, by GET and by POST, must reach the orders topic.
         ca = os.path.join(volumes["tls"], "dev-ca.pem")
-        with open(os.path.join(secrets_dir, "webhook-password")) as f:
+        with open(os.path.join(volumes["ingress-secrets"], "webhook-password")) as f:
             password = f.read().strip()
         host = "ingress" if backend == "kafka" else "ingress-rabbitmq"
         get_id, post_id = f"deploy-{RUN}-{backend}-get", f"deploy-{RUN}-{backend}-post"
@@ -331,23 +363,33 @@ def kubernetes(binary, overlay):
         configmaps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
         deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
 
-        def materialize(name, volume):
-            """A volume's files, as the kubelet would mount them."""
+        def materialize(name, volume, fs_group):
+            """A volume's files, as the kubelet would mount them: owned by root, group fsGroup,
+            with the volume's defaultMode (0644 when it sets none)."""
             folder = os.path.join(base, "volumes", name)
-            os.makedirs(folder, exist_ok=True)
+            os.makedirs(folder, mode=0o755)
             files = {}
             if "configMap" in volume:
                 files = dict(configmaps[volume["configMap"]["name"]])
+                mode = volume["configMap"].get("defaultMode", 0o644)
             elif "secret" in volume:
                 files = dict(secret_data[volume["secret"]["secretName"]])
+                mode = volume["secret"].get("defaultMode", 0o644)
             elif "projected" in volume:
+                mode = volume["projected"].get("defaultMode", 0o644)
                 for source in volume["projected"]["sources"]:
                     data = secret_data[source["secret"]["name"]]
                     for item in source["secret"]["items"]:
                         files[item["path"]] = data[item["key"]]
+            else:
+                raise Failure(f"volume {name}: a kind this test does not lay out: {sorted(volume)}")
             for file, text in files.items():
-                with open(os.path.join(folder, file), "w") as f:
+                path = os.path.join(folder, file)
+                with open(path, "w") as f:
                     f.write(text)
+                os.chmod(path, mode)
+                if AS_BRIDGE and fs_group is not None:
+                    os.chown(path, 0, fs_group)
             return folder
 
         order_id = f"deploy-{RUN}-k8s-{overlay}"
@@ -355,16 +397,22 @@ def kubernetes(binary, overlay):
         for name in ["tradecloud-bridge-ingress", "tradecloud-bridge-worker"]:
             pod = deployments[name]["spec"]["template"]["spec"]
             c = pod["containers"][0]
-            volumes = {v["name"]: materialize(f"{name}-{v['name']}", v) for v in pod["volumes"]}
+            sc = pod.get("securityContext") or {}
+            volumes = {v["name"]: materialize(f"{name}-{v['name']}", v, sc.get("fsGroup")) for v in pod["volumes"]}
             mounts = []
             for m in c["volumeMounts"]:
                 source = volumes[m["name"]]
                 if m.get("subPath"):
                     source = os.path.join(source, m["subPath"])
                 mounts.append((m["mountPath"], source))
-            container = Container(base, name, binary, mounts)
+            container = Container(base, name, binary, mounts, sc.get("runAsUser", BRIDGE_UID))
+            if AS_BRIDGE:
+                container.user = {"user": sc["runAsUser"], "group": sc.get("runAsGroup", 0),
+                                  "extra_groups": [sc["fsGroup"]] if "fsGroup" in sc else []}
             containers.append(container)
-            env = base_env({e["name"]: e["value"] for e in c.get("env") or [] if "value" in e})
+            if any("value" not in e for e in c.get("env") or []):
+                raise Failure(f"{name}: an env entry without a plain value; teach this test its source")
+            env = base_env({e["name"]: e["value"] for e in c.get("env") or []})
             container.start(container.argv(c.get("command"), c["args"]), env)
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
