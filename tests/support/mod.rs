@@ -19,7 +19,7 @@ use tcb_model::OrderMessage;
 use tcb_simulator::{Sender, SenderAuth, SenderConfig, SimConfig, Simulator, Webhook, orders};
 
 pub const USER: &str = "tradecloud";
-pub const PASSWORD: &str = "e2e-webhook-pw";
+pub const PASSWORD: &str = "e2e-webhook-password-0123";
 
 /// Which bus a world runs on.
 #[derive(Clone)]

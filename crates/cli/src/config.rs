@@ -494,7 +494,7 @@ password = "p"
         let c = load(
             BASE,
             &[
-                ("PW", "pa$$word"),
+                ("PW", "pa$$word-0123456789ab"),
                 ("TCB_INGRESS__MAX_BODY_BYTES", "1000"),
                 ("TCB_WORKER__LANES", "3"),
             ],
@@ -503,9 +503,12 @@ password = "p"
         let ingress = c.ingress().unwrap();
         assert_eq!(ingress.max_body_bytes, 1000);
         assert_eq!(c.worker().unwrap().lanes, 3);
-        match &ingress.auth {
+        match &ingress.auth.0[0] {
             tcb_ingress::AuthConfig::Basic { password, .. } => {
-                assert_eq!(secrecy::ExposeSecret::expose_secret(password), "pa$$word")
+                assert_eq!(
+                    secrecy::ExposeSecret::expose_secret(password),
+                    "pa$$word-0123456789ab"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -518,16 +521,22 @@ password = "p"
             e,
             "ingress.auth.password: environment variable PW is not set"
         );
-        let e = load(&BASE.replace("listen =", "lisen ="), &[("PW", "x")])
-            .unwrap_err()
-            .to_string();
+        let e = load(
+            &BASE.replace("listen =", "lisen ="),
+            &[("PW", "webhook-password-0123456789")],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.starts_with("ingress.lisen: unknown field `lisen`, expected one of"),
             "{e}"
         );
-        let e = load(&BASE.replace("\"embedded\"", "\"kafkaa\""), &[("PW", "x")])
-            .unwrap_err()
-            .to_string();
+        let e = load(
+            &BASE.replace("\"embedded\"", "\"kafkaa\""),
+            &[("PW", "webhook-password-0123456789")],
+        )
+        .unwrap_err()
+        .to_string();
         #[cfg(all(feature = "kafka", feature = "rabbitmq"))]
         assert!(
             e.contains("bus.backend: unknown variant `kafkaa`, expected one of `embedded`, `rabbitmq`, `kafka`"),
@@ -536,30 +545,42 @@ password = "p"
         assert!(e.contains("bus.backend: unknown variant `kafkaa`"), "{e}");
         let e = load(
             &BASE.replace("kind = \"basic\"", "kind = \"digest\""),
-            &[("PW", "x")],
+            &[("PW", "webhook-password-0123456789")],
         )
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("ingress.auth.kind: unknown variant `digest`, expected `basic` or `bearer`"),
+            e.contains("ingress.auth.kind: unknown variant `digest`, expected one of `basic`, `bearer`, `oauth`"),
             "{e}"
         );
-        let e = load(BASE, &[("PW", "x"), ("TCB_INGRESS__LISTEN", "nonsense")])
-            .unwrap_err()
-            .to_string();
+        let e = load(
+            BASE,
+            &[
+                ("PW", "webhook-password-0123456789"),
+                ("TCB_INGRESS__LISTEN", "nonsense"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.starts_with("ingress.listen: invalid socket address"),
             "{e}"
         );
-        let e = load(BASE, &[("PW", "x"), ("TCB_WORKER__LANES", "many")])
-            .unwrap_err()
-            .to_string();
+        let e = load(
+            BASE,
+            &[
+                ("PW", "webhook-password-0123456789"),
+                ("TCB_WORKER__LANES", "many"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("worker.lanes:"), "{e}");
         // a numeric-looking secret for a key the file does not set stays a string
         let c = load(
             BASE,
             &[
-                ("PW", "x"),
+                ("PW", "webhook-password-0123456789"),
                 ("TCB_WORKER__TRADECLOUD__LEGACY_PASSWORD", "12345"),
             ],
         )
@@ -582,7 +603,7 @@ password = "p"
                 "listen = \"127.0.0.1:8443\"",
                 "listen = \"127.0.0.1:8443\"\npath = \"webhook/\"",
             );
-        let e = load(&text, &[("PW", "x")]).unwrap_err();
+        let e = load(&text, &[("PW", "webhook-password-0123456789")]).unwrap_err();
         let ConfigError::Problems(problems) = &e else {
             panic!("{e}")
         };
@@ -604,7 +625,7 @@ password = "p"
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("ingress.auth.password: must not be empty")
+            e.contains("ingress.auth.password: must be at least 16 bytes")
                 && e.contains("worker.tradecloud.password: must not be empty"),
             "{e}"
         );
@@ -613,7 +634,7 @@ password = "p"
                 "path = \"/tmp/x.db\"",
                 "path = \"/tmp/x.db\"\ntopics = { orders = \"same\", triggers = \"same\" }",
             ),
-            &[("PW", "x")],
+            &[("PW", "webhook-password-0123456789")],
         )
         .unwrap_err()
         .to_string();
@@ -659,7 +680,7 @@ log_level = "info,tcb_worker=debug"
             "backend = \"embedded\"\npath = \"/tmp/x.db\"",
             "backend = \"kafka\"\nbootstrap_servers = \"k:9092\"\nmessage_timeout_ms = 9000",
         );
-        let c = load(&text, &[("PW", "x")]).unwrap();
+        let c = load(&text, &[("PW", "webhook-password-0123456789")]).unwrap();
         let timeout = |c: &Config| {
             c.warnings()
                 .iter()
@@ -673,18 +694,22 @@ log_level = "info,tcb_worker=debug"
             "{:?}",
             c.warnings()
         );
-        let c = load(&text.replace("9000", "5000"), &[("PW", "x")]).unwrap();
+        let c = load(
+            &text.replace("9000", "5000"),
+            &[("PW", "webhook-password-0123456789")],
+        )
+        .unwrap();
         assert!(!timeout(&c));
         let c = load(
             &text.replace("message_timeout_ms = 9000", "replication_factor = 3"),
-            &[("PW", "x")],
+            &[("PW", "webhook-password-0123456789")],
         )
         .unwrap();
         assert!(c.warnings().is_empty(), "{:?}", c.warnings());
         // The largest body must fit a message after encoding.
         let e = load(
             &text.replace("message_timeout_ms = 9000", "max_message_bytes = 1000000"),
-            &[("PW", "x")],
+            &[("PW", "webhook-password-0123456789")],
         )
         .unwrap_err()
         .to_string();
@@ -721,7 +746,7 @@ log_level = "info,tcb_worker=debug"
         );
         // Through a whole file: the password comes from the mounted secret.
         let c = load(&BASE.replace("${PW}", &file), &[]).unwrap();
-        match &c.ingress().unwrap().auth {
+        match &c.ingress().unwrap().auth.0[0] {
             tcb_ingress::AuthConfig::Basic { password, .. } => assert_eq!(
                 secrecy::ExposeSecret::expose_secret(password),
                 "s3cret-from-a-file"
@@ -766,7 +791,7 @@ log_level = "info,tcb_worker=debug"
                 key: PathBuf::from("/abs/tls.key"),
             }
         );
-        match &ingress.auth {
+        match &ingress.auth.0[0] {
             tcb_ingress::AuthConfig::Basic { password, .. } => assert_eq!(
                 secrecy::ExposeSecret::expose_secret(password),
                 "a-long-webhook-password"
@@ -778,9 +803,9 @@ log_level = "info,tcb_worker=debug"
     #[test]
     fn the_printed_config_has_defaults_and_no_secret() {
         let text = BASE.replace("password = \"p\"", "password = \"tradecloud-secret\"");
-        let c = load(&text, &[("PW", "webhook-secret")]).unwrap();
+        let c = load(&text, &[("PW", "webhook-secret-0123456789")]).unwrap();
         let printed = c.print().unwrap();
-        for secret in ["webhook-secret", "tradecloud-secret"] {
+        for secret in ["webhook-secret-0123456789", "tradecloud-secret"] {
             assert!(!printed.contains(secret), "{secret} in\n{printed}");
         }
         assert_eq!(
@@ -793,7 +818,11 @@ log_level = "info,tcb_worker=debug"
             printed.contains("max_requests_per_second = 10"),
             "{printed}"
         );
-        let again = load(&printed, &[]).unwrap();
+        let again = load(
+            &printed.replace(tcb_telemetry::redact::REDACTED, "a-secret-0123456789"),
+            &[],
+        )
+        .unwrap();
         assert_eq!(again.print().unwrap(), printed);
     }
 
@@ -825,7 +854,7 @@ log_level = "info,tcb_worker=debug"
                 .join(file);
             let text = std::fs::read_to_string(&path).unwrap();
             let env = [
-                ("TCB_WEBHOOK_PASSWORD", "x"),
+                ("TCB_WEBHOOK_PASSWORD", "webhook-password-0123456789"),
                 ("TRADECLOUD_PASSWORD", "y"),
                 ("RABBITMQ_PASSWORD", "z"),
                 ("KAFKA_PASSWORD", "k"),

@@ -7,8 +7,9 @@ use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// The `WWW-Authenticate` challenges go with the 401.
     #[error("missing or wrong credentials")]
-    Unauthorized,
+    Unauthorized { challenges: Vec<String> },
     #[error("{0}")]
     BadRequest(String),
     #[error("no such path")]
@@ -29,7 +30,7 @@ pub enum ApiError {
 impl ApiError {
     fn code(&self) -> &'static str {
         match self {
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -43,7 +44,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -58,11 +59,10 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
         match self {
-            ApiError::Unauthorized => {
-                res.insert_header((
-                    header::WWW_AUTHENTICATE,
-                    r#"Basic realm="tradecloud-bridge", charset="UTF-8""#,
-                ));
+            ApiError::Unauthorized { challenges } => {
+                for c in challenges {
+                    res.append_header((header::WWW_AUTHENTICATE, c.as_str()));
+                }
             }
             ApiError::MethodNotAllowed(allow) => {
                 res.insert_header((header::ALLOW, *allow));

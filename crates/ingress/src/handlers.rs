@@ -46,16 +46,17 @@ struct IdQuery {
     legacy_order_id: Option<String>,
 }
 
-fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if state.auth.allows(header) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+    state.auth.check(header).await.map_err(|refusal| {
+        tracing::info!(reason = %refusal.reason, "webhook refused: 401");
+        ApiError::Unauthorized {
+            challenges: state.auth.challenges(&refusal),
+        }
+    })
 }
 
 async fn get_by_path(
@@ -63,7 +64,7 @@ async fn get_by_path(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &state)?;
+    authenticate(&req, &state).await?;
     publish_order_id(&req, &state, state.path_id, &id).await
 }
 
@@ -71,7 +72,7 @@ async fn get_by_query(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &state)?;
+    authenticate(&req, &state).await?;
     let query = web::Query::<IdQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))?;
     let (kind, id) = match (&query.order_id, &query.legacy_order_id) {
@@ -108,7 +109,7 @@ async fn event(
     state: web::Data<AppState>,
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &state)?;
+    authenticate(&req, &state).await?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)

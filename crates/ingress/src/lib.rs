@@ -16,12 +16,12 @@ use tcb_bus::Publisher;
 use tcb_model::IdKind;
 
 pub mod admin;
-mod auth;
+pub mod auth;
 mod error;
 mod handlers;
 pub mod tls;
 
-pub use auth::AuthConfig;
+pub use auth::{AuthConfig, Credentials, OauthConfig};
 pub use error::ApiError;
 
 /// The `[ingress]` section.
@@ -53,7 +53,8 @@ pub struct IngressConfig {
     #[serde(default = "default_shutdown")]
     pub shutdown_timeout_seconds: u64,
     pub tls: tls::TlsConfig,
-    pub auth: AuthConfig,
+    /// One credential or a list (`[[ingress.auth]]`): any of them is accepted.
+    pub auth: Credentials,
 }
 
 impl IngressConfig {
@@ -69,7 +70,7 @@ impl IngressConfig {
             http_workers: None,
             shutdown_timeout_seconds: default_shutdown(),
             tls,
-            auth,
+            auth: auth.into(),
         }
     }
 

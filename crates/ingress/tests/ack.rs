@@ -66,7 +66,7 @@ fn config() -> IngressConfig {
         SocketAddr::from(([127, 0, 0, 1], 0)),
         TlsConfig::Off,
         AuthConfig::Bearer {
-            token: SecretString::from("tok"),
+            token: SecretString::from("a-static-token-0123456789"),
         },
     );
     c.path = "/hook".to_owned();
@@ -91,7 +91,7 @@ const BODY: &str = r#"{"eventName":"OrderIssuedByBuyer","orderEvent":{"orderId":
 async fn post(ingress: &Ingress, traceparent: Option<&str>) -> reqwest::Response {
     let mut r = reqwest::Client::new()
         .post(format!("http://{}/hook", ingress.local_addr))
-        .bearer_auth("tok")
+        .bearer_auth("a-static-token-0123456789")
         .header("content-type", "application/json; charset=utf-8")
         .body(BODY);
     if let Some(tp) = traceparent {
@@ -175,7 +175,7 @@ async fn a_publish_past_the_ack_timeout_answers_503() {
     );
     let r = reqwest::Client::new()
         .get(format!("http://{}/hook/o-2", ingress.local_addr))
-        .bearer_auth("tok")
+        .bearer_auth("a-static-token-0123456789")
         .send()
         .await
         .unwrap();

@@ -29,6 +29,8 @@ pub struct SimConfig {
     pub rate_limit_per_second: usize,
     /// Lifetime of an access token (Tradecloud: 1 hour).
     pub access_token_ttl: Duration,
+    /// The customer's identity provider (OAuth webhook auth), served beside the API.
+    pub idp: crate::idp::IdpConfig,
 }
 
 impl Default for SimConfig {
@@ -40,6 +42,7 @@ impl Default for SimConfig {
             legacy_password: "legacy-password".to_owned(),
             rate_limit_per_second: 10,
             access_token_ttl: Duration::from_secs(3600),
+            idp: crate::idp::IdpConfig::default(),
         }
     }
 }
@@ -72,6 +75,7 @@ struct Counters {
 
 struct State {
     config: SimConfig,
+    idp: crate::idp::Idp,
     access: Mutex<HashMap<String, Instant>>,
     refresh: Mutex<HashSet<String>>,
     versions: Mutex<HashMap<String, u64>>,
@@ -100,6 +104,7 @@ impl Simulator {
     /// Starts on `addr` (port 0 picks a free port).
     pub fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<Self> {
         let state = Arc::new(State {
+            idp: crate::idp::Idp::new(config.idp.clone()),
             config,
             access: Mutex::new(HashMap::new()),
             refresh: Mutex::new(HashSet::new()),
@@ -127,6 +132,8 @@ impl Simulator {
                 )
                 .route("/sim/orders/{id}/bump", web::post().to(bump))
                 .route("/sim/stats", web::get().to(stats))
+                .route("/{tenant}/discovery/v2.0/keys", web::get().to(idp_keys))
+                .route("/{tenant}/oauth2/v2.0/token", web::post().to(idp_token))
         })
         .workers(2)
         .disable_signals()
@@ -145,6 +152,34 @@ impl Simulator {
     /// `http://addr`, the API base URL.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The identity provider (keys, rotation, minting tokens for tests).
+    pub fn idp(&self) -> &crate::idp::Idp {
+        &self.state.idp
+    }
+
+    /// The `iss` of the provider's tokens.
+    pub fn idp_issuer(&self) -> String {
+        self.state.idp.issuer(&self.base_url())
+    }
+
+    /// The provider's JWKS URL (`ingress.auth.jwks_url`).
+    pub fn idp_jwks_url(&self) -> String {
+        format!(
+            "{}/{}/discovery/v2.0/keys",
+            self.base_url(),
+            self.state.idp.config.tenant
+        )
+    }
+
+    /// The provider's token endpoint (client credentials).
+    pub fn idp_token_url(&self) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.base_url(),
+            self.state.idp.config.tenant
+        )
     }
 
     /// The order changes: its version goes up by one. Returns the new version.
@@ -467,4 +502,31 @@ async fn bump(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
 
 async fn stats(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().json(state.stats())
+}
+
+fn tenant_known(state: &State, tenant: &str) -> bool {
+    tenant == state.idp.config.tenant
+}
+
+async fn idp_keys(state: web::Data<State>, tenant: web::Path<String>) -> HttpResponse {
+    if !tenant_known(&state, &tenant) {
+        return HttpResponse::NotFound().json(json!({"error": "unknown tenant"}));
+    }
+    HttpResponse::Ok().json(state.idp.jwks())
+}
+
+async fn idp_token(
+    req: HttpRequest,
+    state: web::Data<State>,
+    tenant: web::Path<String>,
+    form: web::Form<Vec<(String, String)>>,
+) -> HttpResponse {
+    if !tenant_known(&state, &tenant) {
+        return HttpResponse::NotFound().json(json!({"error": "unknown tenant"}));
+    }
+    let base = format!("http://{}", req.connection_info().host());
+    match state.idp.token_response(&base, &form) {
+        Ok(token) => HttpResponse::Ok().json(token),
+        Err(error) => HttpResponse::Unauthorized().json(error),
+    }
 }

@@ -7,9 +7,25 @@ use reqwest::StatusCode;
 /// How to authenticate to the bridge.
 #[derive(Debug, Clone)]
 pub enum SenderAuth {
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     Bearer(String),
+    /// A token from the customer's identity provider (OAuth 2.0 client credentials), as
+    /// Tradecloud's current connector does; fetched once and reused until it nearly expires.
+    OAuth(OAuthClient),
     None,
+}
+
+/// Tradecloud's OAuth client registration at the customer's identity provider.
+#[derive(Debug, Clone)]
+pub struct OAuthClient {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// e.g. `api://tradecloud-bridge/.default`
+    pub scope: String,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +86,8 @@ pub struct SenderError(String);
 pub struct Sender {
     http: reqwest::Client,
     config: SenderConfig,
+    /// The OAuth access token and when to fetch a new one.
+    token: std::sync::Arc<tokio::sync::Mutex<Option<(String, Instant)>>>,
 }
 
 impl Sender {
@@ -85,10 +103,45 @@ impl Sender {
         Ok(Self {
             http: builder.build().map_err(|e| SenderError(e.to_string()))?,
             config,
+            token: std::sync::Arc::default(),
         })
     }
 
-    fn request(&self, webhook: &Webhook) -> reqwest::RequestBuilder {
+    /// The OAuth access token (client-credentials grant), cached until a minute before it expires.
+    async fn oauth_token(&self, client: &OAuthClient) -> Result<String, String> {
+        let mut cached = self.token.lock().await;
+        if let Some((token, renew_at)) = cached.as_ref()
+            && Instant::now() < *renew_at
+        {
+            return Ok(token.clone());
+        }
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", client.client_id.as_str()),
+            ("client_secret", client.client_secret.as_str()),
+            ("scope", client.scope.as_str()),
+        ];
+        let r = self
+            .http
+            .post(&client.token_url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| format!("token endpoint: {e}"))?;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.map_err(|e| format!("token endpoint: {e}"))?;
+        let token = body["access_token"]
+            .as_str()
+            .filter(|_| status.is_success())
+            .ok_or_else(|| format!("token endpoint answered {status}: {body}"))?
+            .to_owned();
+        let lifetime = body["expires_in"].as_u64().unwrap_or(300);
+        let renew_at = Instant::now() + Duration::from_secs(lifetime.saturating_sub(60).max(1));
+        *cached = Some((token.clone(), renew_at));
+        Ok(token)
+    }
+
+    fn request(&self, webhook: &Webhook, oauth: Option<&str>) -> reqwest::RequestBuilder {
         let url = self.config.url.trim_end_matches('/');
         let json = |r: reqwest::RequestBuilder, body: &[u8]| {
             r.header("Content-Type", "application/json")
@@ -104,6 +157,7 @@ impl Sender {
         match &self.config.auth {
             SenderAuth::Basic { username, password } => req.basic_auth(username, Some(password)),
             SenderAuth::Bearer(token) => req.bearer_auth(token),
+            SenderAuth::OAuth(_) => req.bearer_auth(oauth.unwrap_or_default()),
             SenderAuth::None => req,
         }
     }
@@ -121,7 +175,17 @@ impl Sender {
         };
         while outcome.attempts < self.config.max_attempts.max(1) {
             outcome.attempts += 1;
-            match self.request(webhook).send().await {
+            let oauth = match &self.config.auth {
+                SenderAuth::OAuth(client) => match self.oauth_token(client).await {
+                    Ok(token) => Some(token),
+                    Err(e) => {
+                        outcome.error = Some(e);
+                        break;
+                    }
+                },
+                _ => None,
+            };
+            match self.request(webhook, oauth.as_deref()).send().await {
                 Ok(response) => {
                     let status = response.status();
                     outcome.status = Some(status.as_u16());
