@@ -198,3 +198,193 @@ async fn an_empty_or_short_secret_is_refused_at_start_up() {
         );
     }
 }
+
+/// An event body as the connector POSTs it.
+fn event_body(order: &str) -> Vec<u8> {
+    serde_json::to_vec(&tcb_simulator::orders::event(
+        order,
+        3,
+        "OrderLinesConfirmedBySupplier",
+        &format!("msg-{order}"),
+    ))
+    .unwrap()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_bodies_are_decoded_and_a_zip_bomb_gets_413_with_flat_memory() {
+    use std::io::Write;
+    let world = World::new(4 << 20);
+    let bridge = world.start_bridge();
+    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
+    let client = world.client();
+    let post = |body: Vec<u8>, encoding: &'static str| {
+        let request = client
+            .post(bridge.url())
+            .basic_auth(USER, Some(PASSWORD))
+            .header("Content-Type", "application/json")
+            .header("Content-Encoding", encoding)
+            .body(body);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, body["triggerId"].as_str().map(str::to_owned))
+        }
+    };
+    let mut accepted = std::collections::BTreeSet::new();
+    let (status, id) = post(gzip(&event_body("gz-1")), "gzip").await;
+    assert_eq!(status, 200);
+    accepted.insert(id.unwrap());
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&event_body("deflate-1")).unwrap();
+    let (status, id) = post(z.finish().unwrap(), "deflate").await;
+    assert_eq!(status, 200);
+    accepted.insert(id.unwrap());
+    assert_eq!(post(event_body("br-1"), "br").await.0, 415);
+    assert_eq!(
+        post(b"\x1f\x8b not gzip at all".to_vec(), "gzip").await.0,
+        400
+    );
+
+    // 1 GiB of zeros, a few MB compressed: refused at the 4 MiB limit while decoding.
+    let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        bomb.write_all(&zeros).unwrap();
+    }
+    let bomb = bomb.finish().unwrap();
+    assert!(
+        bomb.len() < 4 << 20,
+        "the bomb fits the limit compressed: {}",
+        bomb.len()
+    );
+    let before = bridge.peak_rss();
+    assert_eq!(post(bomb, "gzip").await.0, 413);
+    let grown = bridge.peak_rss().saturating_sub(before);
+    assert!(grown < 64 << 20, "peak memory grew by {} MiB", grown >> 20);
+    // The decoded events went through like any other.
+    world
+        .tail("orders")
+        .wait_for(&accepted, Duration::from_secs(30))
+        .await;
+}
+
+/// A TLS connection to the ingress trusting the test CA, as a raw stream.
+async fn tls_connect(
+    world: &World,
+    addr: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&world.cert.ca).unwrap();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the peer closes (or `within` passes): what it sent, and whether it closed.
+async fn read_until_closed(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: Duration,
+) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_while_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let world = World::new(1 << 20);
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    std::fs::write(
+        &world.config,
+        text.replace(
+            "retry_after_seconds = 1\n",
+            "retry_after_seconds = 1\ntls_handshake_timeout_ms = 1000\nrequest_head_timeout_ms = 1000\nbody_read_timeout_ms = 1500\n",
+        ),
+    )
+    .unwrap();
+    let bridge = world.start_bridge();
+    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
+    let addr = bridge.ingress.unwrap();
+    let sender = world.sender(&bridge, 1);
+
+    // A connection that never starts its TLS handshake is closed after the handshake timeout.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A request head trickled a byte at a time is cut off after the head timeout.
+    let mut trickle = tls_connect(&world, addr).await;
+    let head = b"GET /webhook/slow-order HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+    trickle.write_all(head).await.unwrap();
+    let trickling = tokio::spawn(async move {
+        for _ in 0..40 {
+            if trickle.write_all(b"a").await.is_err() || trickle.flush().await.is_err() {
+                return (String::new(), true);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        read_until_closed(&mut trickle, Duration::from_secs(1)).await
+    });
+    // A body that stops arriving is cut off with 503 + Retry-After (Tradecloud retries that).
+    let mut stalled = tls_connect(&world, addr).await;
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    };
+    let request = format!(
+        "POST /webhook HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"eventName\":"
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    stalled.flush().await.unwrap();
+
+    // Meanwhile an honest caller is served at once.
+    let started = std::time::Instant::now();
+    let o = sender
+        .send(&Webhook::GetPath("honest-order".to_owned()))
+        .await;
+    assert_eq!(o.status, Some(200), "{o:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let (answer, closed) = read_until_closed(&mut stalled, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(closed, "the stalled connection is closed");
+    let (_, closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(closed, "the connection without a handshake is closed");
+    let (answer, closed) = trickling.await.unwrap();
+    assert!(closed, "the trickled head is cut off: {answer}");
+    assert!(!answer.contains("200 OK"), "{answer}");
+}

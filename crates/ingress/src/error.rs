@@ -18,6 +18,15 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("Content-Encoding {0} is not supported: send identity, gzip or deflate")]
+    UnsupportedEncoding(String),
+    /// The body did not arrive in time: cut off with 503 and `Retry-After` (Tradecloud retries a
+    /// 503; a 408 would be a 4xx it drops).
+    #[error("the request body did not arrive within {after:?}")]
+    RequestTimeout {
+        after: std::time::Duration,
+        retry_after: u32,
+    },
     #[error("the message bus does not accept a trigger this large")]
     TooLargeForBroker,
     #[error("content type must be application/json, got {0:?}")]
@@ -36,6 +45,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) | ApiError::TooLargeForBroker => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
+            ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::Unavailable { .. } => "unavailable",
         }
     }
@@ -51,7 +62,10 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) | ApiError::TooLargeForBroker => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType(_) | ApiError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::RequestTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -67,12 +81,16 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(allow) => {
                 res.insert_header((header::ALLOW, *allow));
             }
-            ApiError::Unavailable { retry_after, .. } => {
+            ApiError::Unavailable { retry_after, .. }
+            | ApiError::RequestTimeout { retry_after, .. } => {
                 res.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
             _ => {}
         }
-        if matches!(self, ApiError::PayloadTooLarge(_)) {
+        if matches!(
+            self,
+            ApiError::PayloadTooLarge(_) | ApiError::RequestTimeout { .. }
+        ) {
             // The rest of an oversized body is not read: close instead of draining it.
             res.insert_header((header::CONNECTION, "close"));
         }

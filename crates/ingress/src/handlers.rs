@@ -3,7 +3,6 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -107,7 +106,7 @@ async fn publish_order_id(
 async fn event(
     req: HttpRequest,
     state: web::Data<AppState>,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &state).await?;
     let content_type = req
@@ -122,29 +121,27 @@ async fn event(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
+    if content_type.len() > 128 {
+        return Err(ApiError::BadRequest(
+            "Content-Type is longer than 128 bytes".to_owned(),
+        ));
+    }
     if essence != "application/json"
         && !(essence.starts_with("application/") && essence.ends_with("+json"))
     {
         return Err(ApiError::UnsupportedMediaType(content_type));
     }
-    let limit = state.max_body_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::PayloadTooLarge(limit));
-    }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = crate::body::read(&req, payload, state.max_body_bytes, state.body_read_timeout)
+        .await
+        .map_err(|e| match e {
+            // A body too slow to arrive is cut off, but answered 503: Tradecloud retries that,
+            // where a 408 (a 4xx) would lose the order change if the sender was just slow.
+            ApiError::RequestTimeout { after, .. } => ApiError::RequestTimeout {
+                after,
+                retry_after: state.retry_after_seconds,
+            },
+            e => e,
+        })?;
     // The routes send only POST and PUT here.
     let method = if req.method() == actix_web::http::Method::PUT {
         EventMethod::Put

@@ -17,6 +17,7 @@ use tcb_model::IdKind;
 
 pub mod admin;
 pub mod auth;
+mod body;
 mod error;
 mod handlers;
 pub mod tls;
@@ -37,9 +38,27 @@ pub struct IngressConfig {
     /// Which id a `GET <path>/{id}` carries: `orderId` (API v2) or `legacyOrderId` (API v1 companies).
     #[serde(default = "default_path_id")]
     pub path_id: IdKind,
-    /// Largest accepted request body in bytes; larger ones get 413.
+    /// Largest accepted request body in bytes, after decoding a `Content-Encoding` (gzip,
+    /// deflate); larger ones get 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Connections open at once, over all HTTP workers; past it new ones wait in the backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A TLS handshake must be done within this long, or the connection is closed.
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub tls_handshake_timeout_ms: u64,
+    /// A request's head (request line and headers) must arrive within this long (a slow client
+    /// holding connections open, "slowloris", is cut off).
+    #[serde(default = "default_request_head_timeout")]
+    pub request_head_timeout_ms: u64,
+    /// A request's body must arrive within this long after its head: 408 and the connection
+    /// closed otherwise.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this long.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_seconds: u64,
     /// How long a request waits for the broker's acknowledgement before answering 503.
     #[serde(default = "default_ack_timeout")]
     pub ack_timeout_ms: u64,
@@ -65,6 +84,11 @@ impl IngressConfig {
             path: default_path(),
             path_id: default_path_id(),
             max_body_bytes: default_max_body(),
+            max_connections: default_max_connections(),
+            tls_handshake_timeout_ms: default_tls_handshake_timeout(),
+            request_head_timeout_ms: default_request_head_timeout(),
+            body_read_timeout_ms: default_body_read_timeout(),
+            keep_alive_seconds: default_keep_alive(),
             ack_timeout_ms: default_ack_timeout(),
             retry_after_seconds: default_retry_after(),
             http_workers: None,
@@ -99,6 +123,18 @@ impl IngressConfig {
             "must be at least 1",
         );
         check(
+            self.max_connections >= 1,
+            "max_connections",
+            "must be at least 1",
+        );
+        for (key, ms) in [
+            ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
+            ("request_head_timeout_ms", self.request_head_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+        ] {
+            check(ms >= 1, key, "must be at least 1");
+        }
+        check(
             self.ack_timeout_ms >= 1,
             "ack_timeout_ms",
             "must be at least 1",
@@ -129,6 +165,21 @@ fn default_path_id() -> IdKind {
 }
 fn default_max_body() -> usize {
     4 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_tls_handshake_timeout() -> u64 {
+    10_000
+}
+fn default_request_head_timeout() -> u64 {
+    5_000
+}
+fn default_body_read_timeout() -> u64 {
+    30_000
+}
+fn default_keep_alive() -> u64 {
+    75
 }
 fn default_ack_timeout() -> u64 {
     5_000
@@ -164,6 +215,7 @@ pub(crate) struct AppState {
     pub auth: auth::Authenticator,
     pub path_id: IdKind,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
     pub ack_timeout: Duration,
     pub retry_after_seconds: u32,
     pub draining: Arc<AtomicBool>,
@@ -197,6 +249,7 @@ impl Ingress {
             auth: auth::Authenticator::new(&config.auth),
             path_id: config.path_id,
             max_body_bytes: config.max_body_bytes,
+            body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
             ack_timeout: Duration::from_millis(config.ack_timeout_ms),
             retry_after_seconds: config.retry_after_seconds,
             draining: draining.clone(),
@@ -220,10 +273,18 @@ impl Ingress {
                 .configure(|cfg| handlers::routes(cfg, &path))
         })
         .disable_signals()
-        .shutdown_timeout(config.shutdown_timeout_seconds);
-        if let Some(n) = config.http_workers {
-            server = server.workers(n);
-        }
+        .shutdown_timeout(config.shutdown_timeout_seconds)
+        .client_request_timeout(Duration::from_millis(config.request_head_timeout_ms))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .keep_alive(Duration::from_secs(config.keep_alive_seconds))
+        .tls_handshake_timeout(Duration::from_millis(config.tls_handshake_timeout_ms));
+        let workers = config
+            .http_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        server = server
+            .workers(workers)
+            // Per worker: the configured total shared out.
+            .max_connections(config.max_connections.div_ceil(workers).max(1));
         let server = match tls {
             Some(tls) => server.bind_rustls_0_23(config.listen, tls),
             None => server.bind(config.listen),
