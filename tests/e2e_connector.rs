@@ -143,8 +143,11 @@ async fn basic_rotation_and_oauth_jwts_from_the_identity_provider() {
         ),
         ("not a JWT", "not-a-jwt".to_owned()),
     ];
+    let mut last_refusal = Duration::ZERO;
     for (what, token) in refused {
+        let started = std::time::Instant::now();
         let (status, challenges) = call(format!("Bearer {token}")).await;
+        last_refusal = started.elapsed();
         assert_eq!(status, 401, "{what}");
         assert!(
             challenges.iter().any(
@@ -153,7 +156,16 @@ async fn basic_rotation_and_oauth_jwts_from_the_identity_provider() {
             "{what}: {challenges:?}"
         );
     }
+    // Ten failures from this address within a minute: the last ones were answered slowly; a
+    // valid call is answered at once (and forgets the failures).
+    assert!(last_refusal >= Duration::from_secs(1), "{last_refusal:?}");
+    let started = std::time::Instant::now();
     assert_eq!(call(format!("Bearer {}", idp.sign(&valid))).await.0, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Key rotation: a token signed with a key the provider has not published yet is refused; once
     // it is published, the bridge fetches the key set again for the unknown key id and accepts it.
@@ -173,8 +185,23 @@ async fn basic_rotation_and_oauth_jwts_from_the_identity_provider() {
     assert_eq!(call(format!("Bearer {rotated}")).await.0, 200);
     assert_eq!(call(format!("Bearer {before}")).await.0, 200);
 
-    // Every refusal is visible: no token or password in the log, the reasons are there.
+    // Every refusal is visible: counted by reason (every reason exported from the start), logged
+    // with peer, route and reason, never with the token or password.
+    assert_eq!(
+        bridge
+            .metric(r#"tcb_ingress_refused_total{reason="unauthorized"}"#)
+            .await,
+        11.0
+    );
+    let metrics = bridge.metrics_text().await;
+    assert!(
+        metrics.contains(r#"tcb_ingress_refused_total{reason="payload_too_large"} 0"#),
+        "{metrics}"
+    );
     assert!(bridge.logs_contain("webhook refused: 401"));
+    assert!(bridge.logs_contain(
+        r#""message":"webhook refused","status":401,"reason":"unauthorized","peer":"127.0.0.1:"#
+    ));
     assert!(!bridge.logs_contain(NEXT_PASSWORD));
     assert!(!bridge.logs_contain(&rotated));
 }
@@ -387,4 +414,61 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
     let (answer, closed) = trickling.await.unwrap();
     assert!(closed, "the trickled head is cut off: {answer}");
     assert!(!answer.contains("200 OK"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_an_ip_address_as_sni_leaves_no_warning_in_the_log() {
+    // openssl sends the IP address as SNI (rustls clients do not), which rustls warns about on
+    // every connection ("Illegal SNI extension"). Probed twice: with rustls's warnings asked for,
+    // to see the probe provokes the line, and with the default filter, which must be quiet.
+    let world = World::new(1 << 20);
+    for (rust_log, expect_line) in [(Some("info,rustls=warn"), true), (None, false)] {
+        let mut env = vec![
+            ("E2E_WEBHOOK_PASSWORD", PASSWORD),
+            ("E2E_TRADECLOUD_PASSWORD", "simulator-password"),
+        ];
+        if let Some(filter) = rust_log {
+            env.push(("RUST_LOG", filter));
+        }
+        let bridge = support::Bridge::start(&world.config, "run", &env);
+        wait_ready(&bridge, 200, Duration::from_secs(30)).await;
+        let addr = bridge.ingress.unwrap();
+        for _ in 0..3 {
+            let out = std::process::Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &addr.to_string(),
+                    "-servername",
+                    "127.0.0.1",
+                ])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // A served request after the probes: its log line shows the log is flowing.
+        let sender = world.sender(&bridge, 1);
+        assert_eq!(
+            sender
+                .send(&Webhook::GetPath("sni-order".to_owned()))
+                .await
+                .status,
+            Some(200)
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !bridge.logs_contain("trigger accepted") {
+            assert!(std::time::Instant::now() < deadline, "no log line");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            bridge.logs_contain("Illegal SNI"),
+            expect_line,
+            "RUST_LOG={rust_log:?}"
+        );
+    }
 }

@@ -186,12 +186,7 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
     ];
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = reqwest::get(format!("http://{}/metrics", bridge.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = bridge.metrics_text().await;
         let missing: Vec<_> = expected
             .iter()
             .filter(|e| !metrics.lines().any(|l| l == **e))

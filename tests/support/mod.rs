@@ -429,13 +429,9 @@ impl Bridge {
     /// The value of one series of `GET /metrics`, e.g. `tcb_worker_triggers_total{outcome="delivered"}`
     /// (0 while it has not been written).
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+        self.metrics_text()
             .await
-            .expect("the admin listener answers")
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+            .lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or(0.0)
     }
@@ -446,6 +442,16 @@ impl Bridge {
             Ok(r) => r.json().await.unwrap_or_default(),
             Err(_) => serde_json::Value::Null,
         }
+    }
+
+    /// The whole of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .expect("the admin listener answers")
+            .text()
+            .await
+            .unwrap()
     }
 
     /// The status of `GET /readyz`.

@@ -37,7 +37,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::BadRequest(_) => "bad_request",

@@ -50,12 +50,28 @@ async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(), ApiErro
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    state.auth.check(header).await.map_err(|refusal| {
-        tracing::info!(reason = %refusal.reason, "webhook refused: 401");
-        ApiError::Unauthorized {
-            challenges: state.auth.challenges(&refusal),
+    let peer = req.peer_addr().map(|a| a.ip());
+    match state.auth.check(header).await {
+        Ok(()) => {
+            if let Some(ip) = peer {
+                state.auth_failures.succeeded(ip);
+            }
+            Ok(())
         }
-    })
+        Err(refusal) => {
+            tracing::info!(reason = %refusal.reason, "webhook refused: 401");
+            // Guessing is slowed down: repeated failures from one address wait before their 401.
+            if let Some(ip) = peer {
+                let delay = state.auth_failures.failed_at(ip, std::time::Instant::now());
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            Err(ApiError::Unauthorized {
+                challenges: state.auth.challenges(&refusal),
+            })
+        }
+    }
 }
 
 async fn get_by_path(

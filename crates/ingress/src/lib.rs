@@ -20,6 +20,7 @@ pub mod auth;
 mod body;
 mod error;
 mod handlers;
+mod refusal;
 pub mod tls;
 
 pub use auth::{AuthConfig, Credentials, OauthConfig};
@@ -219,6 +220,7 @@ pub(crate) struct AppState {
     pub ack_timeout: Duration,
     pub retry_after_seconds: u32,
     pub draining: Arc<AtomicBool>,
+    pub auth_failures: refusal::AuthFailures,
 }
 
 /// A started ingress.
@@ -253,7 +255,9 @@ impl Ingress {
             ack_timeout: Duration::from_millis(config.ack_timeout_ms),
             retry_after_seconds: config.retry_after_seconds,
             draining: draining.clone(),
+            auth_failures: refusal::AuthFailures::new(),
         });
+        tcb_telemetry::metrics::ingress_refusals_registered();
         let path = if config.path == "/" {
             String::new()
         } else {
@@ -267,6 +271,7 @@ impl Ingress {
                     async move {
                         let response = response.await?;
                         tcb_telemetry::metrics::ingress_request(response.status().as_u16());
+                        refusal::observe(&response);
                         Ok(response)
                     }
                 })

@@ -57,12 +57,29 @@ impl TelemetryConfig {
 }
 
 /// Installs the global subscriber. Call once, early in `main`.
+/// Per-connection library noise kept below the default level unless the filter names the target
+/// itself: a client that connects by IP address makes rustls warn "Illegal SNI extension" on
+/// every connection.
+const QUIET: [(&str, &str); 1] = [("rustls", "rustls=error")];
+
+/// The log filter: `spec` plus [`QUIET`] for the targets it does not name.
+pub fn filter(spec: &str) -> Result<EnvFilter, TelemetryError> {
+    let mut filter = EnvFilter::try_new(spec).map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    for (target, directive) in QUIET {
+        if !spec.contains(target)
+            && let Ok(d) = directive.parse()
+        {
+            filter = filter.add_directive(d);
+        }
+    }
+    Ok(filter)
+}
+
 pub fn init(config: &TelemetryConfig) -> Result<(), TelemetryError> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(v),
-        _ => EnvFilter::try_new(&config.log_level),
-    }
-    .map_err(|e| TelemetryError::Filter(e.to_string()))?;
+        Ok(v) if !v.trim().is_empty() => filter(&v),
+        _ => filter(&config.log_level),
+    }?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

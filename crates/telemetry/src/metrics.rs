@@ -10,6 +10,19 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const INGRESS_REQUESTS: &str = "tcb_ingress_requests_total";
 /// Time from a webhook request to the broker's acknowledgement of its trigger.
 pub const INGRESS_ACK_SECONDS: &str = "tcb_ingress_ack_seconds";
+/// Requests refused with a 4xx, by reason (the error code of the answer's body).
+pub const INGRESS_REFUSED: &str = "tcb_ingress_refused_total";
+/// Every reason a webhook is refused with a 4xx, exported at 0 from the start.
+pub const REFUSAL_REASONS: [&str; 8] = [
+    "unauthorized",
+    "bad_request",
+    "not_found",
+    "method_not_allowed",
+    "payload_too_large",
+    "unsupported_media_type",
+    "unsupported_encoding",
+    "other",
+];
 /// Triggers the worker settled, by `outcome`: `delivered` (order message published) or
 /// `dead_lettered`.
 pub const WORKER_TRIGGERS: &str = "tcb_worker_triggers_total";
@@ -57,6 +70,20 @@ pub fn ingress_request(status: u16) {
 }
 
 /// The broker acknowledged a trigger `elapsed` after its request arrived.
+/// A request refused with a 4xx for `reason` (one of [`REFUSAL_REASONS`]).
+pub fn ingress_refused(reason: &'static str) {
+    metrics::counter!(INGRESS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// Registers every refusal reason at 0, so an alert sees the series before the first refusal.
+pub fn ingress_refusals_registered() {
+    // The recorder must exist first, or these writes go nowhere.
+    let _ = handle();
+    for reason in REFUSAL_REASONS {
+        metrics::counter!(INGRESS_REFUSED, "reason" => reason).increment(0);
+    }
+}
+
 pub fn ingress_acked(elapsed: Duration) {
     metrics::histogram!(INGRESS_ACK_SECONDS).record(elapsed.as_secs_f64());
 }
