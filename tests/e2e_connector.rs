@@ -308,11 +308,21 @@ async fn tls_connect(
     world: &World,
     addr: std::net::SocketAddr,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_connect_trusting(&[world.cert.ca.as_path()], addr).await
+}
+
+/// A TLS connection to the ingress trusting these CA files.
+async fn tls_connect_trusting(
+    cas: &[&std::path::Path],
+    addr: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(&world.cert.ca).unwrap();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
+    for ca in cas {
+        let pem = std::fs::read(ca).unwrap();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.unwrap()).unwrap();
+        }
     }
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -471,4 +481,95 @@ async fn a_client_sending_an_ip_address_as_sni_leaves_no_warning_in_the_log() {
             "RUST_LOG={rust_log:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_swapped_on_disk_is_served_to_the_next_connection() {
+    use rustls::pki_types::pem::PemObject;
+    let world = World::new(1 << 20);
+    // The listener's files in a folder of their own, checked every second.
+    let live = world.dir.path().join("live-tls");
+    std::fs::create_dir_all(&live).unwrap();
+    let (cert, key) = (live.join("tls.crt"), live.join("tls.key"));
+    std::fs::copy(&world.cert.cert, &cert).unwrap();
+    std::fs::copy(&world.cert.key, &key).unwrap();
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("tls = "))
+        .unwrap()
+        .to_owned();
+    let tls = format!(
+        r#"tls = {{ mode = "files", cert = "{}", key = "{}", reload_seconds = 1 }}"#,
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(&world.config, text.replace(&line, &tls)).unwrap();
+    let bridge = world.start_bridge();
+    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
+    let addr = bridge.ingress.unwrap();
+
+    // A renewed certificate (from another CA, so the two cannot be confused).
+    let renewed =
+        tcb_ingress::tls::ensure_dev_certificate(&world.dir.path().join("renewed"), &[]).unwrap();
+    let leaf_of = |path: &std::path::Path| {
+        rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .into_owned()
+    };
+    let cas = [world.cert.ca.as_path(), renewed.ca.as_path()];
+    let served = || async {
+        let stream = tls_connect_trusting(&cas, addr).await;
+        stream.get_ref().1.peer_certificates().unwrap()[0]
+            .clone()
+            .into_owned()
+    };
+    assert_eq!(served().await, leaf_of(&world.cert.cert));
+    // Written as a renewal tool does: new files moved into place.
+    std::fs::copy(&renewed.cert, live.join("new.crt")).unwrap();
+    std::fs::copy(&renewed.key, live.join("new.key")).unwrap();
+    std::fs::rename(live.join("new.key"), &key).unwrap();
+    std::fs::rename(live.join("new.crt"), &cert).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while served().await != leaf_of(&renewed.cert) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate is not served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A webhook over a new connection works with the renewed certificate.
+    let client = reqwest::Client::builder()
+        .tls_certs_merge(
+            reqwest::Certificate::from_pem_bundle(&std::fs::read(&renewed.ca).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let status = client
+        .get(format!("{}/renewed-order", bridge.url()))
+        .basic_auth(USER, Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+
+    // A broken file: logged, and the renewed certificate stays in service.
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !bridge.logs_contain("the changed TLS certificate cannot be used") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broken file was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served().await, leaf_of(&renewed.cert));
 }

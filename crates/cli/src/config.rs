@@ -197,7 +197,7 @@ impl Config {
             #[cfg(feature = "rabbitmq")]
             BusConfig::Rabbitmq(_) => {}
         }
-        if let Some(tcb_ingress::tls::TlsConfig::Files { cert, key }) =
+        if let Some(tcb_ingress::tls::TlsConfig::Files { cert, key, .. }) =
             self.ingress.as_mut().map(|i| &mut i.tls)
         {
             rebase(cert);
@@ -789,6 +789,7 @@ log_level = "info,tcb_worker=debug"
             tcb_ingress::tls::TlsConfig::Files {
                 cert: etc.join("tls/tls.crt"),
                 key: PathBuf::from("/abs/tls.key"),
+                reload_seconds: 10,
             }
         );
         match &ingress.auth.0[0] {

@@ -230,6 +230,8 @@ pub struct Ingress {
     handle: ServerHandle,
     draining: Arc<AtomicBool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Reads the certificate files again when they change.
+    certificate_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Ingress {
@@ -244,6 +246,9 @@ impl Ingress {
             return Err(IngressError::Invalid { key, message });
         }
         let tls = tls::server_config(&config.tls)?;
+        let certificate_watch = tls
+            .as_ref()
+            .map(|t| tokio::spawn(t.certificate.clone().watch()));
         let draining = Arc::new(AtomicBool::new(false));
         let state = web::Data::new(AppState {
             publisher,
@@ -291,7 +296,7 @@ impl Ingress {
             // Per worker: the configured total shared out.
             .max_connections(config.max_connections.div_ceil(workers).max(1));
         let server = match tls {
-            Some(tls) => server.bind_rustls_0_23(config.listen, tls),
+            Some(tls) => server.bind_rustls_0_23(config.listen, tls.config),
             None => server.bind(config.listen),
         }
         .map_err(|source| IngressError::Bind {
@@ -306,6 +311,7 @@ impl Ingress {
             handle,
             draining,
             server: tokio::spawn(server),
+            certificate_watch,
         })
     }
 
@@ -320,5 +326,8 @@ impl Ingress {
         self.draining.store(true, Ordering::SeqCst);
         self.handle.stop(true).await;
         let _ = self.server.await;
+        if let Some(w) = self.certificate_watch {
+            w.abort();
+        }
     }
 }

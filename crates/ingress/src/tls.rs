@@ -2,9 +2,11 @@
 //! from PEM files; and a development CA and certificate generated on first start.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use rustls::ServerConfig;
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
@@ -15,22 +17,61 @@ use crate::IngressError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum TlsConfig {
-    /// Serve HTTPS with this certificate chain and private key (PEM files).
+    /// Serve HTTPS with this certificate chain and private key (PEM files). The files are read
+    /// again when they change (a renewal by cert-manager or Let's Encrypt): new connections get
+    /// the new certificate, no restart needed; a new pair that cannot be used keeps the old one.
     Files {
         /// The certificate chain, leaf first.
         cert: PathBuf,
         /// The private key (PKCS#8, PKCS#1 or SEC1).
         key: PathBuf,
+        /// How often the files are checked for a change, seconds.
+        #[serde(default = "default_reload_seconds")]
+        reload_seconds: u64,
     },
     /// Plain HTTP: only behind a proxy or load balancer that terminates TLS for Tradecloud.
     Off,
 }
 
-/// The rustls config for the listener; `None` for `mode = "off"`.
-pub fn server_config(config: &TlsConfig) -> Result<Option<ServerConfig>, IngressError> {
-    let TlsConfig::Files { cert, key } = config else {
-        return Ok(None);
+fn default_reload_seconds() -> u64 {
+    10
+}
+
+/// The listener's TLS: the rustls config and the certificate it serves, kept current.
+pub struct ServerTls {
+    pub config: ServerConfig,
+    pub certificate: Arc<CertificateStore>,
+}
+
+/// The served certificate and key; [`CertificateStore::watch`] swaps in a changed pair.
+#[derive(Debug)]
+pub struct CertificateStore {
+    cert: PathBuf,
+    key: PathBuf,
+    interval: Duration,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The files' state when last read (loaded or refused), so a change is read once.
+    stamp: Mutex<Stamp>,
+}
+
+/// When and how large the two files were (metadata follows symbolic links, so Kubernetes's
+/// swap of its `..data` link counts as a change).
+type Stamp = Option<[(SystemTime, u64); 2]>;
+
+fn stamp(cert: &Path, key: &Path) -> Stamp {
+    let one = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len()))
     };
+    Some([one(cert)?, one(key)?])
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Reads a certificate chain and its key, checking that they belong together.
+fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, IngressError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| {
@@ -51,14 +92,92 @@ pub fn server_config(config: &TlsConfig) -> Result<Option<ServerConfig>, Ingress
             key.display()
         ))
     })?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
+    CertifiedKey::from_der(certs, key, &provider())
+        .map_err(|e| IngressError::Tls(format!("certificate and key do not fit: {e}")))
+}
+
+impl rustls::server::ResolvesServerCert for CertificateStore {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+impl CertificateStore {
+    /// Reads the files again if they changed since the last look; a pair that cannot be used is
+    /// logged and the current one kept. Returns whether a new certificate is now served.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = stamp(&self.cert, &self.key);
+        {
+            let mut seen = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+            if now.is_none() || *seen == now {
+                return false;
+            }
+            *seen = now;
+        }
+        match load(&self.cert, &self.key) {
+            Ok(key) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the changed TLS certificate cannot be used; the current one stays");
+                false
+            }
+        }
+    }
+
+    /// The certificate served now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Checks the files every `reload_seconds` until the task is aborted.
+    pub async fn watch(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.interval).await;
+            let store = self.clone();
+            // File reads off the async threads.
+            let _ = tokio::task::spawn_blocking(move || store.reload_if_changed()).await;
+        }
+    }
+}
+
+/// The rustls config for the listener; `None` for `mode = "off"`.
+pub fn server_config(config: &TlsConfig) -> Result<Option<ServerTls>, IngressError> {
+    let TlsConfig::Files {
+        cert,
+        key,
+        reload_seconds,
+    } = config
+    else {
+        return Ok(None);
+    };
+    let seen = stamp(cert, key);
+    let store = Arc::new(CertificateStore {
+        current: RwLock::new(Arc::new(load(cert, key)?)),
+        cert: cert.clone(),
+        key: key.clone(),
+        interval: Duration::from_secs((*reload_seconds).max(1)),
+        stamp: Mutex::new(seen),
+    });
+    let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| IngressError::Tls(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| IngressError::Tls(format!("certificate and key do not fit: {e}")))?;
-    Ok(Some(config))
+        .with_cert_resolver(store.clone());
+    Ok(Some(ServerTls {
+        config,
+        certificate: store,
+    }))
 }
 
 /// Files of a development certificate: a local CA and a `localhost` certificate it signed.
@@ -75,6 +194,7 @@ impl DevCertificate {
         TlsConfig::Files {
             cert: self.cert.clone(),
             key: self.key.clone(),
+            reload_seconds: default_reload_seconds(),
         }
     }
 }
@@ -191,6 +311,51 @@ mod tests {
         verifier
             .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
             .is_ok()
+    }
+
+    #[test]
+    fn a_changed_certificate_is_served_and_a_broken_one_keeps_the_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ensure_dev_certificate(&dir.path().join("a"), &[]).unwrap();
+        let b = ensure_dev_certificate(&dir.path().join("b"), &[]).unwrap();
+        let live = dir.path().join("live");
+        std::fs::create_dir_all(&live).unwrap();
+        let (cert, key) = (live.join("tls.crt"), live.join("tls.key"));
+        std::fs::copy(&a.cert, &cert).unwrap();
+        std::fs::copy(&a.key, &key).unwrap();
+        let config = TlsConfig::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+            reload_seconds: 1,
+        };
+        let store = server_config(&config).unwrap().unwrap().certificate;
+        let leaf = |c: &DevCertificate| {
+            CertificateDer::pem_file_iter(&c.cert)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+        };
+        let served =
+            |s: &CertificateStore| s.current().end_entity_cert().unwrap().clone().into_owned();
+        assert_eq!(served(&store), leaf(&a));
+        assert!(!store.reload_if_changed(), "nothing changed");
+        // A renewal: both files replaced.
+        std::fs::copy(&b.cert, &cert).unwrap();
+        std::fs::copy(&b.key, &key).unwrap();
+        assert!(store.reload_if_changed());
+        assert_eq!(served(&store), leaf(&b));
+        // A broken certificate file, then a key that belongs to another certificate: the
+        // current one stays.
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+        assert!(!store.reload_if_changed());
+        assert_eq!(served(&store), leaf(&b));
+        std::fs::copy(&a.cert, &cert).unwrap();
+        assert!(!store.reload_if_changed(), "a's certificate with b's key");
+        assert_eq!(served(&store), leaf(&b));
+        std::fs::copy(&a.key, &key).unwrap();
+        assert!(store.reload_if_changed(), "the pair fits again");
+        assert_eq!(served(&store), leaf(&a));
     }
 
     #[test]
