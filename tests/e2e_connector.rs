@@ -573,3 +573,86 @@ async fn a_certificate_swapped_on_disk_is_served_to_the_next_connection() {
     }
     assert_eq!(served().await, leaf_of(&renewed.cert));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslyze_finds_tls_1_2_and_1_3_only_with_forward_secret_suites_and_a_valid_chain() {
+    let world = World::new(1 << 20);
+    let bridge = world.start_bridge();
+    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
+    let port = bridge.ingress.unwrap().port();
+    let out = world.dir.path().join("sslyze.json");
+    // sslyze (PyPI, installed by scripts/install.sh): a real TLS scanner, with the test CA as the
+    // trust store for the chain.
+    let scan = std::process::Command::new("python3")
+        .args(["-m", "sslyze", "--quiet", "--json_out"])
+        .arg(&out)
+        .args(["--certinfo", "--certinfo_ca_file"])
+        .arg(&world.cert.ca)
+        .args([
+            "--sslv2",
+            "--sslv3",
+            "--tlsv1",
+            "--tlsv1_1",
+            "--tlsv1_2",
+            "--tlsv1_3",
+            "--compression",
+            "--heartbleed",
+            "--reneg",
+        ])
+        .arg(format!("localhost:{port}{{127.0.0.1}}"))
+        .output()
+        .unwrap();
+    assert!(
+        scan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scan.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let server = &report["server_scan_results"][0];
+    assert_eq!(server["scan_status"], "COMPLETED", "{server}");
+    let result = &server["scan_result"];
+    let accepted = |version: &str| -> Vec<String> {
+        let scan = &result[format!("{version}_cipher_suites")];
+        assert_eq!(scan["status"], "COMPLETED", "{version}: {scan}");
+        scan["result"]["accepted_cipher_suites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["cipher_suite"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for old in ["ssl_2_0", "ssl_3_0", "tls_1_0", "tls_1_1"] {
+        assert_eq!(accepted(old), Vec::<String>::new(), "{old} is refused");
+    }
+    let tls12 = accepted("tls_1_2");
+    assert!(!tls12.is_empty());
+    for suite in &tls12 {
+        let forward_secret = suite.starts_with("TLS_ECDHE_") || suite.starts_with("TLS_DHE_");
+        let aead = suite.contains("_GCM_") || suite.contains("CHACHA20_POLY1305");
+        assert!(forward_secret && aead, "a weak TLS 1.2 suite: {suite}");
+    }
+    assert!(!accepted("tls_1_3").is_empty());
+    let deployment = &result["certificate_info"]["result"]["certificate_deployments"][0];
+    let with_test_ca = deployment["path_validation_results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["trust_store"]["name"] == "Supplied CA file")
+        .unwrap();
+    assert_eq!(
+        with_test_ca["was_validation_successful"], true,
+        "{with_test_ca}"
+    );
+    assert_eq!(
+        result["tls_compression"]["result"]["supports_compression"],
+        false
+    );
+    assert_eq!(
+        result["heartbleed"]["result"]["is_vulnerable_to_heartbleed"],
+        false
+    );
+    assert_eq!(
+        result["session_renegotiation"]["result"]["is_vulnerable_to_client_renegotiation_dos"],
+        false
+    );
+}

@@ -258,12 +258,22 @@ pub fn ensure_dev_certificate(
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
+    ca_params.serial_number = Some(serial());
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).map_err(err)?;
     let leaf_key = rcgen::KeyPair::generate().map_err(err)?;
     let mut leaf_params = rcgen::CertificateParams::new(names.clone()).map_err(err)?;
     leaf_params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "localhost");
+    // What strict validators (browsers, Python's cryptography, sslyze) require of a server
+    // certificate: the issuer's key identifier, server-auth usage, a positive serial number.
+    leaf_params.use_authority_key_identifier_extension = true;
+    leaf_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    leaf_params.serial_number = Some(serial());
     let leaf = leaf_params.signed_by(&leaf_key, &ca).map_err(err)?;
     std::fs::create_dir_all(dir).map_err(io)?;
     std::fs::write(&files.ca, ca.pem()).map_err(io)?;
@@ -271,6 +281,14 @@ pub fn ensure_dev_certificate(
     write_private(&files.key, leaf_key.serialize_pem().as_bytes()).map_err(io)?;
     std::fs::write(&names_file, names.join("\n") + "\n").map_err(io)?;
     Ok(files)
+}
+
+/// A random positive serial number (RFC 5280: positive, at most 20 bytes).
+fn serial() -> rcgen::SerialNumber {
+    let mut bytes = *uuid::Uuid::new_v4().as_bytes();
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    rcgen::SerialNumber::from_slice(&bytes)
 }
 
 /// Writes a file only its owner can read (mode 0600 on Unix): keys and credentials.
