@@ -656,3 +656,110 @@ async fn sslyze_finds_tls_1_2_and_1_3_only_with_forward_secret_suites_and_a_vali
         false
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_txml_post_and_a_json_post_of_one_event_yield_equal_order_messages() {
+    let world = World::new(1 << 20);
+    let bridge = world.start_bridge();
+    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
+    let client = world.client();
+    let post = |body: String, content_type: &'static str| {
+        let request = client
+            .post(bridge.url())
+            .basic_auth(USER, Some(PASSWORD))
+            .header("Content-Type", content_type)
+            .body(body);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, body)
+        }
+    };
+    let event = tcb_simulator::orders::event(
+        "txml-order",
+        5,
+        "OrderLinesConfirmedBySupplier",
+        "msg-txml-1",
+    );
+    let mut ids = Vec::new();
+    for (body, content_type) in [
+        (event.to_string(), "application/json"),
+        (
+            tcb_simulator::orders::to_txml(&event, false),
+            "application/xml",
+        ),
+        (
+            tcb_simulator::orders::to_txml(&event, true),
+            "text/xml; charset=utf-8",
+        ),
+    ] {
+        let (status, answer) = post(body, content_type).await;
+        assert_eq!(status, 200, "{content_type}: {answer}");
+        ids.push(answer["triggerId"].as_str().unwrap().to_owned());
+    }
+
+    // The three order messages, read from the orders topic.
+    let bus = world.bus().await;
+    let mut out = bus
+        .consumer(&bus.topics.orders, Some("txml"))
+        .await
+        .unwrap();
+    let got = support::collect_until(&mut out, Duration::from_secs(30), |d| {
+        let seen = support::trigger_ids(d);
+        ids.iter().all(|id| seen.contains(id))
+    })
+    .await;
+    let message_of = |id: &str| {
+        let m = got
+            .iter()
+            .find(|d| support::message(d).trigger.id.to_string() == id)
+            .unwrap_or_else(|| panic!("no message for trigger {id}"));
+        let mut v: serde_json::Value = serde_json::from_slice(&m.message.payload).unwrap();
+        // What differs by nature: the trigger's own facts, when it was processed, and the
+        // untyped original (tXML has no numbers: "5" where the JSON had 5).
+        let original = v["original"].take();
+        for volatile in ["trigger", "processedAt"] {
+            v[volatile].take();
+        }
+        (v, original)
+    };
+    let (json, json_original) = message_of(&ids[0]);
+    assert_eq!(json["orderId"], "txml-order");
+    assert!(!json["lines"].as_array().unwrap().is_empty());
+    for id in &ids[1..] {
+        let (xml, xml_original) = message_of(id);
+        assert_eq!(
+            xml, json,
+            "the tXML event's message differs from the JSON one's"
+        );
+        assert_eq!(
+            xml_original["orderEvent"]["orderId"],
+            json_original["orderEvent"]["orderId"]
+        );
+    }
+
+    // Malformed XML and a DTD: 400 with the reason; another body type: 415.
+    let (status, answer) = post(
+        "<webhook><eventName>X</webhook>".to_owned(),
+        "application/xml",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("the tXML body"),
+        "{answer}"
+    );
+    let dtd =
+        r#"<?xml version="1.0"?><!DOCTYPE w [<!ENTITY x "x">]><w><eventName>&x;</eventName></w>"#;
+    let (status, answer) = post(dtd.to_owned(), "application/xml").await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["message"].as_str().unwrap().contains("DTD"),
+        "{answer}"
+    );
+    assert_eq!(post("eventName=X".to_owned(), "text/plain").await.0, 415);
+}

@@ -131,20 +131,12 @@ async fn event(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
     if content_type.len() > 128 {
         return Err(ApiError::BadRequest(
             "Content-Type is longer than 128 bytes".to_owned(),
         ));
     }
-    if essence != "application/json"
-        && !(essence.starts_with("application/") && essence.ends_with("+json"))
-    {
+    if !tcb_model::txml::is_json(&content_type) && !tcb_model::txml::is_xml(&content_type) {
         return Err(ApiError::UnsupportedMediaType(content_type));
     }
     let body = crate::body::read(&req, payload, state.max_body_bytes, state.body_read_timeout)

@@ -6,6 +6,7 @@
 //! * [`codec`]: the one encoding of both bus messages (trigger, order message) and their headers.
 //! * [`message`]: the normalized order message (v1) the worker publishes to the orders topic.
 //! * [`normalize`]: the pure functions from a trigger (and a fetched order) to a message.
+//! * [`txml`]: Tradecloud's XML rendering of the webhook JSON, read into the same JSON.
 //!
 //! Leniency rules (from Tradecloud's compatibility promise): unknown fields are kept, unknown enum
 //! values and event names are accepted as plain strings, decimals are accepted as JSON numbers or
@@ -17,6 +18,7 @@ pub mod message;
 pub mod normalize;
 pub mod order;
 pub mod trigger;
+pub mod txml;
 pub mod webhook;
 
 mod lenient;

@@ -38,8 +38,18 @@ pub fn normalize_event(
         return Err(NormalizeError::WrongKind);
     };
     let raw = event.body.get();
-    let original: Value =
-        serde_json::from_str(raw).map_err(|e| NormalizeError::EventBody(e.to_string()))?;
+    let original: Value = if event
+        .content_type
+        .as_deref()
+        .is_some_and(crate::txml::is_xml)
+    {
+        // tXML: the XML text, read into the JSON body it renders.
+        let xml: String =
+            serde_json::from_str(raw).map_err(|e| NormalizeError::EventBody(e.to_string()))?;
+        crate::txml::to_json(&xml).map_err(|e| NormalizeError::EventBody(e.to_string()))?
+    } else {
+        serde_json::from_str(raw).map_err(|e| NormalizeError::EventBody(e.to_string()))?
+    };
     let body: WebhookBody = serde_json::from_value(original.clone())
         .map_err(|e| NormalizeError::EventBody(e.to_string()))?;
     let event_name = body

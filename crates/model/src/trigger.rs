@@ -86,6 +86,8 @@ pub enum TriggerError {
     NotJson(String),
     #[error("the body is not a JSON object")]
     NotObject,
+    #[error("the tXML body: {0}")]
+    NotXml(String),
     #[error("the body has no eventName string")]
     MissingEventName,
     #[error("the eventName is longer than {MAX_EVENT_NAME_LEN} bytes")]
@@ -193,7 +195,8 @@ pub struct EventTrigger {
     pub tradecloud_message_id: Option<String>,
     /// The request's `Content-Type`.
     pub content_type: Option<String>,
-    /// The body, byte-exact (JSON).
+    /// The body, byte-exact: the JSON itself, or for a tXML body (an XML `content_type`) a JSON
+    /// string holding the XML text.
     pub body: Box<RawValue>,
 }
 
@@ -265,8 +268,14 @@ impl TriggerEnvelope {
         body: &[u8],
         received_at: DateTime<Utc>,
     ) -> Result<Self, TriggerError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| TriggerError::NotJson(e.to_string()))?;
+        let xml = content_type.is_some_and(crate::txml::is_xml);
+        let value: serde_json::Value = if xml {
+            let text = std::str::from_utf8(body)
+                .map_err(|e| TriggerError::NotXml(format!("not UTF-8: {e}")))?;
+            crate::txml::to_json(text).map_err(|e| TriggerError::NotXml(e.to_string()))?
+        } else {
+            serde_json::from_slice(body).map_err(|e| TriggerError::NotJson(e.to_string()))?
+        };
         let object = value.as_object().ok_or(TriggerError::NotObject)?;
         let event_name = match object.get("eventName").and_then(|v| v.as_str()) {
             Some(name) => EventName::parse(name)?,
@@ -298,8 +307,14 @@ impl TriggerEnvelope {
             })
             .map(str::to_owned);
         // Valid JSON is valid UTF-8; the raw value keeps the bytes (without surrounding blanks).
+        // A tXML body travels byte-exact as a JSON string (its content type says so).
         let text =
             String::from_utf8(body.to_vec()).map_err(|e| TriggerError::NotJson(e.to_string()))?;
+        let text = if xml {
+            serde_json::to_string(&text).map_err(|e| TriggerError::NotXml(e.to_string()))?
+        } else {
+            text
+        };
         let body = RawValue::from_string(text).map_err(|e| TriggerError::NotJson(e.to_string()))?;
         Ok(Self::from_parts(
             Uuid::now_v7(),

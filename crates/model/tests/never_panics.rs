@@ -71,13 +71,12 @@ fn fixture(name: &str) -> Value {
 }
 
 fn exercise(body: &[u8]) {
-    if let Ok(t) = TriggerEnvelope::event(
-        EventMethod::Post,
-        Some("application/json"),
-        body,
-        Utc::now(),
-    ) {
-        let _ = normalize_event(&t, Utc::now());
+    for content_type in ["application/json", "application/xml"] {
+        if let Ok(t) =
+            TriggerEnvelope::event(EventMethod::Post, Some(content_type), body, Utc::now())
+        {
+            let _ = normalize_event(&t, Utc::now());
+        }
     }
     for kind in [IdKind::OrderId, IdKind::LegacyOrderId] {
         let t = TriggerEnvelope::get(kind, "o-1", Utc::now()).unwrap();
@@ -91,6 +90,11 @@ proptest! {
     #[test]
     fn arbitrary_json(v in arb_json()) {
         exercise(&serde_json::to_vec(&v).unwrap());
+    }
+
+    #[test]
+    fn arbitrary_xml(x in r#"(<[a-zA-Z]{1,4}>|</[a-zA-Z]{1,4}>|<[a-z]{1,3}/>|&[a-z#0-9x]{1,6};|[a-zA-Z0-9 .]{0,6}|<!\[CDATA\[[a-z<>]{0,5}\]\]>|<\?xml version="1.0"\?>|<!DOCTYPE a>|<eventName>OrderX</eventName>|<orderId>o-1</orderId>){0,40}"#) {
+        exercise(x.as_bytes());
     }
 
     #[test]

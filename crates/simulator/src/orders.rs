@@ -181,3 +181,64 @@ pub fn burst_webhook(
         ),
     }
 }
+
+/// A webhook body in tXML, Tradecloud's XML rendering of its JSON, in the shape
+/// `docs/connector.md` assumes: a `<webhook>` root, members as elements, scalars as text (numbers
+/// as written in the JSON), `null` as an empty element; arrays as the element repeated, or with
+/// `wrap_arrays` as a wrapper holding one element per item, named in the singular.
+pub fn to_txml(body: &serde_json::Value, wrap_arrays: bool) -> String {
+    use serde_json::Value;
+    fn escape(text: &str, out: &mut String) {
+        for c in text.chars() {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '"' => out.push_str("&quot;"),
+                '\'' => out.push_str("&apos;"),
+                c => out.push(c),
+            }
+        }
+    }
+    fn singular(name: &str) -> String {
+        match name.strip_suffix("ies") {
+            Some(stem) => format!("{stem}y"),
+            None => name.strip_suffix('s').unwrap_or(name).to_owned(),
+        }
+    }
+    fn element(name: &str, value: &Value, wrap: bool, out: &mut String) {
+        match value {
+            Value::Array(items) if wrap => {
+                out.push_str(&format!("<{name}>"));
+                let item = singular(name);
+                for v in items {
+                    element(&item, v, wrap, out);
+                }
+                out.push_str(&format!("</{name}>"));
+            }
+            Value::Array(items) if items.is_empty() => out.push_str(&format!("<{name}/>")),
+            Value::Array(items) => {
+                for v in items {
+                    element(name, v, wrap, out);
+                }
+            }
+            Value::Null => out.push_str(&format!("<{name}/>")),
+            Value::Object(members) => {
+                out.push_str(&format!("<{name}>"));
+                for (k, v) in members {
+                    element(k, v, wrap, out);
+                }
+                out.push_str(&format!("</{name}>"));
+            }
+            Value::String(s) => {
+                out.push_str(&format!("<{name}>"));
+                escape(s, out);
+                out.push_str(&format!("</{name}>"));
+            }
+            other => out.push_str(&format!("<{name}>{other}</{name}>")),
+        }
+    }
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    element("webhook", body, wrap_arrays, &mut out);
+    out
+}
