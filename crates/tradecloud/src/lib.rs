@@ -45,7 +45,7 @@ pub struct TradecloudConfig {
     pub legacy_password: Option<SecretString>,
     /// Most requests per second to Tradecloud, all kinds together, for the whole deployment: a
     /// worker paces itself at its share (on Kafka, the share of the triggers topic's partitions it
-    /// holds). Tradecloud allows 10.
+    /// holds), 10% below it for jitter. Tradecloud allows 10.
     #[serde(default = "default_rate")]
     pub max_requests_per_second: u32,
     /// Requests to Tradecloud in flight at once from one worker (Tradecloud asks for 1).
@@ -208,6 +208,11 @@ struct Inner {
 /// How long a refused login is not tried again.
 const LOGIN_REFUSAL_HOLD: Duration = Duration::from_secs(4);
 
+/// The part of the rate left unused: requests spaced evenly at the sender can arrive bunched (network
+/// and scheduling jitter), and several workers' paces are not aligned, so pacing at exactly the
+/// limit can put 11 requests into one of Tradecloud's seconds (seen with two workers at 5/s each).
+const PACE_HEADROOM: f64 = 0.1;
+
 /// Spaces requests evenly: at most one per interval, no bursts. The interval can change at run
 /// time (a worker's share of the deployment's rate changes at every Kafka rebalance).
 struct Pacer {
@@ -227,9 +232,10 @@ impl Pacer {
         pacer
     }
 
-    /// Paces at `share` (0 to 1) of the configured rate; 0 stops requests until it changes.
+    /// Paces at `share` (0 to 1) of the configured rate, less [`PACE_HEADROOM`]; 0 stops
+    /// requests until it changes.
     fn set_share(&self, share: f64) {
-        let per_second = self.rate * share.clamp(0.0, 1.0);
+        let per_second = self.rate * share.clamp(0.0, 1.0) * (1.0 - PACE_HEADROOM);
         let nanos = if per_second > 0.0 {
             (1e9 / per_second) as u64
         } else {
