@@ -249,6 +249,11 @@ impl OauthConfig {
             "jwks_refresh_seconds",
             "must be at least 60".to_owned(),
         );
+        check(
+            self.jwks_refetch_min_seconds >= 1,
+            "jwks_refetch_min_seconds",
+            "must be at least 1".to_owned(),
+        );
         problems
     }
 }
@@ -261,15 +266,16 @@ fn algorithm(name: &str) -> Option<Algorithm> {
 }
 
 fn jwks_url_allowed(url: &str) -> bool {
-    if url.starts_with("https://") && url.len() > "https://".len() {
-        return true;
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
+    let Ok(url) = reqwest::Url::parse(url) else {
         return false;
     };
-    let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+    match (url.scheme(), url.host()) {
+        ("https", Some(_)) => true,
+        ("http", Some(url::Host::Domain(d))) => d == "localhost",
+        ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
+        ("http", Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
+        _ => false,
+    }
 }
 
 /// Why a call was refused: kept for the 401's `WWW-Authenticate` and the log, never the secret.
@@ -277,14 +283,34 @@ fn jwks_url_allowed(url: &str) -> bool {
 pub struct Refusal {
     /// The scheme the caller tried (`Basic`, `Bearer`) or `None` without a usable header.
     pub scheme: Option<&'static str>,
-    /// What was wrong, fit for a log line and the `error_description` of a Bearer challenge.
+    /// What was wrong, fit for a log line and the `error_description` of a Bearer challenge:
+    /// printable ASCII only (parts of it may come from the token).
     pub reason: String,
+    /// The token may well be good but cannot be checked now (the identity provider's keys could
+    /// not be fetched, or a new key id met just after a fetch): answer 503, which Tradecloud
+    /// retries, not a 401 it would drop.
+    pub transient: bool,
 }
 
-fn refusal(scheme: Option<&'static str>, reason: impl Into<String>) -> Refusal {
+/// `text` with anything but printable ASCII replaced, at most 200 characters: safe in a header.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(200)
+        .map(|c| {
+            if (' '..='~').contains(&c) && c != '"' && c != '\\' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+fn refusal(scheme: Option<&'static str>, reason: impl AsRef<str>) -> Refusal {
     Refusal {
         scheme,
-        reason: reason.into(),
+        reason: printable(reason.as_ref()),
+        transient: false,
     }
 }
 
@@ -353,9 +379,9 @@ impl Authenticator {
         }
         if !self.bearer.is_empty() || !self.oauth.is_empty() {
             if refusal.scheme == Some("Bearer") {
-                let description = refusal.reason.replace(['"', '\\'], "'");
                 out.push(format!(
-                    r#"Bearer realm="tradecloud-bridge", error="invalid_token", error_description="{description}""#
+                    r#"Bearer realm="tradecloud-bridge", error="invalid_token", error_description="{}""#,
+                    printable(&refusal.reason)
                 ));
             } else {
                 out.push(r#"Bearer realm="tradecloud-bridge""#.to_owned());
@@ -393,15 +419,48 @@ impl Authenticator {
         if self.oauth.is_empty() {
             return Err(refusal(Some("Bearer"), "wrong token"));
         }
-        let mut reason = String::from("wrong token");
-        for jwks in &self.oauth {
-            match jwks.validate(value).await {
-                Ok(()) => return Ok(()),
-                Err(r) => reason = r,
-            }
+        // The credential for the token's issuer (read unverified, only to choose): with several
+        // issuers configured (a rotation), a token is checked against its own only.
+        let issuer = unverified_issuer(value);
+        let Some(jwks) = self
+            .oauth
+            .iter()
+            .find(|j| issuer.as_deref() == Some(j.config.issuer.as_str()))
+        else {
+            let reason = match issuer {
+                Some(_) => "the token's issuer (iss) is not accepted",
+                None if value.split('.').count() == 3 => "the token has no readable issuer (iss)",
+                None => "wrong token",
+            };
+            return Err(refusal(Some("Bearer"), reason));
+        };
+        match jwks.validate(value).await {
+            Ok(()) => Ok(()),
+            Err(Invalid::Token(reason)) => Err(refusal(Some("Bearer"), reason)),
+            Err(Invalid::KeysUnavailable(reason)) => Err(Refusal {
+                transient: true,
+                ..refusal(Some("Bearer"), reason)
+            }),
         }
-        Err(refusal(Some("Bearer"), reason))
     }
+}
+
+/// The `iss` claim of a JWT, read without checking anything: only to choose which configured
+/// issuer's keys check the token.
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
+}
+
+/// Why a JWT was not accepted.
+enum Invalid {
+    /// The token is wrong: 401.
+    Token(String),
+    /// It cannot be checked now: 503.
+    KeysUnavailable(String),
 }
 
 /// The claims checked beyond what `jsonwebtoken` validates (`exp`, `nbf`, `iss`, `aud`).
@@ -474,6 +533,11 @@ impl Jwks {
     /// Fetches the key set; a failure keeps the cached keys (and is logged).
     async fn fetch(&self) {
         let _one = self.fetching.lock().await;
+        self.fetch_locked().await;
+    }
+
+    /// [`Jwks::fetch`] with the fetch lock held by the caller.
+    async fn fetch_locked(&self) {
         if let Ok(mut c) = self.cache.write() {
             c.attempted = Some(Instant::now());
         }
@@ -508,61 +572,89 @@ impl Jwks {
         }
     }
 
-    /// Fetches the set again for an unknown key id, unless that was done very recently.
-    async fn refetch_for_unknown_kid(&self) {
-        let recent = self
-            .cache
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .attempted
-            .is_some_and(|t| {
-                t.elapsed() < Duration::from_secs(self.config.jwks_refetch_min_seconds)
-            });
-        if !recent {
-            self.fetch().await;
+    /// The key for `kid`, fetching the set again when it is unknown and no fetch ran within
+    /// `jwks_refetch_min_seconds` (checked under the fetch lock, so a burst of tokens with new key
+    /// ids makes one fetch). `Err` says whether the answer is final (the set was just fetched and
+    /// lacks the id) or not (no keys at all, or the floor held the fetch back).
+    async fn key_for(&self, kid: &str) -> Result<DecodingKey, Invalid> {
+        if let Some(key) = self.key(kid) {
+            return Ok(key);
+        }
+        let _one = self.fetching.lock().await;
+        if let Some(key) = self.key(kid) {
+            return Ok(key);
+        }
+        let (recent, empty) = {
+            let c = self.cache.read().unwrap_or_else(|p| p.into_inner());
+            let floor = Duration::from_secs(self.config.jwks_refetch_min_seconds);
+            (
+                c.attempted.is_some_and(|t| t.elapsed() < floor),
+                c.keys.is_empty(),
+            )
+        };
+        if !recent || empty {
+            self.fetch_locked().await;
+        }
+        if let Some(key) = self.key(kid) {
+            return Ok(key);
+        }
+        let c = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        if c.keys.is_empty() {
+            Err(Invalid::KeysUnavailable(
+                "the identity provider's signing keys cannot be fetched".to_owned(),
+            ))
+        } else if recent {
+            Err(Invalid::KeysUnavailable(format!(
+                "signing key id {kid:?} is not known yet; the keys are fetched again shortly"
+            )))
+        } else {
+            Err(Invalid::Token(format!("unknown signing key id {kid:?}")))
         }
     }
 
-    async fn validate(&self, token: &str) -> Result<(), String> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| format!("not a valid JWT: {e}"))?;
+    async fn validate(&self, token: &str) -> Result<(), Invalid> {
+        let invalid = |m: String| Invalid::Token(m);
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| invalid(format!("not a valid JWT: {e}")))?;
         if !self.algorithms.contains(&header.alg) {
-            return Err(format!("algorithm {:?} is not allowed", header.alg));
+            return Err(invalid(format!(
+                "algorithm {:?} is not allowed",
+                header.alg
+            )));
         }
-        let kid = header.kid.ok_or("the token has no key id (kid)")?;
-        let key = match self.key(&kid) {
-            Some(k) => k,
-            None => {
-                self.refetch_for_unknown_kid().await;
-                self.key(&kid)
-                    .ok_or_else(|| format!("unknown signing key id {kid:?}"))?
-            }
-        };
+        let kid = header
+            .kid
+            .ok_or_else(|| invalid("the token has no key id (kid)".to_owned()))?;
+        let key = self.key_for(&kid).await?;
         let mut v = Validation::new(header.alg);
-        v.algorithms = self.algorithms.clone();
+        // Only the token's own algorithm (already checked against the allowed ones): a list of
+        // several families would make the library refuse every token.
+        v.algorithms = vec![header.alg];
         v.leeway = self.config.leeway_seconds;
         v.validate_nbf = true;
         v.set_issuer(&[&self.config.issuer]);
         v.set_audience(&[&self.config.audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &v)
-            .map_err(|e| format!("token refused: {e}"))?
+            .map_err(|e| invalid(format!("token refused: {e}")))?
             .claims;
         for role in &self.config.required_roles {
             if !claims.roles.contains(role) {
-                return Err(format!("the token lacks the role {role:?}"));
+                return Err(invalid(format!("the token lacks the role {role:?}")));
             }
         }
         let scopes: Vec<&str> = claims.scp.as_deref().unwrap_or("").split(' ').collect();
         for scope in &self.config.required_scopes {
             if !scopes.contains(&scope.as_str()) {
-                return Err(format!("the token lacks the scope {scope:?}"));
+                return Err(invalid(format!("the token lacks the scope {scope:?}")));
             }
         }
         if !self.config.allowed_client_ids.is_empty() {
             let client = claims.azp.or(claims.appid).unwrap_or_default();
             if !self.config.allowed_client_ids.contains(&client) {
-                return Err("the token's client (azp) is not allowed".to_owned());
+                return Err(invalid(
+                    "the token's client (azp) is not allowed".to_owned(),
+                ));
             }
         }
         Ok(())
@@ -683,6 +775,24 @@ mod tests {
         assert!(o.validate().is_empty());
         o.jwks_url = "http://127.0.0.1:9000/keys".to_owned();
         assert!(o.validate().is_empty(), "plain http on loopback");
+        for bypass in [
+            "http://localhost:1@evil.example/keys",
+            "http://evil.example/?localhost",
+            "ftp://localhost/k",
+        ] {
+            o.jwks_url = bypass.to_owned();
+            assert!(
+                o.validate().iter().any(|(k, _)| k == "jwks_url"),
+                "{bypass}"
+            );
+        }
+        o.jwks_refetch_min_seconds = 0;
+        assert!(
+            o.validate()
+                .iter()
+                .any(|(k, _)| k == "jwks_refetch_min_seconds")
+        );
+        o.jwks_refetch_min_seconds = 10;
         o.jwks_url = "http://idp.example/keys".to_owned();
         o.algorithms = vec!["HS256".to_owned()];
         let keys: Vec<String> = o.validate().into_iter().map(|(k, _)| k).collect();

@@ -18,11 +18,21 @@ struct Capped {
     over: bool,
 }
 
+/// The error [`Capped`] refuses with, told apart from a decoding error however it comes back
+/// (the decoders hand the writer's error through, also from their final flush).
+#[derive(Debug, thiserror::Error)]
+#[error("the decoded body is over the limit")]
+struct OverLimit;
+
+fn is_over(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<OverLimit>())
+}
+
 impl Write for Capped {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         if self.buf.len() + data.len() > self.limit {
             self.over = true;
-            return Err(std::io::Error::other("the decoded body is over the limit"));
+            return Err(std::io::Error::other(OverLimit));
         }
         self.buf.extend_from_slice(data);
         Ok(data.len())
@@ -90,7 +100,7 @@ impl Decoder {
     }
 
     fn error(&self, limit: usize, e: &std::io::Error) -> ApiError {
-        if self.sink().over {
+        if self.sink().over || is_over(e) {
             ApiError::PayloadTooLarge(limit)
         } else {
             ApiError::BadRequest(format!("the body cannot be decoded: {e}"))
@@ -103,7 +113,7 @@ impl Decoder {
 /// arrived within `timeout`.
 pub(crate) async fn read(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: &mut web::Payload,
     limit: usize,
     timeout: Duration,
 ) -> Result<Vec<u8>, ApiError> {
@@ -141,9 +151,79 @@ pub(crate) async fn read(
     let over = decoder.sink().over;
     match decoder.finish() {
         Ok(sink) => Ok(sink.buf),
-        Err(_) if over => Err(ApiError::PayloadTooLarge(limit)),
+        // The decoders flush their last buffered output here: the limit can be passed now too.
+        Err(e) if over || is_over(&e) => Err(ApiError::PayloadTooLarge(limit)),
         Err(e) => Err(ApiError::BadRequest(format!(
             "the body cannot be decoded: {e}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(decoder: &mut Decoder, limit: usize, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+        for chunk in body.chunks(7) {
+            if let Err(e) = decoder.write(chunk) {
+                return Err(decoder.error(limit, &e));
+            }
+        }
+        let placeholder = Decoder::Identity(Capped {
+            buf: Vec::new(),
+            limit,
+            over: false,
+        });
+        let d = std::mem::replace(decoder, placeholder);
+        let over = d.sink().over;
+        match d.finish() {
+            Ok(s) => Ok(s.buf),
+            Err(e) if over || is_over(&e) => Err(ApiError::PayloadTooLarge(limit)),
+            Err(e) => Err(ApiError::BadRequest(e.to_string())),
+        }
+    }
+
+    fn sink(limit: usize) -> Capped {
+        Capped {
+            buf: Vec::new(),
+            limit,
+            over: false,
+        }
+    }
+
+    #[test]
+    fn decoded_size_is_capped_also_in_the_final_flush() {
+        let data = vec![b'x'; 20_000];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&data).unwrap();
+        let gz = gz.finish().unwrap();
+        // Under the limit: decoded whole.
+        let mut d = Decoder::Gzip(flate2::write::GzDecoder::new(sink(20_000)));
+        assert_eq!(decode(&mut d, 20_000, &gz).unwrap(), data);
+        // One byte over, whichever write or flush passes it: 413, never 400.
+        for limit in [19_999, 1_000, 10] {
+            let mut d = Decoder::Gzip(flate2::write::GzDecoder::new(sink(limit)));
+            assert!(
+                matches!(
+                    decode(&mut d, limit, &gz),
+                    Err(ApiError::PayloadTooLarge(_))
+                ),
+                "{limit}"
+            );
+        }
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(&data).unwrap();
+        let z = z.finish().unwrap();
+        let mut d = Decoder::Deflate(flate2::write::ZlibDecoder::new(sink(19_999)));
+        assert!(matches!(
+            decode(&mut d, 19_999, &z),
+            Err(ApiError::PayloadTooLarge(_))
+        ));
+        // Corrupt: 400.
+        let mut d = Decoder::Gzip(flate2::write::GzDecoder::new(sink(100)));
+        assert!(matches!(
+            decode(&mut d, 100, b"\x1f\x8b\x08\x00garbage garbage"),
+            Err(ApiError::BadRequest(_))
+        ));
     }
 }

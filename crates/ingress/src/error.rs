@@ -7,9 +7,13 @@ use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The `WWW-Authenticate` challenges go with the 401.
+    /// The `WWW-Authenticate` challenges go with the 401; the reason is logged (the body says
+    /// no more than this message).
     #[error("missing or wrong credentials")]
-    Unauthorized { challenges: Vec<String> },
+    Unauthorized {
+        challenges: Vec<String>,
+        reason: String,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("no such path")]
@@ -29,7 +33,9 @@ pub enum ApiError {
     },
     #[error("the message bus does not accept a trigger this large")]
     TooLargeForBroker,
-    #[error("content type must be application/json, got {0:?}")]
+    #[error(
+        "content type must be JSON (application/json, *+json) or tXML (application/xml, text/xml, *+xml), got {0:?}"
+    )]
     UnsupportedMediaType(String),
     /// Transient: the trigger was not stored; Tradecloud retries on 503.
     #[error("{reason}")]
@@ -73,7 +79,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
         match self {
-            ApiError::Unauthorized { challenges } => {
+            ApiError::Unauthorized { challenges, .. } => {
                 for c in challenges {
                     res.append_header((header::WWW_AUTHENTICATE, c.as_str()));
                 }
@@ -87,12 +93,11 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        if matches!(
-            self,
-            ApiError::PayloadTooLarge(_) | ApiError::RequestTimeout { .. }
-        ) {
-            // The rest of an oversized body is not read: close instead of draining it.
-            res.insert_header((header::CONNECTION, "close"));
+        // A refused request's body may not have been read (or not to its end): the connection is
+        // closed instead of drained, so a slow or endless body holds nothing open. (Setting a
+        // `Connection` header does not do this in actix; `force_close` does.)
+        if !matches!(self, ApiError::Unavailable { .. }) {
+            res.force_close();
         }
         res.json(json!({ "error": self.code(), "message": self.to_string() }))
     }

@@ -58,8 +58,11 @@ async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(), ApiErro
             }
             Ok(())
         }
+        Err(refusal) if refusal.transient => Err(ApiError::Unavailable {
+            reason: refusal.reason,
+            retry_after: state.retry_after_seconds,
+        }),
         Err(refusal) => {
-            tracing::info!(reason = %refusal.reason, "webhook refused: 401");
             // Guessing is slowed down: repeated failures from one address wait before their 401.
             if let Some(ip) = peer {
                 let delay = state.auth_failures.failed_at(ip, std::time::Instant::now());
@@ -69,25 +72,78 @@ async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<(), ApiErro
             }
             Err(ApiError::Unauthorized {
                 challenges: state.auth.challenges(&refusal),
+                reason: refusal.reason,
             })
         }
     }
+}
+
+/// An answer's body that also holds the request's body until the answer is sent: actix looks at
+/// the request body when the answer is done, and closes the connection when it is still unread
+/// and held, where a dropped chunked body would be drained for as long as the client trickles
+/// it (`force_close` alone does not stop that drain).
+struct HoldingRequestBody {
+    answer: actix_web::body::BoxBody,
+    _request: web::Payload,
+}
+
+impl actix_web::body::MessageBody for HoldingRequestBody {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.answer.size()
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<web::Bytes, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().answer).poll_next(cx)
+    }
+}
+
+/// The handler's answer, with the request body held until it is sent (see [`HoldingRequestBody`]).
+fn answer(result: Result<HttpResponse, ApiError>, payload: web::Payload) -> HttpResponse {
+    let response = match result {
+        Ok(r) => r,
+        Err(e) => HttpResponse::from_error(e),
+    };
+    response
+        .map_body(|_, answer| HoldingRequestBody {
+            answer,
+            _request: payload,
+        })
+        .map_into_boxed_body()
 }
 
 async fn get_by_path(
     req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    answer(get_by_path_inner(&req, &state, &id).await, payload)
+}
+
+async fn get_by_path_inner(
+    req: &HttpRequest,
+    state: &AppState,
+    id: &str,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &state).await?;
-    publish_order_id(&req, &state, state.path_id, &id).await
+    authenticate(req, state).await?;
+    publish_order_id(req, state, state.path_id, id).await
 }
 
 async fn get_by_query(
     req: HttpRequest,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &state).await?;
+    payload: web::Payload,
+) -> HttpResponse {
+    answer(get_by_query_inner(&req, &state).await, payload)
+}
+
+async fn get_by_query_inner(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+    authenticate(req, state).await?;
     let query = web::Query::<IdQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))?;
     let (kind, id) = match (&query.order_id, &query.legacy_order_id) {
@@ -104,7 +160,7 @@ async fn get_by_query(
             ));
         }
     };
-    publish_order_id(&req, &state, kind, id).await
+    publish_order_id(req, state, kind, id).await
 }
 
 /// A GET trigger: validates the id and publishes it.
@@ -122,9 +178,18 @@ async fn publish_order_id(
 async fn event(
     req: HttpRequest,
     state: web::Data<AppState>,
-    payload: web::Payload,
+    mut payload: web::Payload,
+) -> HttpResponse {
+    let result = event_inner(&req, &state, &mut payload).await;
+    answer(result, payload)
+}
+
+async fn event_inner(
+    req: &HttpRequest,
+    state: &AppState,
+    payload: &mut web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &state).await?;
+    authenticate(req, state).await?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -139,7 +204,7 @@ async fn event(
     if !tcb_model::txml::is_json(&content_type) && !tcb_model::txml::is_xml(&content_type) {
         return Err(ApiError::UnsupportedMediaType(content_type));
     }
-    let body = crate::body::read(&req, payload, state.max_body_bytes, state.body_read_timeout)
+    let body = crate::body::read(req, payload, state.max_body_bytes, state.body_read_timeout)
         .await
         .map_err(|e| match e {
             // A body too slow to arrive is cut off, but answered 503: Tradecloud retries that,
@@ -158,7 +223,7 @@ async fn event(
     };
     let trigger = TriggerEnvelope::event(method, Some(&content_type), &body, Utc::now())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    publish(&req, &state, trigger).await
+    publish(req, state, trigger).await
 }
 
 /// Publishes the validated trigger and answers 200 only once the bus holds it.

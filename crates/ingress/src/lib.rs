@@ -53,11 +53,12 @@ pub struct IngressConfig {
     /// holding connections open, "slowloris", is cut off).
     #[serde(default = "default_request_head_timeout")]
     pub request_head_timeout_ms: u64,
-    /// A request's body must arrive within this long after its head: 408 and the connection
+    /// A request's body must arrive within this long after its head: 503 (retried by Tradecloud) and the connection
     /// closed otherwise.
     #[serde(default = "default_body_read_timeout")]
     pub body_read_timeout_ms: u64,
-    /// An idle keep-alive connection is closed after this long.
+    /// An idle keep-alive connection is closed after this long; 0: no keep-alive (each request on
+    /// a connection of its own, so every request head is under `request_head_timeout_ms`).
     #[serde(default = "default_keep_alive")]
     pub keep_alive_seconds: u64,
     /// How long a request waits for the broker's acknowledgement before answering 503.
@@ -171,7 +172,7 @@ fn default_max_connections() -> usize {
     4096
 }
 fn default_tls_handshake_timeout() -> u64 {
-    10_000
+    5_000
 }
 fn default_request_head_timeout() -> u64 {
     5_000
@@ -286,7 +287,10 @@ impl Ingress {
         .shutdown_timeout(config.shutdown_timeout_seconds)
         .client_request_timeout(Duration::from_millis(config.request_head_timeout_ms))
         .client_disconnect_timeout(Duration::from_secs(1))
-        .keep_alive(Duration::from_secs(config.keep_alive_seconds))
+        .keep_alive(match config.keep_alive_seconds {
+            0 => actix_web::http::KeepAlive::Disabled,
+            s => actix_web::http::KeepAlive::Timeout(Duration::from_secs(s)),
+        })
         .tls_handshake_timeout(Duration::from_millis(config.tls_handshake_timeout_ms));
         let workers = config
             .http_workers
@@ -294,7 +298,10 @@ impl Ingress {
         server = server
             .workers(workers)
             // Per worker: the configured total shared out.
-            .max_connections(config.max_connections.div_ceil(workers).max(1));
+            .max_connections(config.max_connections.div_ceil(workers).max(1))
+            // TLS handshakes in progress at once per worker (actix's default is 256): silent
+            // sockets each hold one for up to the handshake timeout.
+            .max_connection_rate(1024);
         let server = match tls {
             Some(tls) => server.bind_rustls_0_23(config.listen, tls.config),
             None => server.bind(config.listen),

@@ -67,11 +67,19 @@ impl AuthFailures {
 
     /// Notes a failure from `ip` at `now`; how long its answer should wait.
     pub fn failed_at(&self, ip: IpAddr, now: Instant) -> Duration {
+        let ip = source(ip);
         let mut map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ADDRESSES && !map.contains_key(&ip) {
             map.retain(|_, (since, _)| now.duration_since(*since) < FAILURE_WINDOW);
-            if map.len() >= MAX_ADDRESSES {
-                map.clear();
+            // Still full: the oldest window goes (never all of them, which would let a flood of
+            // addresses wipe every counter, its own included).
+            if map.len() >= MAX_ADDRESSES
+                && let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, (since, _))| *since)
+                    .map(|(k, _)| *k)
+            {
+                map.remove(&oldest);
             }
         }
         let entry = map.entry(ip).or_insert((now, 0));
@@ -86,7 +94,20 @@ impl AuthFailures {
     /// A success from `ip` forgets its failures.
     pub fn succeeded(&self, ip: IpAddr) {
         let mut map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&ip);
+        map.remove(&source(ip));
+    }
+}
+
+/// The source a failure counts against: the address, or for IPv6 its /64 (one host commonly holds
+/// a whole /64, so single addresses would be free to rotate).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::from(segments)
+        }
     }
 }
 
@@ -109,7 +130,11 @@ pub(crate) fn observe<B>(response: &ServiceResponse<B>) {
     };
     let request = response.request();
     let route: String = request.path().chars().take(200).collect();
-    let message = error.map(ToString::to_string).unwrap_or_default();
+    let message = match error {
+        Some(e @ ApiError::Unauthorized { reason, .. }) => format!("{e}: {reason}"),
+        Some(e) => e.to_string(),
+        None => String::new(),
+    };
     tracing::warn!(
         status = status.as_u16(),
         reason,
@@ -163,6 +188,13 @@ mod tests {
             Duration::ZERO,
             "another address is not slowed"
         );
+        // IPv6 counts per /64.
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        for _ in 0..FREE_FAILURES {
+            f.failed_at(a, t0);
+        }
+        assert_eq!(f.failed_at(b, t0), FAILURE_STEP, "the same /64");
         assert_eq!(
             f.failed_at(ip, t0 + FAILURE_WINDOW),
             Duration::ZERO,

@@ -83,6 +83,8 @@ struct Node {
     name: String,
     text: String,
     children: Vec<Node>,
+    /// `<x/>` (null) rather than `<x></x>` (an empty string).
+    self_closing: bool,
 }
 
 fn parse_error(e: impl std::fmt::Display) -> TxmlError {
@@ -119,6 +121,7 @@ fn tree(xml: &str) -> Result<Node, TxmlError> {
             Event::Empty(e) => {
                 let node = Node {
                     name: local_name(e.name().as_ref())?,
+                    self_closing: true,
                     ..Node::default()
                 };
                 match stack.last_mut() {
@@ -209,27 +212,29 @@ fn is_wrapper(node: &Node) -> bool {
 
 fn value(node: &Node) -> Value {
     if node.children.is_empty() {
-        return if node.text.is_empty() {
+        return if node.self_closing {
             Value::Null
         } else {
             Value::String(node.text.clone())
         };
     }
     let mut object = Map::new();
+    // Members in the order they first appear, each with all its elements (one pass).
     let mut names: Vec<&str> = Vec::new();
+    let mut by_name: std::collections::HashMap<&str, Vec<&Node>> = std::collections::HashMap::new();
     for c in &node.children {
-        if !names.contains(&c.name.as_str()) {
+        let items = by_name.entry(c.name.as_str()).or_default();
+        if items.is_empty() {
             names.push(&c.name);
         }
+        items.push(c);
     }
     for name in names {
-        let items: Vec<&Node> = node.children.iter().filter(|c| c.name == name).collect();
+        let items = by_name.remove(name).unwrap_or_default();
         let member = if ARRAY_FIELDS.contains(&name) {
             match items.as_slice() {
                 [one] if is_wrapper(one) => Value::Array(one.children.iter().map(value).collect()),
-                [one] if one.children.is_empty() && one.text.trim().is_empty() => {
-                    Value::Array(Vec::new())
-                }
+                [one] if one.children.is_empty() && one.self_closing => Value::Array(Vec::new()),
                 _ => Value::Array(items.iter().map(|n| value(n)).collect()),
             }
         } else if let [one] = items.as_slice() {
@@ -264,7 +269,7 @@ mod tests {
   <orderEvent>
     <orderId>o-1</orderId>
     <version>4</version>
-    <buyerOrder><purchaseOrderNumber>PO &amp; 1 &#x263A;</purchaseOrderNumber><notes/></buyerOrder>
+    <buyerOrder><purchaseOrderNumber>PO &amp; 1 &#x263A;</purchaseOrderNumber><notes/><description></description></buyerOrder>
     <lines><id>l-1</id><deliverySchedule><deliveryScheduleLine><quantity>78.90</quantity></deliveryScheduleLine></deliverySchedule></lines>
     <lines><id>l-2</id><deliverySchedule><quantity>1</quantity></deliverySchedule></lines>
   </orderEvent>
@@ -277,7 +282,7 @@ mod tests {
                 "orderEvent": {
                     "orderId": "o-1",
                     "version": "4",
-                    "buyerOrder": {"purchaseOrderNumber": "PO & 1 \u{263A}", "notes": []},
+                    "buyerOrder": {"purchaseOrderNumber": "PO & 1 \u{263A}", "notes": [], "description": ""},
                     "lines": [
                         {"id": "l-1", "deliverySchedule": [{"quantity": "78.90"}]},
                         {"id": "l-2", "deliverySchedule": [{"quantity": "1"}]},

@@ -56,7 +56,6 @@ impl TelemetryConfig {
     }
 }
 
-/// Installs the global subscriber. Call once, early in `main`.
 /// Per-connection library noise kept below the default level unless the filter names the target
 /// itself: a client that connects by IP address makes rustls warn "Illegal SNI extension" on
 /// every connection.
@@ -75,6 +74,7 @@ pub fn filter(spec: &str) -> Result<EnvFilter, TelemetryError> {
     Ok(filter)
 }
 
+/// Installs the global subscriber. Call once, early in `main`.
 pub fn init(config: &TelemetryConfig) -> Result<(), TelemetryError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => filter(&v),

@@ -69,7 +69,6 @@ pub fn ingress_request(status: u16) {
     metrics::counter!(INGRESS_REQUESTS, "status" => status.to_string()).increment(1);
 }
 
-/// The broker acknowledged a trigger `elapsed` after its request arrived.
 /// A request refused with a 4xx for `reason` (one of [`REFUSAL_REASONS`]).
 pub fn ingress_refused(reason: &'static str) {
     metrics::counter!(INGRESS_REFUSED, "reason" => reason).increment(1);
@@ -84,6 +83,7 @@ pub fn ingress_refusals_registered() {
     }
 }
 
+/// The broker acknowledged a trigger `elapsed` after its request arrived.
 pub fn ingress_acked(elapsed: Duration) {
     metrics::histogram!(INGRESS_ACK_SECONDS).record(elapsed.as_secs_f64());
 }
