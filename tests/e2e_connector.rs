@@ -17,9 +17,12 @@ use tcb_simulator::{OAuthClient, Sender, SenderAuth, SenderConfig, Webhook};
 /// The next password of a rotation: configured beside the current one.
 const NEXT_PASSWORD: &str = "next-webhook-password-0123456789";
 
-/// The world's config with two Basic passwords and the simulator's identity provider.
-fn connector_world() -> World {
-    let world = World::new(1 << 20);
+/// The world's config with two Basic passwords and the simulator's identity provider, which signs
+/// with `algorithm`.
+fn connector_world(algorithm: jsonwebtoken::Algorithm) -> World {
+    let mut sim = tcb_simulator::SimConfig::default();
+    sim.idp.algorithm = algorithm;
+    let world = World::with_simulator(support::Backend::Embedded, 1 << 20, 5000, sim);
     let sim = &world.sim;
     let idp = &sim.idp().config;
     let text = std::fs::read_to_string(&world.config).unwrap();
@@ -45,7 +48,17 @@ fn connector_world() -> World {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_rotation_and_oauth_jwts_from_the_identity_provider() {
-    let world = connector_world();
+    // RS256 as Microsoft Entra signs, and ES256; the bridge accepts both families at once.
+    for algorithm in [
+        jsonwebtoken::Algorithm::RS256,
+        jsonwebtoken::Algorithm::ES256,
+    ] {
+        connector_auth(algorithm).await;
+    }
+}
+
+async fn connector_auth(algorithm: jsonwebtoken::Algorithm) {
+    let world = connector_world(algorithm);
     let sim = &world.sim;
     let bridge = world.start_bridge();
     wait_ready(&bridge, 200, Duration::from_secs(30)).await;

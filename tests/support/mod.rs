@@ -118,8 +118,22 @@ impl World {
     }
 
     pub fn with(backend: Backend, max_body_bytes: usize, ack_timeout_ms: u64) -> Self {
+        Self::with_simulator(
+            backend,
+            max_body_bytes,
+            ack_timeout_ms,
+            SimConfig::default(),
+        )
+    }
+
+    /// [`World::with`], the simulator configured as given.
+    pub fn with_simulator(
+        backend: Backend,
+        max_body_bytes: usize,
+        ack_timeout_ms: u64,
+        sim_config: SimConfig,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let sim_config = SimConfig::default();
         let sim =
             Simulator::start(sim_config.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         let cert = ensure_dev_certificate(&dir.path().join("tls"), &[]).unwrap();

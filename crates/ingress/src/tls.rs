@@ -92,8 +92,31 @@ fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, IngressError> {
             key.display()
         ))
     })?;
+    check_validity(cert, &certs[0])?;
     CertifiedKey::from_der(certs, key, &provider())
         .map_err(|e| IngressError::Tls(format!("certificate and key do not fit: {e}")))
+}
+
+/// The leaf certificate must be valid now: an expired renewal (or one not valid yet) would make
+/// every handshake fail, so it is refused and the current certificate kept.
+fn check_validity(path: &Path, leaf: &CertificateDer<'_>) -> Result<(), IngressError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| {
+        IngressError::Tls(format!(
+            "cannot read the certificate in {}: {e}",
+            path.display()
+        ))
+    })?;
+    let validity = cert.validity();
+    if validity.is_valid() {
+        Ok(())
+    } else {
+        Err(IngressError::Tls(format!(
+            "the certificate in {} is valid from {} to {}, not now",
+            path.display(),
+            validity.not_before,
+            validity.not_after
+        )))
+    }
 }
 
 impl rustls::server::ResolvesServerCert for CertificateStore {
@@ -373,6 +396,19 @@ mod tests {
         assert_eq!(served(&store), leaf(&b));
         std::fs::copy(&a.key, &key).unwrap();
         assert!(store.reload_if_changed(), "the pair fits again");
+        assert_eq!(served(&store), leaf(&a));
+        // An expired certificate (with its own key): refused, the current one stays.
+        let expired_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let expired = params.self_signed(&expired_key).unwrap();
+        std::fs::write(&cert, expired.pem()).unwrap();
+        std::fs::write(&key, expired_key.serialize_pem()).unwrap();
+        assert!(
+            !store.reload_if_changed(),
+            "an expired certificate is not served"
+        );
         assert_eq!(served(&store), leaf(&a));
     }
 

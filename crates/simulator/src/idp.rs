@@ -4,9 +4,9 @@
 //! sends it as `Authorization: Bearer`; the bridge checks it against the provider's keys
 //! (`GET /{tenant}/discovery/v2.0/keys`).
 //!
-//! Keys are ECDSA P-256 (ES256; Entra itself signs RS256, the bridge accepts either). Keys can be
-//! rotated, and a new key can be *staged*: used for signing before it is published, the moment in
-//! which a relying party meets a key id it does not know yet.
+//! Keys are RSA 2048 (RS256, as Entra signs) or ECDSA P-256 (ES256), by [`IdpConfig::algorithm`].
+//! Keys can be rotated, and a new key can be *staged*: used for signing before it is published, the
+//! moment in which a relying party meets a key id it does not know yet.
 
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +27,8 @@ pub struct IdpConfig {
     pub roles: Vec<String>,
     /// Lifetime of issued tokens, seconds.
     pub token_seconds: i64,
+    /// How tokens are signed: RS256 (Entra's) or ES256.
+    pub algorithm: Algorithm,
 }
 
 impl Default for IdpConfig {
@@ -38,21 +40,89 @@ impl Default for IdpConfig {
             audience: "api://tradecloud-bridge".to_owned(),
             roles: vec!["Webhook.Send".to_owned()],
             token_seconds: 3600,
+            algorithm: Algorithm::RS256,
         }
     }
 }
 
-/// One signing key: its id, private part and public JWK.
+/// One signing key: its id, algorithm, private part and public JWK.
 struct Key {
     kid: String,
+    algorithm: Algorithm,
     private: EncodingKey,
     jwk: Value,
     /// The public key's raw bytes (for forging an HMAC token "signed" with it, in tests).
     public_raw: Vec<u8>,
 }
 
+/// The `RSAPrivateKey` (PKCS #1) inside a PKCS #8 `PrivateKeyInfo`: SEQUENCE { INTEGER version,
+/// SEQUENCE algorithm, OCTET STRING privateKey }. The signing library takes PKCS #1, the key
+/// generator gives PKCS #8.
+fn pkcs1_from_pkcs8(der: &[u8]) -> Option<&[u8]> {
+    /// One DER element at the start of `input`: (tag, content, rest).
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |l, b| (l << 8) | usize::from(*b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    let (0x30, info, _) = element(der)? else {
+        return None;
+    };
+    let (0x02, _, rest) = element(info)? else {
+        return None;
+    };
+    let (0x30, _, rest) = element(rest)? else {
+        return None;
+    };
+    let (0x04, key, _) = element(rest)? else {
+        return None;
+    };
+    Some(key)
+}
+
 impl Key {
-    fn generate() -> Self {
+    // Key generation with a working crypto library does not fail; no test could go on without it.
+    #[allow(clippy::expect_used)]
+    fn generate(algorithm: Algorithm) -> Self {
+        if algorithm == Algorithm::RS256 {
+            use aws_lc_rs::encoding::AsDer;
+            use aws_lc_rs::signature::KeyPair as _;
+            let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                .expect("an RSA key pair");
+            let pkcs8 = pair.as_der().expect("its PKCS #8 form");
+            let pkcs1 = pkcs1_from_pkcs8(pkcs8.as_ref()).expect("PKCS #1 inside PKCS #8");
+            let public = pair.public_key();
+            let n = public.modulus().big_endian_without_leading_zero().to_vec();
+            let e = public.exponent().big_endian_without_leading_zero().to_vec();
+            let kid = uuid::Uuid::new_v4().simple().to_string();
+            let jwk = json!({
+                "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+                "n": URL_SAFE_NO_PAD.encode(&n), "e": URL_SAFE_NO_PAD.encode(&e),
+            });
+            return Self {
+                private: EncodingKey::from_rsa_der(pkcs1),
+                algorithm,
+                kid,
+                jwk,
+                public_raw: n,
+            };
+        }
+        Self::generate_ec()
+    }
+
+    fn generate_ec() -> Self {
         // rcgen generates ECDSA P-256 by default (aws-lc-rs underneath); this cannot fail for
         // that algorithm short of a broken crypto library, which no test could go on without.
         #[allow(clippy::expect_used)]
@@ -66,6 +136,7 @@ impl Key {
         });
         Self {
             private: EncodingKey::from_ec_der(&pair.serialize_der()),
+            algorithm: Algorithm::ES256,
             kid,
             jwk,
             public_raw: raw,
@@ -95,10 +166,11 @@ fn now() -> i64 {
 
 impl Idp {
     pub fn new(config: IdpConfig) -> Self {
+        let signing = Key::generate(config.algorithm);
         Self {
             config,
             state: Arc::new(Mutex::new(State {
-                signing: Key::generate(),
+                signing,
                 previous: Vec::new(),
                 staged: false,
             })),
@@ -127,7 +199,7 @@ impl Idp {
     /// A new signing key, published at once (the old one stays published).
     pub fn rotate(&self) {
         let mut s = self.state();
-        let old = std::mem::replace(&mut s.signing, Key::generate());
+        let old = std::mem::replace(&mut s.signing, Key::generate(self.config.algorithm));
         s.previous.push(old);
         s.staged = false;
     }
@@ -159,10 +231,10 @@ impl Idp {
         })
     }
 
-    /// `claims` signed with the current key (ES256, its `kid` in the header).
+    /// `claims` signed with the current key (its algorithm and `kid` in the header).
     pub fn sign(&self, claims: &Value) -> String {
         let s = self.state();
-        let mut header = Header::new(Algorithm::ES256);
+        let mut header = Header::new(s.signing.algorithm);
         header.kid = Some(s.signing.kid.clone());
         // Signing JSON with a valid EC key cannot fail.
         jsonwebtoken::encode(&header, claims, &s.signing.private).unwrap_or_default()
