@@ -812,3 +812,53 @@ async fn a_txml_post_and_a_json_post_of_one_event_yield_equal_order_messages() {
     );
     assert_eq!(post("eventName=X".to_owned(), "text/plain").await.0, 415);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_wait_until_one_closes() {
+    use tokio::io::AsyncWriteExt;
+    let world = World::new(1 << 20);
+    let text = std::fs::read_to_string(&world.config).unwrap();
+    std::fs::write(
+        &world.config,
+        text.replace(
+            "retry_after_seconds = 1\n",
+            "retry_after_seconds = 1\nhttp_workers = 1\nmax_connections = 2\n",
+        ),
+    )
+    .unwrap();
+    let bridge = world.start_bridge();
+    wait_ready(&bridge, 200, Duration::from_secs(30)).await;
+    let addr = bridge.ingress.unwrap();
+    // Two connections held open (handshake done, no request yet): the limit.
+    let first = tls_connect(&world, addr).await;
+    let _second = tls_connect(&world, addr).await;
+    // A third waits in the backlog: its handshake does not complete while both are open.
+    let third = tokio::spawn({
+        let ca = world.cert.ca.clone();
+        async move { tls_connect_trusting(&[ca.as_path()], addr).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was taken past max_connections"
+    );
+    // One closes: the third is taken and served.
+    drop(first);
+    let mut third = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the third connection is taken once one closes")
+        .unwrap();
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    };
+    third
+        .write_all(
+            format!("GET /webhook/limit-order HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
