@@ -183,6 +183,17 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
         "tcb_worker_triggers_total{outcome=\"delivered\"} 5",
         "tcb_ingress_ack_seconds_count 5",
         "tcb_worker_end_to_end_seconds_count 5",
+        // Tradecloud's API: one login, the two v2 GETs' fetches, the legacy fetch; every series
+        // there from the start, so the ones nothing touched read 0.
+        "tcb_tradecloud_requests_total{kind=\"login\",status=\"2xx\"} 1",
+        "tcb_tradecloud_requests_total{kind=\"order\",status=\"2xx\"} 2",
+        "tcb_tradecloud_requests_total{kind=\"legacy_order\",status=\"2xx\"} 1",
+        "tcb_tradecloud_requests_total{kind=\"refresh\",status=\"2xx\"} 0",
+        "tcb_tradecloud_requests_total{kind=\"order\",status=\"429\"} 0",
+        "tcb_tradecloud_requests_total{kind=\"order\",status=\"5xx\"} 0",
+        "tcb_tradecloud_request_seconds_count{kind=\"order\"} 2",
+        "tcb_tradecloud_pacer_wait_seconds_count 4",
+        "tcb_build_info{version=\"0.1.0\"} 1",
     ];
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -192,6 +203,17 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
             .filter(|e| !metrics.lines().any(|l| l == **e))
             .collect();
         if missing.is_empty() {
+            // The process's own series (metrics-process) are there too.
+            for series in [
+                "process_resident_memory_bytes ",
+                "process_open_fds ",
+                "process_cpu_seconds_total ",
+            ] {
+                assert!(
+                    metrics.lines().any(|l| l.starts_with(series)),
+                    "{series} in\n{metrics}"
+                );
+            }
             break;
         }
         assert!(

@@ -137,9 +137,7 @@ async fn readyz(checks: web::Data<Checks>) -> HttpResponse {
 }
 
 async fn metrics() -> HttpResponse {
-    let body = tcb_telemetry::metrics::handle()
-        .map(|h| h.render())
-        .unwrap_or_default();
+    let body = tcb_telemetry::metrics::render();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(body)

@@ -40,6 +40,18 @@ pub const WORKER_LAST_PROGRESS: &str = "tcb_worker_last_progress_timestamp_secon
 /// Triggers dead-lettered after their retries ran out, by `what` (`fetch`, `publish`).
 pub const WORKER_EXHAUSTED: &str = "tcb_worker_retries_exhausted_total";
 
+/// Requests to Tradecloud's API, by `kind` ([`TRADECLOUD_KINDS`]) and `status`
+/// ([`TRADECLOUD_STATUSES`]: the class of the answer, `429` apart, `error` without an answer).
+pub const TRADECLOUD_REQUESTS: &str = "tcb_tradecloud_requests_total";
+/// How long a Tradecloud request took (send to answer head), by `kind`.
+pub const TRADECLOUD_REQUEST_SECONDS: &str = "tcb_tradecloud_request_seconds";
+/// How long a request waited for its turn under the rate limit (the pacer).
+pub const TRADECLOUD_PACER_WAIT_SECONDS: &str = "tcb_tradecloud_pacer_wait_seconds";
+pub const TRADECLOUD_KINDS: [&str; 4] = ["login", "refresh", "order", "legacy_order"];
+pub const TRADECLOUD_STATUSES: [&str; 5] = ["2xx", "4xx", "429", "5xx", "error"];
+/// 1, labelled with the build's `version`.
+pub const BUILD_INFO: &str = "tcb_build_info";
+
 /// Kafka partitions a consumer group member holds now, by `group` (0 while none are assigned).
 pub const KAFKA_ASSIGNED_PARTITIONS: &str = "tcb_kafka_assigned_partitions";
 
@@ -67,6 +79,52 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 /// A webhook request was answered with `status`.
 pub fn ingress_request(status: u16) {
     metrics::counter!(INGRESS_REQUESTS, "status" => status.to_string()).increment(1);
+}
+
+/// A Tradecloud request of `kind` answered with `status` (`None`: no answer) after `elapsed`.
+pub fn tradecloud_request(kind: &'static str, status: Option<u16>, elapsed: Duration) {
+    let class = match status {
+        None => "error",
+        Some(429) => "429",
+        Some(s) if s < 300 => "2xx",
+        Some(s) if s < 500 => "4xx",
+        Some(_) => "5xx",
+    };
+    metrics::counter!(TRADECLOUD_REQUESTS, "kind" => kind, "status" => class).increment(1);
+    metrics::histogram!(TRADECLOUD_REQUEST_SECONDS, "kind" => kind).record(elapsed.as_secs_f64());
+}
+
+/// A Tradecloud request waited `waited` for the rate limit.
+pub fn tradecloud_paced(waited: Duration) {
+    metrics::histogram!(TRADECLOUD_PACER_WAIT_SECONDS).record(waited.as_secs_f64());
+}
+
+/// Registers the Tradecloud series at 0, so they are there before the first request.
+pub fn tradecloud_registered() {
+    let _ = handle();
+    for kind in TRADECLOUD_KINDS {
+        for status in TRADECLOUD_STATUSES {
+            metrics::counter!(TRADECLOUD_REQUESTS, "kind" => kind, "status" => status).increment(0);
+        }
+    }
+}
+
+/// The Prometheus text of every series, with the process's own (CPU, memory, open files)
+/// collected just before.
+pub fn render() -> String {
+    let Some(h) = handle() else {
+        return String::new();
+    };
+    static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+    PROCESS
+        .get_or_init(|| {
+            let c = metrics_process::Collector::default();
+            c.describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            c
+        })
+        .collect();
+    h.render()
 }
 
 /// A request refused with a 4xx for `reason` (one of [`REFUSAL_REASONS`]).

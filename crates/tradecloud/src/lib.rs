@@ -266,6 +266,7 @@ impl Pacer {
 
 impl TradecloudClient {
     pub fn new(config: &TradecloudConfig) -> Result<Self, TradecloudError> {
+        tcb_telemetry::metrics::tradecloud_registered();
         if let Some((key, message)) = config.validate().into_iter().next() {
             return Err(TradecloudError::Config(format!("{key}: {message}")));
         }
@@ -320,6 +321,7 @@ impl TradecloudClient {
         loop {
             let response = self
                 .send(
+                    "order",
                     self.inner
                         .http
                         .get(&url)
@@ -362,6 +364,7 @@ impl TradecloudClient {
         );
         let response = self
             .send(
+                "legacy_order",
                 self.inner
                     .http
                     .get(&url)
@@ -383,9 +386,11 @@ impl TradecloudClient {
         self.inner.pacer.set_share(share);
     }
 
-    /// One request, within the concurrency bound and the pace.
+    /// One request of `kind` (a label of `tcb_tradecloud_requests_total`), within the concurrency
+    /// bound and the pace.
     async fn send(
         &self,
+        kind: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, TradecloudError> {
         let _slot = self
@@ -394,8 +399,14 @@ impl TradecloudClient {
             .acquire()
             .await
             .map_err(|_| TradecloudError::Config("the client is closed".to_owned()))?;
+        let waiting = std::time::Instant::now();
         self.inner.pacer.until_ready().await;
-        request.send().await.map_err(request_error)
+        tcb_telemetry::metrics::tradecloud_paced(waiting.elapsed());
+        let started = std::time::Instant::now();
+        let result = request.send().await;
+        let status = result.as_ref().ok().map(|r| r.status().as_u16());
+        tcb_telemetry::metrics::tradecloud_request(kind, status, started.elapsed());
+        result.map_err(request_error)
     }
 
     /// The current tokens, logging in first when there are none.
@@ -455,6 +466,7 @@ impl TradecloudClient {
         let url = format!("{}/v2/authentication/login", self.inner.base_url);
         let response = self
             .send(
+                "login",
                 self.inner
                     .http
                     .get(&url)
@@ -481,6 +493,7 @@ impl TradecloudClient {
         let url = format!("{}/v2/authentication/refresh", self.inner.base_url);
         let response = self
             .send(
+                "refresh",
                 self.inner
                     .http
                     .get(&url)
