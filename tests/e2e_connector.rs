@@ -25,7 +25,6 @@ fn connector_world(algorithm: jsonwebtoken::Algorithm) -> World {
     let world = World::with_simulator(support::Backend::Embedded, 1 << 20, 5000, sim);
     let sim = &world.sim;
     let idp = &sim.idp().config;
-    let text = std::fs::read_to_string(&world.config).unwrap();
     let auth = format!(
         r#"auth = [
   {{ kind = "basic", username = "{USER}", password = "${{E2E_WEBHOOK_PASSWORD}}" }},
@@ -37,12 +36,7 @@ fn connector_world(algorithm: jsonwebtoken::Algorithm) -> World {
         jwks = sim.idp_jwks_url(),
         client = idp.client_id,
     );
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("auth = "))
-        .unwrap()
-        .to_owned();
-    std::fs::write(&world.config, text.replace(&line, &auth)).unwrap();
+    world.set_config_line("auth = ", &auth);
     world
 }
 
@@ -396,15 +390,9 @@ async fn read_until_closed(
 async fn slow_clients_are_cut_off_while_others_are_served() {
     use tokio::io::AsyncWriteExt;
     let world = World::new(1 << 20);
-    let text = std::fs::read_to_string(&world.config).unwrap();
-    std::fs::write(
-        &world.config,
-        text.replace(
-            "retry_after_seconds = 1\n",
-            "retry_after_seconds = 1\ntls_handshake_timeout_ms = 1000\nrequest_head_timeout_ms = 1000\nbody_read_timeout_ms = 1500\n",
-        ),
-    )
-    .unwrap();
+    world.add_ingress_settings(
+        "tls_handshake_timeout_ms = 1000\nrequest_head_timeout_ms = 1000\nbody_read_timeout_ms = 1500\n",
+    );
     let bridge = world.start_bridge();
     wait_ready(&bridge, 200, Duration::from_secs(30)).await;
     let addr = bridge.ingress.unwrap();
@@ -542,18 +530,14 @@ async fn a_certificate_swapped_on_disk_is_served_to_the_next_connection() {
     let (cert, key) = (live.join("tls.crt"), live.join("tls.key"));
     std::fs::copy(&world.cert.cert, &cert).unwrap();
     std::fs::copy(&world.cert.key, &key).unwrap();
-    let text = std::fs::read_to_string(&world.config).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("tls = "))
-        .unwrap()
-        .to_owned();
-    let tls = format!(
-        r#"tls = {{ mode = "files", cert = "{}", key = "{}", reload_seconds = 1 }}"#,
-        cert.display(),
-        key.display()
+    world.set_config_line(
+        "tls = ",
+        &format!(
+            r#"tls = {{ mode = "files", cert = "{}", key = "{}", reload_seconds = 1 }}"#,
+            cert.display(),
+            key.display()
+        ),
     );
-    std::fs::write(&world.config, text.replace(&line, &tls)).unwrap();
     let bridge = world.start_bridge();
     wait_ready(&bridge, 200, Duration::from_secs(30)).await;
     let addr = bridge.ingress.unwrap();
@@ -817,15 +801,7 @@ async fn a_txml_post_and_a_json_post_of_one_event_yield_equal_order_messages() {
 async fn connections_past_max_connections_wait_until_one_closes() {
     use tokio::io::AsyncWriteExt;
     let world = World::new(1 << 20);
-    let text = std::fs::read_to_string(&world.config).unwrap();
-    std::fs::write(
-        &world.config,
-        text.replace(
-            "retry_after_seconds = 1\n",
-            "retry_after_seconds = 1\nhttp_workers = 1\nmax_connections = 2\n",
-        ),
-    )
-    .unwrap();
+    world.add_ingress_settings("http_workers = 1\nmax_connections = 2\n");
     let bridge = world.start_bridge();
     wait_ready(&bridge, 200, Duration::from_secs(30)).await;
     let addr = bridge.ingress.unwrap();

@@ -276,12 +276,7 @@ async fn a_full_orders_queue_pauses_the_worker_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let (world, _names) = world(rabbitmq_uri(), 5000);
     // The ERP is not consuming, and its queue holds at most 5.
-    let text = std::fs::read_to_string(&world.config).unwrap().replacen(
-        "[bus]\n",
-        "[bus]\norders_max_length = 5\n",
-        1,
-    );
-    std::fs::write(&world.config, text).unwrap();
+    world.edit_config("[bus]\n", "[bus]\norders_max_length = 5\n");
     let bridge = world.start_bridge();
     wait_ready(&bridge, 200, Duration::from_secs(20)).await;
     let sender = world.sender(&bridge, 1);

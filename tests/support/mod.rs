@@ -195,6 +195,32 @@ log_level = "info"
         }
     }
 
+    /// Rewrites the config file: `from` (which must be in it) becomes `to`.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "{from:?} not in the config");
+        std::fs::write(&self.config, text.replace(from, to)).unwrap();
+    }
+
+    /// Replaces the config line starting with `prefix` (e.g. `"auth = "`) by `to`.
+    pub fn set_config_line(&self, prefix: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting with {prefix:?}"))
+            .to_owned();
+        self.edit_config(&line, to);
+    }
+
+    /// Adds `lines` to the `[ingress]` section.
+    pub fn add_ingress_settings(&self, lines: &str) {
+        self.edit_config(
+            "retry_after_seconds = 1\n",
+            &format!("retry_after_seconds = 1\n{lines}"),
+        );
+    }
+
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("data/bridge.db")
     }

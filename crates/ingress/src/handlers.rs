@@ -180,8 +180,11 @@ async fn event(
     state: web::Data<AppState>,
     mut payload: web::Payload,
 ) -> HttpResponse {
-    let result = event_inner(&req, &state, &mut payload).await;
-    answer(result, payload)
+    match event_inner(&req, &state, &mut payload).await {
+        // The body was read to its end: nothing to hold.
+        Ok(response) => response,
+        Err(e) => answer(Err(e), payload),
+    }
 }
 
 async fn event_inner(

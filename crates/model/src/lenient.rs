@@ -34,46 +34,24 @@ where
     )
 }
 
-/// An integer that may arrive as a JSON number or a numeric string (`4` or `"4"`: tXML is text).
-pub(crate) fn integer_or_string<'de, D>(deserializer: D) -> Result<Option<i64>, D::Error>
+/// A value that may arrive as its JSON type or as text (`4` or `"4"`, `true` or `"true"`): tXML
+/// has only text. The text is read with the type's `FromStr`.
+pub(crate) fn native_or_text<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
 {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Raw {
-        I(i64),
-        S(String),
+    enum Raw<T> {
+        Native(T),
+        Text(String),
     }
-    match Option::<Raw>::deserialize(deserializer)? {
+    match Option::<Raw<T>>::deserialize(deserializer)? {
         None => Ok(None),
-        Some(Raw::I(i)) => Ok(Some(i)),
-        Some(Raw::S(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an integer"))),
-    }
-}
-
-/// A boolean that may arrive as JSON `true`/`false` or as the text `"true"`/`"false"` (tXML).
-pub(crate) fn bool_or_string<'de, D>(deserializer: D) -> Result<Option<bool>, D::Error>
-where
-    D: Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        B(bool),
-        S(String),
-    }
-    match Option::<Raw>::deserialize(deserializer)? {
-        None => Ok(None),
-        Some(Raw::B(b)) => Ok(Some(b)),
-        Some(Raw::S(s)) => match s.trim() {
-            "true" => Ok(Some(true)),
-            "false" => Ok(Some(false)),
-            _ => Err(serde::de::Error::custom(format!("{s:?} is not a boolean"))),
-        },
+        Some(Raw::Native(v)) => Ok(Some(v)),
+        Some(Raw::Text(s)) => s.trim().parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("{s:?} is not a {}", std::any::type_name::<T>()))
+        }),
     }
 }

@@ -23,7 +23,7 @@ pub struct Order {
     /// Set on orders that came from the legacy platform.
     pub legacy_order_id: Option<String>,
     /// Integer order version; absent on legacy orders.
-    #[serde(deserialize_with = "crate::lenient::integer_or_string")]
+    #[serde(deserialize_with = "crate::lenient::native_or_text")]
     pub version: Option<i64>,
     pub buyer_order: Option<BuyerOrder>,
     pub supplier_order: Option<SupplierOrder>,
@@ -71,7 +71,7 @@ pub struct SupplierOrder {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Indicators {
-    #[serde(deserialize_with = "crate::lenient::bool_or_string")]
+    #[serde(deserialize_with = "crate::lenient::native_or_text")]
     pub delivery_overdue: Option<bool>,
     #[serde(flatten)]
     pub extra: Extra,
