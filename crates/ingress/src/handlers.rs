@@ -102,12 +102,26 @@ impl actix_web::body::MessageBody for HoldingRequestBody {
     }
 }
 
-/// The handler's answer, with the request body held until it is sent (see [`HoldingRequestBody`]).
-fn answer(result: Result<HttpResponse, ApiError>, payload: web::Payload) -> HttpResponse {
+/// The handler's answer, with the request body held until it is sent when the request has one
+/// (see [`HoldingRequestBody`]); a request without a body is answered as it is.
+fn answer(
+    req: &HttpRequest,
+    result: Result<HttpResponse, ApiError>,
+    payload: web::Payload,
+) -> HttpResponse {
     let response = match result {
         Ok(r) => r,
         Err(e) => HttpResponse::from_error(e),
     };
+    let headers = req.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    if !has_body {
+        return response;
+    }
     response
         .map_body(|_, answer| HoldingRequestBody {
             answer,
@@ -122,7 +136,7 @@ async fn get_by_path(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> HttpResponse {
-    answer(get_by_path_inner(&req, &state, &id).await, payload)
+    answer(&req, get_by_path_inner(&req, &state, &id).await, payload)
 }
 
 async fn get_by_path_inner(
@@ -139,7 +153,7 @@ async fn get_by_query(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> HttpResponse {
-    answer(get_by_query_inner(&req, &state).await, payload)
+    answer(&req, get_by_query_inner(&req, &state).await, payload)
 }
 
 async fn get_by_query_inner(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
@@ -183,7 +197,7 @@ async fn event(
     match event_inner(&req, &state, &mut payload).await {
         // The body was read to its end: nothing to hold.
         Ok(response) => response,
-        Err(e) => answer(Err(e), payload),
+        Err(e) => answer(&req, Err(e), payload),
     }
 }
 
