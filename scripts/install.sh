@@ -20,6 +20,13 @@ if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate==1.37.0
 fi
 
+# rotel-agent: a real OpenTelemetry collector (OTLP gRPC and HTTP receivers) for tests/e2e_otel.rs.
+if ! command -v rotel-agent >/dev/null 2>&1; then
+  echo "install: pip install rotel"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore rotel==0.0.1a15
+  ln -sf "$(python3 -c 'import os, rotel; print(os.path.dirname(rotel.__file__))')/rotel-agent" /usr/local/bin/rotel-agent
+fi
+
 # sslyze scans the webhook listener's TLS (tests/e2e_connector.rs).
 if ! python3 -c "import sslyze" >/dev/null 2>&1; then
   echo "install: pip install sslyze"

@@ -9,7 +9,7 @@ mod support;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use support::{PASSWORD, USER, World, collect_until, message};
+use support::{PASSWORD, USER, World, collect_until, message, wait_for_metrics};
 use tcb_model::codec::header as headers;
 use tcb_model::message::Scope;
 use tcb_model::{OrderMessage, TriggerEnvelope, normalize_event, normalize_fetched_order};
@@ -194,33 +194,24 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
         "tcb_tradecloud_request_seconds_count{kind=\"order\"} 2",
         "tcb_tradecloud_pacer_wait_seconds_count 4",
         "tcb_build_info{version=\"0.1.0\"} 1",
+        // Nothing dead-lettered, in flight, waiting or left on the triggers topic.
+        "tcb_worker_triggers_total{outcome=\"dead_lettered\"} 0",
+        "tcb_worker_dead_letters_total{reason=\"not_found\"} 0",
+        "tcb_worker_in_flight_triggers 0",
+        "tcb_worker_waiting_for_retry_triggers 0",
+        "tcb_worker_consumer_lag_messages{topic=\"tradecloud.triggers\"} 0",
     ];
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = bridge.metrics_text().await;
-        let missing: Vec<_> = expected
-            .iter()
-            .filter(|e| !metrics.lines().any(|l| l == **e))
-            .collect();
-        if missing.is_empty() {
-            // The process's own series (metrics-process) are there too.
-            for series in [
-                "process_resident_memory_bytes ",
-                "process_open_fds ",
-                "process_cpu_seconds_total ",
-            ] {
-                assert!(
-                    metrics.lines().any(|l| l.starts_with(series)),
-                    "{series} in\n{metrics}"
-                );
-            }
-            break;
-        }
+    let metrics = wait_for_metrics(&bridge, &expected, Duration::from_secs(10)).await;
+    // The process's own series (metrics-process) are there too.
+    for series in [
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_cpu_seconds_total ",
+    ] {
         assert!(
-            std::time::Instant::now() < deadline,
-            "{missing:?} not in\n{metrics}"
+            metrics.lines().any(|l| l.starts_with(series)),
+            "{series} in\n{metrics}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // Readiness and liveness on the admin port.
@@ -233,6 +224,57 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
             .unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }
+}
+
+/// The metrics after known failures: one order Tradecloud does not know (404 twice), one it
+/// refuses (400), one POST delivered. Exact values, every series there from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_counted_by_reason() {
+    let world = World::new(1 << 20);
+    world.sim.fail_order("unknown-order", 404);
+    world.sim.fail_order("refused-order", 400);
+    let bridge = world.start_bridge();
+    let sender = world.sender(&bridge, 1);
+    let post = orders::event("fine-order", 2, "OrderLinesConfirmedBySupplier", "m-fine");
+    for call in [
+        Webhook::GetPath("unknown-order".to_owned()),
+        Webhook::GetPath("refused-order".to_owned()),
+        Webhook::Post(serde_json::to_vec(&post).unwrap()),
+    ] {
+        assert!(sender.send(&call).await.accepted());
+    }
+    let bus = world.bus().await;
+    let mut dead = bus
+        .consumer(&bus.topics.dead_letters, Some("ops"))
+        .await
+        .unwrap();
+    let got = collect_until(&mut dead, Duration::from_secs(30), |d| d.len() >= 2).await;
+    let kinds: BTreeSet<&str> = got
+        .iter()
+        .map(|d| d.message.headers[headers::DEAD_LETTER_KIND].as_str())
+        .collect();
+    assert_eq!(kinds, BTreeSet::from(["not_found", "rejected"]));
+    let expected = [
+        "tcb_worker_triggers_total{outcome=\"delivered\"} 1",
+        "tcb_worker_triggers_total{outcome=\"dead_lettered\"} 2",
+        "tcb_worker_dead_letters_total{reason=\"not_found\"} 1",
+        "tcb_worker_dead_letters_total{reason=\"rejected\"} 1",
+        "tcb_worker_dead_letters_total{reason=\"retries_exhausted\"} 0",
+        "tcb_worker_dead_letters_total{reason=\"invalid_event\"} 0",
+        "tcb_worker_dead_letters_total{reason=\"undecodable\"} 0",
+        "tcb_worker_dead_letters_total{reason=\"invalid_order\"} 0",
+        "tcb_worker_dead_letters_total{reason=\"output_refused\"} 0",
+        // The 404 is tried twice (`not_found_attempts = 2`), the 400 once.
+        "tcb_worker_retries_total{what=\"fetch\"} 1",
+        "tcb_worker_retries_total{what=\"publish\"} 0",
+        "tcb_tradecloud_requests_total{kind=\"order\",status=\"4xx\"} 3",
+        "tcb_tradecloud_requests_total{kind=\"order\",status=\"2xx\"} 0",
+        "tcb_worker_in_flight_triggers 0",
+        "tcb_worker_waiting_for_retry_triggers 0",
+        "tcb_worker_paused{breaker=\"tradecloud\"} 0",
+        "tcb_worker_consumer_lag_messages{topic=\"tradecloud.triggers\"} 0",
+    ];
+    wait_for_metrics(&bridge, &expected, Duration::from_secs(15)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

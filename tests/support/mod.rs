@@ -593,6 +593,24 @@ pub fn trigger_ids(d: &[Received]) -> BTreeSet<String> {
         .collect()
 }
 
+/// Waits until `/metrics` has every line of `expected` (exact values), or panics with what is
+/// missing at the deadline; returns the text.
+pub async fn wait_for_metrics(bridge: &Bridge, expected: &[&str], within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let metrics = bridge.metrics_text().await;
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|e| !metrics.lines().any(|l| l == **e))
+            .collect();
+        if missing.is_empty() {
+            return metrics;
+        }
+        assert!(Instant::now() < deadline, "{missing:?} not in\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn wait_ready(bridge: &Bridge, want: u16, within: Duration) {
     let deadline = Instant::now() + within;
     loop {

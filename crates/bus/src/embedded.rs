@@ -213,7 +213,14 @@ impl EmbeddedStore {
                     impl Drop for Alive {
                         fn drop(&mut self) {
                             self.0.store(false, Ordering::SeqCst);
-                            tracing::error!("the embedded store's writer stopped");
+                            // It ends normally once the store is dropped (every sender gone).
+                            if std::thread::panicking() {
+                                tracing::error!("the embedded store's writer stopped");
+                            } else {
+                                tracing::debug!(
+                                    "the embedded store's writer stopped: the store is closed"
+                                );
+                            }
                         }
                     }
                     let _alive = Alive(alive);
@@ -441,6 +448,7 @@ impl ConsumerOpener for EmbeddedStore {
             conn: Arc::new(Mutex::new(conn)),
             cursor: 0,
             buffer: VecDeque::new(),
+            lag_counted: None,
             _lock: lock,
         }))
     }
@@ -495,16 +503,26 @@ struct EmbeddedConsumer {
     conn: Arc<Mutex<Connection>>,
     cursor: i64,
     buffer: VecDeque<Row>,
+    /// When the lag (pending messages past the cursor) was last counted.
+    lag_counted: Option<std::time::Instant>,
     /// The exclusive lock of this group on this topic, while it consumes.
     _lock: Option<std::fs::File>,
 }
 
 impl EmbeddedConsumer {
-    async fn fetch(&self) -> Result<Vec<Row>, BusError> {
+    async fn fetch(&mut self) -> Result<Vec<Row>, BusError> {
         let conn = self.conn.clone();
         let topic = self.topic.clone();
         let group = self.group.clone();
         let cursor = self.cursor;
+        // A group member counts what waits past what it fetched, every LAG_INTERVAL.
+        let count_lag = group.is_some()
+            && self
+                .lag_counted
+                .is_none_or(|at| at.elapsed() >= crate::LAG_INTERVAL);
+        if count_lag {
+            self.lag_counted = Some(std::time::Instant::now());
+        }
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().map_err(|_| BusError::Storage {
                 context: "the embedded consumer's connection is poisoned".to_owned(),
@@ -545,6 +563,14 @@ impl EmbeddedConsumer {
                         ..Message::default()
                     },
                 });
+            }
+            if count_lag {
+                let last = out.last().map_or(cursor, |r| r.id);
+                let waiting: i64 = conn
+                    .prepare_cached("SELECT count(*) FROM messages WHERE topic = ?1 AND id > ?2")
+                    .and_then(|mut s| s.query_row(params![topic, last], |r| r.get(0)))
+                    .map_err(storage)?;
+                tcb_telemetry::metrics::consumer_lag(&topic, waiting.max(0) as u64);
             }
             Ok(out)
         })

@@ -126,6 +126,21 @@ impl BusError {
         )
     }
 
+    /// A short, bounded class of the error (`error.type` of spans).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BusError::Unavailable { .. } => "unavailable",
+            BusError::Overloaded(_) => "overloaded",
+            BusError::Timeout(_) => "timeout",
+            BusError::Rejected { .. } => "rejected",
+            BusError::TooLarge { .. } => "too_large",
+            BusError::Refused { .. } => "refused",
+            BusError::Storage { .. } => "storage",
+            BusError::Closed => "closed",
+            BusError::Config(_) => "config",
+        }
+    }
+
     pub fn unavailable(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
         BusError::Unavailable {
             context: context.into(),
@@ -157,6 +172,9 @@ impl BusError {
     }
 }
 
+/// How often a group consumer reports its lag (`tcb_worker_consumer_lag_messages`).
+pub const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Publishes messages durably.
 #[async_trait]
 pub trait Publisher: Send + Sync + 'static {
@@ -166,6 +184,49 @@ pub trait Publisher: Send + Sync + 'static {
     async fn check_ready(&self) -> Result<(), BusError>;
     /// Closes connections cleanly at shutdown (after the last publish and ack).
     async fn close(&self) {}
+    /// `messaging.system` of the spans: `kafka`, `rabbitmq` (the semantic conventions' names) or
+    /// `embedded`.
+    fn system(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+/// The producer span of one publish of `message` to `topic`: `operation` is `send`, or
+/// `dead_letter` for the dead-letter topic.
+pub fn publish_span(
+    publisher: &dyn Publisher,
+    operation: &'static str,
+    topic: &str,
+    message: &Message,
+) -> tracing::Span {
+    tcb_telemetry::spans::publish(
+        publisher.system(),
+        operation,
+        topic,
+        message.id.as_deref().unwrap_or(""),
+    )
+}
+
+/// Publishes `message` inside `span` (from [`publish_span`]), within `timeout`: the message
+/// carries the span's context (`traceparent`, `tracestate`), so whoever reads it continues the
+/// trace from this publish; a failure marks the span.
+pub async fn publish_traced(
+    publisher: &dyn Publisher,
+    span: &tracing::Span,
+    topic: &str,
+    mut message: Message,
+    timeout: std::time::Duration,
+) -> Result<(), BusError> {
+    use tracing::Instrument;
+    tcb_telemetry::otel::inject_headers(span, &mut message.headers);
+    let result = tokio::time::timeout(timeout, publisher.publish(topic, message))
+        .instrument(span.clone())
+        .await
+        .unwrap_or(Err(BusError::Timeout(timeout)));
+    if let Err(e) = &result {
+        tcb_telemetry::spans::failed(span, e.kind());
+    }
+    result
 }
 
 /// Yields deliveries from one topic for one consumer group.

@@ -63,7 +63,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     }
     let mut telemetry = dev.config.telemetry.clone();
     telemetry.log_level = "warn".to_owned();
-    tcb_telemetry::init(&telemetry)?;
+    tcb_telemetry::init(&telemetry, "tradecloud-bridge")?;
     let running = Running::start(&dev.config, Parts::ALL).await?;
     let ingress = running
         .ingress_addr

@@ -230,7 +230,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             ready,
         } => {
             let dev = dev::setup(&data_dir, listen, admin_listen)?;
-            tcb_telemetry::init(&dev.config.telemetry)?;
+            tcb_telemetry::init(&dev.config.telemetry, "tradecloud-bridge")?;
             tracing::warn!(
                 data_dir = %data_dir.display(),
                 credentials_file = %dev.credentials_file.display(),
@@ -264,7 +264,10 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Consume(args) => consume::run(args).await,
         Command::Replay(args) => replay::run(args).await,
         Command::Simulate(args) => {
-            tcb_telemetry::init(&tcb_telemetry::TelemetryConfig::default())?;
+            tcb_telemetry::init(
+                &tcb_telemetry::TelemetryConfig::default(),
+                "tradecloud-bridge-simulator",
+            )?;
             simulate::run(args).await
         }
         Command::Config { config, print } => {
@@ -338,7 +341,12 @@ async fn healthcheck(addr: &str, path: &str, timeout: Duration) -> Result<(), Cl
 
 async fn serve(path: &std::path::Path, parts: Parts, ready: &ReadyArg) -> Result<(), CliError> {
     let config = Config::load(path)?;
-    tcb_telemetry::init(&config.telemetry)?;
+    let service = match (parts.ingress, parts.worker) {
+        (true, false) => "tradecloud-bridge-ingress",
+        (false, true) => "tradecloud-bridge-worker",
+        _ => "tradecloud-bridge",
+    };
+    tcb_telemetry::init(&config.telemetry, service)?;
     let running = Running::start(&config, parts).await?;
     running.write_ready_file(ready.ready_file.as_deref())?;
     running.until_signal().await

@@ -148,6 +148,7 @@ impl Running {
         self.admin.stop().await;
         self.bus.close().await;
         tracing::info!("stopped");
+        tcb_telemetry::otel::shutdown().await;
     }
 }
 

@@ -8,7 +8,6 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 use tcb_bus::BusError;
 use tcb_model::{EventMethod, IdKind, OrderId, TriggerEnvelope, codec};
-use tcb_telemetry::trace_context::TraceParent;
 
 use crate::{ApiError, AppState};
 
@@ -145,7 +144,7 @@ async fn get_by_path_inner(
     id: &str,
 ) -> Result<HttpResponse, ApiError> {
     authenticate(req, state).await?;
-    publish_order_id(req, state, state.path_id, id).await
+    publish_order_id(state, state.path_id, id).await
 }
 
 async fn get_by_query(
@@ -174,19 +173,18 @@ async fn get_by_query_inner(req: &HttpRequest, state: &AppState) -> Result<HttpR
             ));
         }
     };
-    publish_order_id(req, state, kind, id).await
+    publish_order_id(state, kind, id).await
 }
 
 /// A GET trigger: validates the id and publishes it.
 async fn publish_order_id(
-    req: &HttpRequest,
     state: &AppState,
     kind: IdKind,
     id: &str,
 ) -> Result<HttpResponse, ApiError> {
     let trigger = TriggerEnvelope::get(kind, id, Utc::now())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    publish(req, state, trigger).await
+    publish(state, trigger).await
 }
 
 async fn event(
@@ -240,15 +238,34 @@ async fn event_inner(
     };
     let trigger = TriggerEnvelope::event(method, Some(&content_type), &body, Utc::now())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    publish(req, state, trigger).await
+    publish(state, trigger).await
+}
+
+/// The server span of one request, continuing the caller's trace (`traceparent`, `tracestate`).
+pub(crate) fn request_span(req: &actix_web::dev::ServiceRequest) -> tracing::Span {
+    let headers = req.headers();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let route = req.match_pattern();
+    let peer = req.peer_addr().map(|a| a.ip().to_string());
+    let version = match req.version() {
+        actix_web::http::Version::HTTP_2 => "2",
+        actix_web::http::Version::HTTP_10 => "1.0",
+        _ => "1.1",
+    };
+    let span = tcb_telemetry::spans::webhook(
+        req.method().as_str(),
+        route.as_deref(),
+        req.path(),
+        peer.as_deref(),
+        header("user-agent"),
+        version,
+    );
+    tcb_telemetry::otel::set_parent(&span, tcb_telemetry::otel::extract(header));
+    span
 }
 
 /// Publishes the validated trigger and answers 200 only once the bus holds it.
-async fn publish(
-    req: &HttpRequest,
-    state: &AppState,
-    trigger: TriggerEnvelope,
-) -> Result<HttpResponse, ApiError> {
+async fn publish(state: &AppState, trigger: TriggerEnvelope) -> Result<HttpResponse, ApiError> {
     let unavailable = |reason: String| ApiError::Unavailable {
         reason,
         retry_after: state.retry_after_seconds,
@@ -256,24 +273,31 @@ async fn publish(
     if state.draining.load(Ordering::SeqCst) {
         return Err(unavailable("the bridge is shutting down".to_owned()));
     }
-    let trace = TraceParent::child_of(
-        req.headers()
-            .get(codec::header::TRACEPARENT)
-            .and_then(|v| v.to_str().ok()),
+    tcb_telemetry::spans::trigger(
+        &tracing::Span::current(),
+        &trigger.id.to_string(),
+        trigger
+            .order_id()
+            .or(trigger.legacy_order_id())
+            .map(OrderId::as_str),
+        trigger.event_name().map(|n| n.as_str()),
     );
-    let trace_id = trace.trace_id_hex();
-    let message = codec::encode_trigger(&trigger, &trace.to_string()).map_err(|e| {
+    let message = codec::encode_trigger(&trigger).map_err(|e| {
         tracing::error!(trigger_id = %trigger.id, error = %e, "cannot encode the trigger: 503");
         unavailable(format!("the trigger could not be encoded: {e}"))
     })?;
+    let span = tcb_bus::publish_span(&*state.publisher, "send", &state.topic, &message);
     let started = std::time::Instant::now();
-    let outcome = tokio::time::timeout(
+    let outcome = tcb_bus::publish_traced(
+        &*state.publisher,
+        &span,
+        &state.topic,
+        message,
         state.ack_timeout,
-        state.publisher.publish(&state.topic, message),
     )
     .await;
     match outcome {
-        Ok(Ok(())) => {
+        Ok(()) => {
             tcb_telemetry::metrics::ingress_acked(started.elapsed());
             tracing::info!(
                 trigger_id = %trigger.id,
@@ -281,7 +305,6 @@ async fn publish(
                 legacy_order_id = trigger.legacy_order_id().map(OrderId::as_str).unwrap_or(""),
                 event_name = trigger.event_name().map(|n| n.as_str()).unwrap_or(""),
                 method = trigger.method().as_str(),
-                trace_id = %trace_id,
                 "trigger accepted"
             );
             Ok(HttpResponse::Ok().json(json!({
@@ -291,22 +314,22 @@ async fn publish(
         }
         // The broker will never take a message this large: a retry cannot help, so say so
         // (Tradecloud does not retry a 4xx) instead of a 503 that would be retried for ever.
-        Ok(Err(e @ BusError::TooLarge { .. })) => {
-            tracing::warn!(trigger_id = %trigger.id, trace_id = %trace_id, error = %e.chain(), "trigger too large for the broker: 413");
+        Err(e @ BusError::TooLarge { .. }) => {
+            tracing::warn!(trigger_id = %trigger.id, error = %e.chain(), "trigger too large for the broker: 413");
             Err(ApiError::TooLargeForBroker)
         }
-        Ok(Err(e)) => {
-            tracing::warn!(trigger_id = %trigger.id, trace_id = %trace_id, error = %e.chain(), "trigger not stored: 503");
+        Err(BusError::Timeout(_)) => {
+            tracing::warn!(trigger_id = %trigger.id, timeout_ms = state.ack_timeout.as_millis() as u64, "broker acknowledgement timed out: 503");
+            Err(unavailable(
+                "the broker did not acknowledge in time".to_owned(),
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(trigger_id = %trigger.id, error = %e.chain(), "trigger not stored: 503");
             Err(unavailable(format!(
                 "the trigger could not be stored: {}",
                 e.chain()
             )))
-        }
-        Err(_) => {
-            tracing::warn!(trigger_id = %trigger.id, trace_id = %trace_id, timeout_ms = state.ack_timeout.as_millis() as u64, "broker acknowledgement timed out: 503");
-            Err(unavailable(
-                "the broker did not acknowledge in time".to_owned(),
-            ))
         }
     }
 }

@@ -14,6 +14,7 @@ use actix_web::{App, HttpServer, web};
 use serde::Deserialize;
 use tcb_bus::Publisher;
 use tcb_model::IdKind;
+use tracing::Instrument;
 
 pub mod admin;
 pub mod auth;
@@ -273,10 +274,17 @@ impl Ingress {
             App::new()
                 .app_data(state.clone())
                 .wrap_fn(|req, srv| {
-                    let response = actix_web::dev::Service::call(srv, req);
+                    let span = handlers::request_span(&req);
+                    let response = {
+                        let _entered = span.enter();
+                        actix_web::dev::Service::call(srv, req)
+                    };
                     async move {
-                        let response = response.await?;
-                        tcb_telemetry::metrics::ingress_request(response.status().as_u16());
+                        let response = response.instrument(span.clone()).await?;
+                        let status = response.status().as_u16();
+                        tcb_telemetry::spans::http_status(&span, status, true);
+                        tcb_telemetry::metrics::ingress_request(status);
+                        let _entered = span.enter();
                         refusal::observe(&response);
                         Ok(response)
                     }

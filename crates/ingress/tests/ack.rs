@@ -78,6 +78,12 @@ fn config() -> IngressConfig {
 }
 
 async fn start(mode: Mode) -> (Ingress, Arc<Fake>) {
+    // Trace context travels through the OpenTelemetry layer, as in the binary (once per process).
+    let quiet = tcb_telemetry::TelemetryConfig {
+        log_level: "error".to_owned(),
+        ..tcb_telemetry::TelemetryConfig::default()
+    };
+    let _ = tcb_telemetry::init(&quiet, "test");
     let fake = Arc::new(Fake {
         mode: Mutex::new(mode),
         stored: Mutex::default(),

@@ -38,10 +38,13 @@ pub mod header {
     pub const CONTENT_TYPE: &str = "content-type";
     /// Schema version of the payload (`trigger.v2`, `order-message.v1`).
     pub const SCHEMA_VERSION: &str = "tcb-schema-version";
-    /// W3C trace context.
+    /// W3C trace context: the span that published the message, and vendor state.
     pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
     /// Why a trigger went to the dead-letter topic.
     pub const DEAD_LETTER_REASON: &str = "tcb-dead-letter-reason";
+    /// The class of that reason (`undecodable`, `not_found`, ...: [`super::DeadLetterKind`]).
+    pub const DEAD_LETTER_KIND: &str = "tcb-dead-letter-kind";
     /// Which topic a dead-lettered message was consumed from.
     pub const DEAD_LETTER_SOURCE: &str = "tcb-dead-letter-source";
     /// How many times processing was tried before the trigger was dead-lettered.
@@ -52,8 +55,9 @@ pub mod header {
     pub const DEAD_LETTER_LAST_FAILED_AT: &str = "tcb-dead-letter-last-failed-at";
 
     /// Every dead-letter header, removed again by `revive`.
-    pub const DEAD_LETTER_ALL: [&str; 6] = [
+    pub const DEAD_LETTER_ALL: [&str; 7] = [
         DEAD_LETTER_REASON,
+        DEAD_LETTER_KIND,
         DEAD_LETTER_SOURCE,
         DEAD_LETTER_ATTEMPTS,
         DEAD_LETTER_FIRST_ERROR,
@@ -254,14 +258,12 @@ fn message(
     trigger_id: &Uuid,
     id: String,
     schema_version: &str,
-    traceparent: &str,
     event_name: Option<&str>,
 ) -> Message {
     let mut headers = Headers::from([
         (header::TRIGGER_ID.to_owned(), trigger_id.to_string()),
         (header::CONTENT_TYPE.to_owned(), JSON.to_owned()),
         (header::SCHEMA_VERSION.to_owned(), schema_version.to_owned()),
-        (header::TRACEPARENT.to_owned(), traceparent.to_owned()),
     ]);
     if let Some(name) = event_name {
         headers.insert(header::EVENT_NAME.to_owned(), name.to_owned());
@@ -276,15 +278,15 @@ fn message(
     }
 }
 
-/// A trigger as a bus message: key = order id, headers, the v2 envelope as payload.
-pub fn encode_trigger(trigger: &TriggerEnvelope, traceparent: &str) -> Result<Message, CodecError> {
+/// A trigger as a bus message: key = order id, headers, the v2 envelope as payload. The trace
+/// context is added by the publish (`tcb_bus::publish_traced`).
+pub fn encode_trigger(trigger: &TriggerEnvelope) -> Result<Message, CodecError> {
     Ok(message(
         trigger.key(),
         trigger_json(trigger)?,
         &trigger.id,
         trigger.id.to_string(),
         TRIGGER_SCHEMA_VERSION,
-        traceparent,
         trigger.event_name().map(EventName::as_str),
     ))
 }
@@ -295,7 +297,8 @@ pub fn decode_trigger(message: &Message) -> Result<TriggerEnvelope, CodecError> 
 }
 
 /// An order message as a bus message: key = order id, headers incl. CloudEvents, JSON payload.
-pub fn encode_order(order: &OrderMessage, traceparent: &str) -> Result<Message, CodecError> {
+/// The trace context is added by the publish.
+pub fn encode_order(order: &OrderMessage) -> Result<Message, CodecError> {
     let payload = serde_json::to_vec(order).map_err(CodecError::Serialize)?;
     let key = order
         .order_id
@@ -308,7 +311,6 @@ pub fn encode_order(order: &OrderMessage, traceparent: &str) -> Result<Message, 
         &order.trigger.id,
         order.message_id.to_string(),
         ORDER_MESSAGE_SCHEMA_VERSION,
-        traceparent,
         order.event_name.as_deref(),
     );
     m.headers
@@ -360,6 +362,8 @@ fn with_native_fields(mut m: Message) -> Message {
 /// Why a trigger is dead-lettered, and what was tried before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
+    /// The class of the reason: a bounded set, for metrics and alerts.
+    pub kind: DeadLetterKind,
     pub reason: String,
     /// Attempts made (1 for a trigger that can never succeed).
     pub attempts: u32,
@@ -371,14 +375,59 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// A trigger that can never succeed: one attempt, this reason.
-    pub fn poison(reason: impl Into<String>) -> Self {
+    pub fn poison(kind: DeadLetterKind, reason: impl Into<String>) -> Self {
         let now = Utc::now();
         Self {
+            kind,
             reason: reason.into(),
             attempts: 1,
             first_error: None,
             first_failed_at: Some(now),
             last_failed_at: Some(now),
+        }
+    }
+}
+
+/// Why a trigger was dead-lettered, as a class (the label of
+/// `tcb_worker_dead_letters_total{reason}` and the `tcb-dead-letter-kind` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterKind {
+    /// The message is no trigger the bridge can read.
+    Undecodable,
+    /// The POSTed or PUT event does not make an order message.
+    InvalidEvent,
+    /// The order Tradecloud returned does not make an order message.
+    InvalidOrder,
+    /// Tradecloud kept answering 404 for the order.
+    NotFound,
+    /// Tradecloud refused the request for good (a 4xx other than 401/403/404/408/429).
+    Rejected,
+    /// A transient failure lasted past `max_attempts` / `max_retry_seconds`.
+    RetriesExhausted,
+    /// The output topic will never take the message (too large, not authorized).
+    OutputRefused,
+}
+
+impl DeadLetterKind {
+    pub const ALL: [DeadLetterKind; 7] = [
+        DeadLetterKind::Undecodable,
+        DeadLetterKind::InvalidEvent,
+        DeadLetterKind::InvalidOrder,
+        DeadLetterKind::NotFound,
+        DeadLetterKind::Rejected,
+        DeadLetterKind::RetriesExhausted,
+        DeadLetterKind::OutputRefused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::Undecodable => "undecodable",
+            DeadLetterKind::InvalidEvent => "invalid_event",
+            DeadLetterKind::InvalidOrder => "invalid_order",
+            DeadLetterKind::NotFound => "not_found",
+            DeadLetterKind::Rejected => "rejected",
+            DeadLetterKind::RetriesExhausted => "retries_exhausted",
+            DeadLetterKind::OutputRefused => "output_refused",
         }
     }
 }
@@ -389,6 +438,7 @@ pub fn dead_letter(message: &Message, why: &DeadLetter, source_topic: &str) -> M
     let mut m = with_native_fields(message.clone());
     let mut put = |name: &str, value: String| m.headers.insert(name.to_owned(), value);
     put(header::DEAD_LETTER_REASON, why.reason.clone());
+    put(header::DEAD_LETTER_KIND, why.kind.as_str().to_owned());
     put(header::DEAD_LETTER_SOURCE, source_topic.to_owned());
     put(header::DEAD_LETTER_ATTEMPTS, why.attempts.to_string());
     if let Some(first) = &why.first_error {
@@ -418,11 +468,6 @@ pub fn trigger_id(message: &Message) -> Option<&str> {
     message.headers.get(header::TRIGGER_ID).map(String::as_str)
 }
 
-/// The W3C `traceparent` a message carries.
-pub fn traceparent(message: &Message) -> Option<&str> {
-    message.headers.get(header::TRACEPARENT).map(String::as_str)
-}
-
 /// Why a message was dead-lettered, when it is a dead letter.
 pub fn dead_letter_reason(message: &Message) -> Option<&str> {
     message
@@ -436,20 +481,21 @@ mod tests {
     use super::*;
     use crate::trigger::IdKind;
 
-    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
     #[test]
     fn an_event_trigger_round_trips_with_its_body_as_raw_json() {
         let body = br#"{"eventName":"OrderIssuedByBuyer","orderEvent":{"orderId":"o-1","x":78.90},"meta":{"messageId":"m-1"}}"#;
         let t =
             TriggerEnvelope::event(EventMethod::Put, Some("application/json"), body, Utc::now())
                 .unwrap();
-        let m = encode_trigger(&t, TP).unwrap();
+        let m = encode_trigger(&t).unwrap();
         assert_eq!(m.key, "o-1");
         assert_eq!(m.routing_word.as_deref(), Some("OrderIssuedByBuyer"));
         assert_eq!(m.headers[header::SCHEMA_VERSION], "trigger.v2");
         assert_eq!(m.headers[header::EVENT_NAME], "OrderIssuedByBuyer");
-        assert_eq!(m.headers[header::TRACEPARENT], TP);
+        assert!(
+            !m.headers.contains_key(header::TRACEPARENT),
+            "added by the publish"
+        );
         let text = std::str::from_utf8(&m.payload).unwrap();
         assert!(
             text.contains(std::str::from_utf8(body).unwrap()),
@@ -463,7 +509,7 @@ mod tests {
     fn an_order_id_trigger_round_trips() {
         for kind in [IdKind::OrderId, IdKind::LegacyOrderId] {
             let t = TriggerEnvelope::get(kind, "4711", Utc::now()).unwrap();
-            let m = encode_trigger(&t, TP).unwrap();
+            let m = encode_trigger(&t).unwrap();
             assert!(!m.headers.contains_key(header::EVENT_NAME));
             assert_eq!(m.routing_word, None);
             assert_eq!(decode_trigger(&m).unwrap(), t);
@@ -531,7 +577,7 @@ mod tests {
             Utc::now(),
         )
         .unwrap();
-        let mut received = encode_trigger(&t, TP).unwrap();
+        let mut received = encode_trigger(&t).unwrap();
         // What a backend hands out: headers only, no native fields.
         received.id = None;
         received.routing_word = None;
@@ -541,19 +587,19 @@ mod tests {
             &DeadLetter {
                 attempts: 3,
                 first_error: Some("first".to_owned()),
-                ..DeadLetter::poison("it broke")
+                ..DeadLetter::poison(DeadLetterKind::NotFound, "it broke")
             },
             "triggers",
         );
         assert_eq!(dead.headers[header::DEAD_LETTER_ATTEMPTS], "3");
+        assert_eq!(dead.headers[header::DEAD_LETTER_KIND], "not_found");
         assert_eq!(dead.headers[header::DEAD_LETTER_FIRST_ERROR], "first");
         assert_eq!(dead_letter_reason(&dead), Some("it broke"));
         assert_eq!(dead.routing_word.as_deref(), Some("E"));
         assert_eq!(dead.id, Some(t.id.to_string()));
         let (again, reason) = revive(&dead);
         assert_eq!(reason.as_deref(), Some("it broke"));
-        assert_eq!(again.headers, encode_trigger(&t, TP).unwrap().headers);
+        assert_eq!(again.headers, encode_trigger(&t).unwrap().headers);
         assert_eq!(trigger_id(&again), Some(t.id.to_string().as_str()));
-        assert_eq!(traceparent(&again), Some(TP));
     }
 }

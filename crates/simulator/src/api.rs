@@ -90,6 +90,8 @@ struct State {
     forbidden: AtomicBool,
     /// Every request seen in the last second (for `max_per_second`).
     seen: Mutex<VecDeque<Instant>>,
+    /// The `traceparent` of every order request, in order: (order id, header).
+    traceparents: Mutex<Vec<(String, String)>>,
     counters: Counters,
 }
 
@@ -116,6 +118,7 @@ impl Simulator {
             revoked: AtomicBool::new(false),
             forbidden: AtomicBool::new(false),
             seen: Mutex::new(VecDeque::new()),
+            traceparents: Mutex::new(Vec::new()),
             counters: Counters::default(),
         });
         let data = web::Data::from(state.clone());
@@ -237,6 +240,16 @@ impl Simulator {
 
     pub fn stats(&self) -> Stats {
         self.state.stats()
+    }
+
+    /// The W3C `traceparent` each order request carried, in order, as (order id, header value);
+    /// requests without one are left out.
+    pub fn traceparents(&self) -> Vec<(String, String)> {
+        self.state
+            .traceparents
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default()
     }
 
     pub async fn stop(&self) {
@@ -436,6 +449,14 @@ async fn get_order(
     state: web::Data<State>,
     id: web::Path<String>,
 ) -> HttpResponse {
+    if let Some(tp) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        && let Ok(mut t) = state.traceparents.lock()
+    {
+        t.push((id.as_str().to_owned(), tp.to_owned()));
+    }
     if let Some(refused) = gate(&state, state.bearer_valid(&req)) {
         return refused;
     }

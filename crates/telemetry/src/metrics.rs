@@ -37,6 +37,17 @@ pub const WORKER_PAUSED: &str = "tcb_worker_paused";
 pub const WORKER_HELD: &str = "tcb_worker_held_triggers";
 /// When the worker last made progress (an attempt ended, a trigger settled), Unix seconds.
 pub const WORKER_LAST_PROGRESS: &str = "tcb_worker_last_progress_timestamp_seconds";
+/// Triggers dead-lettered, by `reason` (the class: `undecodable`, `invalid_event`,
+/// `invalid_order`, `not_found`, `rejected`, `retries_exhausted`, `output_refused`).
+pub const WORKER_DEAD_LETTERS: &str = "tcb_worker_dead_letters_total";
+/// Triggers being worked on now (taken from the queue, not yet settled or abandoned).
+pub const WORKER_IN_FLIGHT: &str = "tcb_worker_in_flight_triggers";
+/// Triggers waiting out a back-off before their next attempt.
+pub const WORKER_WAITING_FOR_RETRY: &str = "tcb_worker_waiting_for_retry_triggers";
+/// Messages on the triggers topic this worker has not consumed yet, by `topic` (Kafka: the
+/// consumer group's lag over the partitions it holds, from librdkafka's statistics; RabbitMQ: the
+/// queue's ready messages; embedded: pending messages).
+pub const WORKER_CONSUMER_LAG: &str = "tcb_worker_consumer_lag_messages";
 /// Triggers dead-lettered after their retries ran out, by `what` (`fetch`, `publish`).
 pub const WORKER_EXHAUSTED: &str = "tcb_worker_retries_exhausted_total";
 
@@ -146,12 +157,37 @@ pub fn ingress_acked(elapsed: Duration) {
     metrics::histogram!(INGRESS_ACK_SECONDS).record(elapsed.as_secs_f64());
 }
 
-/// A trigger was settled; `end_to_end` is set for delivered ones.
-pub fn trigger_settled(dead_lettered: bool, end_to_end: Option<Duration>) {
-    let outcome = if dead_lettered {
-        "dead_lettered"
-    } else {
-        "delivered"
+/// Registers the worker's series at 0 (`reasons`: every dead-letter reason), so dashboards and
+/// alerts see them before the first trigger.
+pub fn worker_registered(reasons: &[&'static str]) {
+    let _ = handle();
+    for outcome in ["delivered", "dead_lettered"] {
+        metrics::counter!(WORKER_TRIGGERS, "outcome" => outcome).increment(0);
+    }
+    for reason in reasons {
+        metrics::counter!(WORKER_DEAD_LETTERS, "reason" => *reason).increment(0);
+    }
+    for what in ["fetch", "publish"] {
+        metrics::counter!(WORKER_RETRIES, "what" => what).increment(0);
+        metrics::counter!(WORKER_EXHAUSTED, "what" => what).increment(0);
+    }
+    for breaker in ["tradecloud", "bus"] {
+        metrics::gauge!(WORKER_PAUSED, "breaker" => breaker).increment(0.0);
+    }
+    metrics::gauge!(WORKER_IN_FLIGHT).increment(0.0);
+    metrics::gauge!(WORKER_WAITING_FOR_RETRY).increment(0.0);
+    metrics::gauge!(WORKER_HELD).increment(0.0);
+}
+
+/// A trigger was settled: delivered, or dead-lettered for `dead_letter_reason`; `end_to_end` is
+/// set for delivered ones.
+pub fn trigger_settled(dead_letter_reason: Option<&'static str>, end_to_end: Option<Duration>) {
+    let outcome = match dead_letter_reason {
+        Some(reason) => {
+            metrics::counter!(WORKER_DEAD_LETTERS, "reason" => reason).increment(1);
+            "dead_lettered"
+        }
+        None => "delivered",
     };
     metrics::counter!(WORKER_TRIGGERS, "outcome" => outcome).increment(1);
     if let Some(d) = end_to_end {
@@ -191,4 +227,41 @@ pub fn worker_progress() {
         .map(|d| d.as_secs_f64())
         .unwrap_or_default();
     metrics::gauge!(WORKER_LAST_PROGRESS).set(now);
+}
+
+/// Triggers being worked on, counted while this lives.
+pub struct InFlight(usize);
+
+impl InFlight {
+    pub fn start(n: usize) -> Self {
+        metrics::gauge!(WORKER_IN_FLIGHT).increment(n as f64);
+        Self(n)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(WORKER_IN_FLIGHT).decrement(self.0 as f64);
+    }
+}
+
+/// A trigger waiting for its next attempt, counted while this lives.
+pub struct WaitingForRetry(());
+
+impl WaitingForRetry {
+    pub fn start() -> Self {
+        metrics::gauge!(WORKER_WAITING_FOR_RETRY).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for WaitingForRetry {
+    fn drop(&mut self) {
+        metrics::gauge!(WORKER_WAITING_FOR_RETRY).decrement(1.0);
+    }
+}
+
+/// The consumer lag of `topic` now.
+pub fn consumer_lag(topic: &str, messages: u64) {
+    metrics::gauge!(WORKER_CONSUMER_LAG, "topic" => topic.to_owned()).set(messages as f64);
 }

@@ -24,6 +24,18 @@ pub fn optional_secret<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<
     }
 }
 
+/// A map whose every value is a secret (export headers): keys kept, values redacted.
+pub fn secret_values<S: Serializer>(
+    map: &BTreeMap<String, SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut out = s.serialize_map(Some(map.len()))?;
+    for k in map.keys() {
+        out.serialize_entry(k, REDACTED)?;
+    }
+    out.end()
+}
+
 /// Whether a free-form setting (a librdkafka property) holds a secret by its name.
 pub fn is_secret_key(name: &str) -> bool {
     let name = name.to_ascii_lowercase();

@@ -21,6 +21,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 /// The `[worker.tradecloud]` section.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -402,9 +403,25 @@ impl TradecloudClient {
         let waiting = std::time::Instant::now();
         self.inner.pacer.until_ready().await;
         tcb_telemetry::metrics::tradecloud_paced(waiting.elapsed());
+        let (client, request) = request.build_split();
+        let mut request = request.map_err(request_error)?;
+        let span = request_span(kind, &request);
+        // Tradecloud (and any proxy in between) can continue the trace.
+        tcb_telemetry::otel::inject(&span, |name, value| {
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+                request.headers_mut().insert(name, v);
+            }
+        });
         let started = std::time::Instant::now();
-        let result = request.send().await;
+        let result = client.execute(request).instrument(span.clone()).await;
         let status = result.as_ref().ok().map(|r| r.status().as_u16());
+        match status {
+            Some(status) => tcb_telemetry::spans::http_status(&span, status, false),
+            None => tcb_telemetry::spans::http_failed(
+                &span,
+                result.as_ref().err().map_or("error", error_type),
+            ),
+        }
         tcb_telemetry::metrics::tradecloud_request(kind, status, started.elapsed());
         result.map_err(request_error)
     }
@@ -547,6 +564,41 @@ async fn body(response: reqwest::Response) -> Result<Vec<u8>, TradecloudError> {
         .await
         .map(|b| b.to_vec())
         .map_err(request_error)
+}
+
+/// The client span of one request: `kind` names the URL's template.
+fn request_span(kind: &'static str, request: &reqwest::Request) -> tracing::Span {
+    let template = match kind {
+        "order" => "/v2/order/{orderId}",
+        "legacy_order" => "/api/v1/purchaseOrder/{id}",
+        "login" => "/v2/authentication/login",
+        "refresh" => "/v2/authentication/refresh",
+        other => other,
+    };
+    let url = request.url();
+    let mut shown = url.clone();
+    shown.set_query(None);
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    tcb_telemetry::spans::tradecloud_request(
+        kind,
+        request.method().as_str(),
+        template,
+        shown.as_str(),
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0),
+    )
+}
+
+/// `error.type` of a request that got no answer.
+fn error_type(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "request"
+    }
 }
 
 fn request_error(source: reqwest::Error) -> TradecloudError {

@@ -277,9 +277,7 @@ mod tests {
     }
 
     fn item(t: &TriggerEnvelope) -> Item {
-        let message =
-            codec::encode_trigger(t, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-                .unwrap();
+        let message = codec::encode_trigger(t).unwrap();
         Item::new(Delivery::new(
             "triggers".to_owned(),
             t.id.to_string(),

@@ -227,6 +227,10 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(config: &WorkerConfig, bus: Bus, cancel: CancellationToken) -> Result<Self> {
+        tcb_telemetry::metrics::worker_registered(
+            &tcb_model::codec::DeadLetterKind::ALL.map(tcb_model::codec::DeadLetterKind::as_str),
+        );
+        tcb_telemetry::metrics::consumer_lag(&bus.topics.triggers, 0);
         if let Some((key, message)) = config.validate().into_iter().next() {
             return Err(WorkerError::Invalid { key, message });
         }

@@ -3,13 +3,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tcb_model::codec::{self, DeadLetter};
+use tcb_model::codec::{self, DeadLetter, DeadLetterKind};
 use tcb_model::{
     OrderMessage, OrderRef, Trigger, TriggerEnvelope, normalize_event, normalize_fetched_order,
 };
-use tcb_telemetry::trace_context::TraceParent;
+use tcb_telemetry::{otel, spans};
 use tcb_tradecloud::TradecloudError;
 use tokio::time::Instant;
+use tracing::{Instrument, Span};
 
 use crate::dispatch::{Item, Work};
 use crate::health::Pass;
@@ -123,13 +124,14 @@ impl Attempts {
     }
 
     /// The dead letter after the last failure, `reason`.
-    pub fn dead_letter(&self, reason: String) -> DeadLetter {
+    pub fn dead_letter(&self, kind: DeadLetterKind, reason: String) -> DeadLetter {
         let first_error = self
             .first
             .as_ref()
             .map(|(e, _, _)| e.clone())
             .filter(|e| *e != reason);
         DeadLetter {
+            kind,
             reason,
             attempts: self.count.max(1),
             first_error,
@@ -167,36 +169,126 @@ impl<'a> Lane<'a> {
     }
 }
 
+/// The consumer span of one trigger: it continues the trace its message carries.
+fn process_span(shared: &Shared, item: &Item) -> Span {
+    let delivery = &item.delivery;
+    let trigger_id = match &item.trigger {
+        Ok(t) => t.id.to_string(),
+        Err(_) => codec::trigger_id(&delivery.message)
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let span = spans::process(
+        shared.publisher.system(),
+        &delivery.topic,
+        &trigger_id,
+        &delivery.position,
+    );
+    otel::set_parent(&span, otel::extract_headers(&delivery.message.headers));
+    if let Ok(t) = &item.trigger {
+        spans::trigger(
+            &span,
+            &t.id.to_string(),
+            t.order_id().or(t.legacy_order_id()).map(|id| id.as_str()),
+            t.event_name().map(|n| n.as_str()),
+        );
+    }
+    span
+}
+
+/// Normalizes in its own span; a failure is the trigger's dead letter.
+fn normalize(
+    source: &'static str,
+    kind: DeadLetterKind,
+    f: impl FnOnce() -> Result<OrderMessage, tcb_model::NormalizeError>,
+) -> Result<OrderMessage, Failure> {
+    let span = spans::normalize(source);
+    let _entered = span.enter();
+    f().map_err(|e| {
+        spans::failed(&span, kind.as_str());
+        Failure::Dead(DeadLetter::poison(kind, e.to_string()))
+    })
+}
+
 pub(crate) async fn process(shared: &Shared, work: Work) {
+    let _in_flight = tcb_telemetry::metrics::InFlight::start(match &work {
+        Work::One(_) => 1,
+        Work::Fetch(_, rest) => rest.len() + 1,
+    });
     let Some(mut lane) = Lane::take(&shared.lanes).await else {
         return;
     };
     match work {
         Work::One(item) => {
-            let result = match &item.trigger {
-                Err(reason) => Err(Failure::Dead(DeadLetter::poison(reason.clone()))),
-                Ok(trigger) => normalize_event(trigger, Utc::now())
-                    .map_err(|e| Failure::Dead(DeadLetter::poison(e.to_string()))),
-            };
-            settle(shared, item, result).await;
-        }
-        Work::Fetch(first, rest) => {
-            let fetched = match &first.trigger {
-                Ok(trigger) => fetch(shared, trigger, &mut lane).await,
-                Err(reason) => Err(Failure::Dead(DeadLetter::poison(reason.clone()))),
-            };
-            if !rest.is_empty() {
-                tracing::debug!(order = %first.delivery.message.key, coalesced = rest.len() + 1, "one fetch for several GET triggers");
-            }
-            for item in std::iter::once(first).chain(rest) {
-                let result = match (&fetched, &item.trigger) {
-                    (Ok(bytes), Ok(trigger)) => normalize_fetched_order(trigger, bytes, Utc::now())
-                        .map_err(|e| Failure::Dead(DeadLetter::poison(e.to_string()))),
-                    (Err(Failure::Dead(why)), _) => Err(Failure::Dead(why.clone())),
-                    (Err(Failure::Cancelled), _) => Err(Failure::Cancelled),
-                    (_, Err(reason)) => Err(Failure::Dead(DeadLetter::poison(reason.clone()))),
+            let span = process_span(shared, &item);
+            async {
+                let result = match &item.trigger {
+                    Err(reason) => Err(Failure::Dead(DeadLetter::poison(
+                        DeadLetterKind::Undecodable,
+                        reason.clone(),
+                    ))),
+                    Ok(trigger) => normalize("event", DeadLetterKind::InvalidEvent, || {
+                        normalize_event(trigger, Utc::now())
+                    }),
                 };
                 settle(shared, item, result).await;
+            }
+            .instrument(span)
+            .await;
+        }
+        Work::Fetch(first, rest) => {
+            let first_span = process_span(shared, &first);
+            let rest: Vec<(Item, Span)> = rest
+                .into_iter()
+                .map(|item| {
+                    let span = process_span(shared, &item);
+                    (item, span)
+                })
+                .collect();
+            // One fetch for all: it runs in the first trigger's trace and links to the others.
+            let fetch_span = first_span
+                .in_scope(|| spans::fetch(first.delivery.message.key.as_str(), rest.len() + 1));
+            for (_, span) in &rest {
+                otel::link(&fetch_span, span);
+            }
+            if !rest.is_empty() {
+                first_span.record("tcb.coalesced", (rest.len() + 1) as i64);
+                tracing::debug!(parent: &first_span, order = %first.delivery.message.key, coalesced = rest.len() + 1, "one fetch for several GET triggers");
+            }
+            let fetched = match &first.trigger {
+                Ok(trigger) => {
+                    fetch(shared, trigger, &mut lane)
+                        .instrument(fetch_span.clone())
+                        .await
+                }
+                Err(reason) => Err(Failure::Dead(DeadLetter::poison(
+                    DeadLetterKind::Undecodable,
+                    reason.clone(),
+                ))),
+            };
+            if let Err(Failure::Dead(why)) = &fetched {
+                spans::failed(&fetch_span, why.kind.as_str());
+            }
+            drop(fetch_span);
+            for (item, span) in std::iter::once((first, first_span)).chain(rest) {
+                async {
+                    let result = match (&fetched, &item.trigger) {
+                        (Ok(bytes), Ok(trigger)) => {
+                            normalize("order", DeadLetterKind::InvalidOrder, || {
+                                normalize_fetched_order(trigger, bytes, Utc::now())
+                            })
+                        }
+                        (Err(Failure::Dead(why)), _) => Err(Failure::Dead(why.clone())),
+                        (Err(Failure::Cancelled), _) => Err(Failure::Cancelled),
+                        (_, Err(reason)) => Err(Failure::Dead(DeadLetter::poison(
+                            DeadLetterKind::Undecodable,
+                            reason.clone(),
+                        ))),
+                    };
+                    settle(shared, item, result).await;
+                }
+                .instrument(span)
+                .await;
             }
         }
     }
@@ -211,6 +303,7 @@ async fn fetch(
 ) -> Result<Vec<u8>, Failure> {
     let Trigger::Order(order) = &trigger.trigger else {
         return Err(Failure::Dead(DeadLetter::poison(
+            DeadLetterKind::Undecodable,
             "an event trigger cannot be fetched",
         )));
     };
@@ -291,12 +384,18 @@ async fn fetch(
         };
         drop(pass);
         let delay = match class {
-            Class::Poison => return Err(Failure::Dead(attempts.dead_letter(reason))),
+            Class::Poison => {
+                return Err(Failure::Dead(
+                    attempts.dead_letter(DeadLetterKind::Rejected, reason),
+                ));
+            }
             Class::NotFound => {
                 not_found_attempts += 1;
                 attempts.fail(&reason);
                 if not_found_attempts >= limits.not_found_attempts {
-                    return Err(Failure::Dead(attempts.dead_letter(reason)));
+                    return Err(Failure::Dead(
+                        attempts.dead_letter(DeadLetterKind::NotFound, reason),
+                    ));
                 }
                 not_found.next_delay()
             }
@@ -306,10 +405,10 @@ async fn fetch(
                 attempts.fail(&reason);
                 if attempts.exhausted(limits.max_attempts, limits.max_retry) {
                     tcb_telemetry::metrics::retries_exhausted("fetch");
-                    return Err(Failure::Dead(attempts.dead_letter(format!(
-                        "gave up after {} attempts: {reason}",
-                        attempts.count()
-                    ))));
+                    return Err(Failure::Dead(attempts.dead_letter(
+                        DeadLetterKind::RetriesExhausted,
+                        format!("gave up after {} attempts: {reason}", attempts.count()),
+                    )));
                 }
                 let retry_after = match class {
                     Class::Retry(r) => r.unwrap_or_default(),
@@ -322,6 +421,7 @@ async fn fetch(
         tcb_telemetry::metrics::retry("fetch");
         tracing::warn!(trigger_id = %trigger.id, error = %reason, attempt = attempts.count(), retry_in_ms = delay.as_millis() as u64, "fetching the order failed; retrying");
         lane.give_back();
+        let _waiting = tcb_telemetry::metrics::WaitingForRetry::start();
         tokio::select! {
             _ = shared.cancel.cancelled() => return Err(Failure::Cancelled),
             _ = tokio::time::sleep(delay) => {}
@@ -341,37 +441,46 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
         .as_ref()
         .map(|t| t.id.to_string())
         .unwrap_or_default();
-    // The output continues the trigger's trace.
-    let trace = TraceParent::child_of(codec::traceparent(&delivery.message));
     let dead_letter = |why: &DeadLetter| {
-        tracing::warn!(trigger_id = %trigger_id, position = %delivery.position, reason = %why.reason, attempts = why.attempts, "dead-lettering the trigger");
-        codec::dead_letter(&delivery.message, why, &delivery.topic)
+        tracing::warn!(trigger_id = %trigger_id, position = %delivery.position, reason = %why.reason, kind = why.kind.as_str(), attempts = why.attempts, "dead-lettering the trigger");
+        (
+            codec::dead_letter(&delivery.message, why, &delivery.topic),
+            Some((why.kind, why.reason.clone())),
+        )
     };
-    let (mut message, mut dead_lettered) = match result {
-        Ok(order) => match codec::encode_order(&order, &trace.to_string()) {
-            Ok(m) => (m, false),
-            Err(e) => (dead_letter(&DeadLetter::poison(e.to_string())), true),
+    // `dead`: why the message is a dead letter (`None` for the output).
+    let (mut message, mut dead) = match result {
+        Ok(order) => match codec::encode_order(&order) {
+            Ok(m) => (m, None),
+            Err(e) => dead_letter(&DeadLetter::poison(
+                DeadLetterKind::InvalidOrder,
+                e.to_string(),
+            )),
         },
-        Err(Failure::Dead(why)) => (dead_letter(&why), true),
+        Err(Failure::Dead(why)) => dead_letter(&why),
         Err(Failure::Cancelled) => return,
     };
     let topics = &shared.bus.topics;
     let bus = &shared.health.bus;
     let mut backoff = shared.backoff.clone();
     let topic = loop {
-        let topic = if dead_lettered {
-            &topics.dead_letters
+        let (topic, operation) = if dead.is_some() {
+            (&topics.dead_letters, "dead_letter")
         } else {
-            &topics.orders
+            (&topics.orders, "send")
         };
-        let published = tokio::time::timeout(
+        let span = tcb_bus::publish_span(&*shared.publisher, operation, topic, &message);
+        if let Some((kind, reason)) = &dead {
+            spans::dead_letter(&span, kind.as_str(), reason);
+        }
+        let published = tcb_bus::publish_traced(
+            &*shared.publisher,
+            &span,
+            topic,
+            message.clone(),
             shared.limits.publish_timeout,
-            shared.publisher.publish(topic, message.clone()),
         )
-        .await
-        .unwrap_or(Err(tcb_bus::BusError::Timeout(
-            shared.limits.publish_timeout,
-        )));
+        .await;
         shared.health.progress.step();
         let e = match published {
             Ok(()) => {
@@ -380,12 +489,14 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
             }
             Err(e) => e,
         };
-        if !e.is_transient() && !dead_lettered {
-            message = dead_letter(&DeadLetter::poison(format!(
-                "the {topic} topic refuses the output message: {}",
-                e.chain()
-            )));
-            dead_lettered = true;
+        if !e.is_transient() && dead.is_none() {
+            (message, dead) = dead_letter(&DeadLetter::poison(
+                DeadLetterKind::OutputRefused,
+                format!(
+                    "the {topic} topic refuses the output message: {}",
+                    e.chain()
+                ),
+            ));
             continue;
         }
         tcb_telemetry::metrics::retry("publish");
@@ -399,19 +510,21 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
             ));
             tracing::error!(trigger_id = %trigger_id, error = %e.chain(), topic = %topic, "the dead-letter topic refuses the trigger; paused until an operator fixes the topic");
         }
+        let waiting = tcb_telemetry::metrics::WaitingForRetry::start();
         if !backoff.wait(&shared.cancel).await {
             return; // unacked: delivered again after restart
         }
+        drop(waiting);
     };
-    let end_to_end = match (&trigger, dead_lettered) {
-        (Ok(t), false) => (Utc::now() - t.received_at).to_std().ok(),
+    let end_to_end = match (&trigger, &dead) {
+        (Ok(t), None) => (Utc::now() - t.received_at).to_std().ok(),
         _ => None,
     };
-    tcb_telemetry::metrics::trigger_settled(dead_lettered, end_to_end);
+    tcb_telemetry::metrics::trigger_settled(dead.as_ref().map(|(k, _)| k.as_str()), end_to_end);
     let position = delivery.position.clone();
     match delivery.ack().await {
         Ok(()) => {
-            tracing::info!(trigger_id = %trigger_id, position = %position, topic = %topic, trace_id = %trace.trace_id_hex(), "trigger done")
+            tracing::info!(trigger_id = %trigger_id, position = %position, topic = %topic, "trigger done")
         }
         Err(e) => {
             tracing::warn!(trigger_id = %trigger_id, error = %e.chain(), "ack failed; the trigger will be delivered again")
@@ -469,12 +582,16 @@ mod tests {
         assert!(!a.exhausted(3, Duration::from_secs(60)));
         a.fail("third");
         assert!(a.exhausted(3, Duration::from_secs(60)));
-        let dl = a.dead_letter("third".to_owned());
+        let dl = a.dead_letter(DeadLetterKind::RetriesExhausted, "third".to_owned());
         assert_eq!((dl.attempts, dl.first_error.as_deref()), (3, Some("first")));
         let mut aged = Attempts::new();
         aged.fail("once");
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(aged.exhausted(100, Duration::from_secs(60)));
-        assert_eq!(aged.dead_letter("once".to_owned()).first_error, None);
+        assert_eq!(
+            aged.dead_letter(DeadLetterKind::NotFound, "once".to_owned())
+                .first_error,
+            None
+        );
     }
 }

@@ -24,6 +24,12 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    // Trace context travels through the OpenTelemetry layer, as in the binary (once per process).
+    let quiet = tcb_telemetry::TelemetryConfig {
+        log_level: "error".to_owned(),
+        ..tcb_telemetry::TelemetryConfig::default()
+    };
+    let _ = tcb_telemetry::init(&quiet, "test");
     let dir = tempfile::tempdir().unwrap();
     let bus = tcb_bus::connect(&BusConfig::Embedded(EmbeddedConfig::at(
         dir.path().join("b.db"),

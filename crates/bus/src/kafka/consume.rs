@@ -80,6 +80,11 @@ impl ConsumerOpener for Kafka {
         let tail = group.is_none();
         let context = Context {
             group: group.unwrap_or_default().to_owned(),
+            lag_topic: if tail {
+                String::new()
+            } else {
+                topic.to_owned()
+            },
             ..Context::default()
         };
         // A group member takes no share of the Tradecloud rate until it holds partitions.
@@ -96,6 +101,13 @@ impl ConsumerOpener for Kafka {
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", c.session_timeout_ms.to_string())
             .set("max.poll.interval.ms", c.max_poll_interval_ms.to_string());
+        if !tail {
+            // For the consumer lag gauge (the stats callback of `Context`).
+            cc.set(
+                "statistics.interval.ms",
+                crate::LAG_INTERVAL.as_millis().to_string(),
+            );
+        }
         let consumer: StreamConsumer<Context> = cc
             .create_with_context(context.clone())
             .map_err(|e| config_error("consumer", e))?;

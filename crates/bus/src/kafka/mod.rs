@@ -85,11 +85,47 @@ pub struct Context {
     group: String,
     /// The partitions this member holds of all of the topic's.
     share: Arc<crate::Share>,
+    /// The topic a group member consumes, whose lag it reports from librdkafka's statistics.
+    lag_topic: String,
 }
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(error = %error, reason, "librdkafka");
+    }
+
+    /// librdkafka's statistics (every `statistics.interval.ms`, set for group members only): the
+    /// lag of the partitions this member holds (-1, unknown, for the others).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if self.lag_topic.is_empty() {
+            return;
+        }
+        let lag: i64 = statistics
+            .topics
+            .get(&self.lag_topic)
+            .map(|t| {
+                t.partitions
+                    .values()
+                    .filter(|p| p.partition >= 0 && p.fetch_state != "none")
+                    .map(partition_lag)
+                    .sum()
+            })
+            .unwrap_or(0);
+        tcb_telemetry::metrics::consumer_lag(&self.lag_topic, lag.max(0) as u64);
+    }
+}
+
+/// What a held partition has not consumed: librdkafka's `consumer_lag`, or, before the group
+/// has committed anything there (lag -1), everything from the log's start (`auto.offset.reset`
+/// is `earliest`).
+fn partition_lag(p: &rdkafka::statistics::Partition) -> i64 {
+    if p.consumer_lag >= 0 {
+        p.consumer_lag
+    } else if p.committed_offset < 0 && p.stored_offset < 0 && p.hi_offset >= 0 && p.lo_offset >= 0
+    {
+        p.hi_offset - p.lo_offset
+    } else {
+        0
     }
 }
 

@@ -74,6 +74,10 @@ fn to_kafka_headers(headers: &Headers) -> OwnedHeaders {
 
 #[async_trait]
 impl Publisher for Kafka {
+    fn system(&self) -> &'static str {
+        "kafka"
+    }
+
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
         let shared = &self.shared;
         let producer = shared.producer();

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::Channel;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use super::publish::{CE_AMQP, KEY_HEADER};
@@ -104,6 +104,17 @@ impl RabbitConsumer {
             Ok::<_, lapin::Error>((ch, consumer))
         }
         .await;
+        if !self.tail
+            && result.is_ok()
+            && let Ok(probe) = link.connection.create_channel().await
+        {
+            // The queue's depth, from a channel of its own (a failed probe closes only that).
+            tokio::spawn(report_depth(
+                probe,
+                queue.clone(),
+                self.bus.inner.stop.clone(),
+            ));
+        }
         match result {
             Ok(s) => {
                 self.stream = Some(s);
@@ -215,6 +226,35 @@ impl Consumer for RabbitConsumer {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Reports the ready messages of `queue` (`tcb_worker_consumer_lag_messages`) every
+/// [`crate::LAG_INTERVAL`] until the connection or the bus closes.
+async fn report_depth(channel: Channel, queue: String, stop: tokio_util::sync::CancellationToken) {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    loop {
+        match channel
+            .queue_declare(
+                ShortString::from(queue.as_str()),
+                passive,
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(q) => tcb_telemetry::metrics::consumer_lag(&queue, u64::from(q.message_count())),
+            Err(e) => {
+                tracing::debug!(error = %e, queue, "queue depth probe ended");
+                return;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(crate::LAG_INTERVAL) => {}
         }
     }
 }

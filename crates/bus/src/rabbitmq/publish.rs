@@ -42,6 +42,10 @@ pub(super) fn to_field_table(headers: &Headers, key: &str) -> FieldTable {
 
 #[async_trait]
 impl Publisher for RabbitMq {
+    fn system(&self) -> &'static str {
+        "rabbitmq"
+    }
+
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
         let link = self.current()?;
         let i = link.next.fetch_add(1, Ordering::Relaxed) % link.channels.len();
