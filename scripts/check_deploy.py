@@ -8,12 +8,17 @@
   read-only root filesystem, probes with timeouts, resources, no :latest, no secret as a plain
   value, no API token, a disruption budget per Deployment, a default-deny NetworkPolicy); the
   PrometheusRule's groups through `promtool check rules`.
+* Observability: the Grafana dashboard is JSON whose every query is valid PromQL (`promtool check
+  rules` over them) naming only metrics the bridge exports (crates/telemetry/src/metrics.rs), and
+  so do the alert rules; `promtool check config` of compose's Prometheus; the collector's
+  pipelines name only receivers, processors and exporters it defines.
 * The image: deploy/Dockerfile's build context (after deploy/Dockerfile.dockerignore) holds no key,
   certificate or development data; no secret in ARG/ENV; a non-root USER; a HEALTHCHECK.
 
 Exits 1 with every problem listed. Run by scripts/check-deploy.sh (part of the test command).
 """
 
+import json
 import os
 import re
 import subprocess
@@ -43,7 +48,7 @@ def run(cmd, **kw):
 # ---- docker-compose -------------------------------------------------------------------------
 
 def check_compose():
-    for profiles in ([], ["rabbitmq"], ["demo"], ["rabbitmq", "demo"]):
+    for profiles in ([], ["rabbitmq"], ["demo"], ["rabbitmq", "demo"], ["observability"]):
         args = [a for p in profiles for a in ("--profile", p)]
         label = "docker-compose " + (" ".join(args) or "(default profile)")
         try:
@@ -161,6 +166,13 @@ def check_prometheus_rule(label, doc):
     if not groups:
         problem(label, "PrometheusRule without groups")
         return
+    for group in groups:
+        for rule in group.get("rules") or []:
+            check_metric_names(f"{label} alert {rule.get('alert')}", rule.get("expr", ""))
+    promtool_rules(label, groups)
+
+
+def promtool_rules(label, groups):
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         yaml.safe_dump({"groups": groups}, f)
         f.flush()
@@ -251,6 +263,71 @@ def check_kubernetes():
         print(f"ok  kubernetes {label}: {len(docs)} objects")
 
 
+# ---- observability ----------------------------------------------------------------------------
+
+OBSERVABILITY = os.path.join(ROOT, "deploy", "observability")
+DASHBOARD = os.path.join(OBSERVABILITY, "grafana", "dashboards", "tradecloud-bridge.json")
+# Series from outside the bridge's code that queries may use.
+FOREIGN_METRICS = ("up",)
+
+
+def exported_metrics():
+    """Every metric name the bridge exports: the constants of metrics.rs and metrics-process's."""
+    with open(os.path.join(ROOT, "crates", "telemetry", "src", "metrics.rs")) as f:
+        names = set(re.findall(r'"(tcb_[a-z0-9_]+)"', f.read()))
+    return names | {"process_cpu_seconds_total", "process_resident_memory_bytes",
+                    "process_virtual_memory_bytes", "process_open_fds", "process_max_fds",
+                    "process_start_time_seconds", "process_threads"}
+
+
+def check_metric_names(label, expr):
+    known = exported_metrics()
+    for name in re.findall(r"\b((?:tcb|process)_[a-z0-9_]+)", expr):
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        if name not in known and base not in known:
+            problem(label, f"{name} is no metric the bridge exports")
+
+
+def check_observability():
+    label = "grafana dashboard"
+    try:
+        with open(DASHBOARD) as f:
+            dash = json.load(f)
+    except (OSError, ValueError) as e:
+        problem(label, f"not JSON: {e}")
+        return
+    ids, rules = set(), []
+    for panel in dash.get("panels", []):
+        if panel["id"] in ids:
+            problem(label, f"panel id {panel['id']} twice")
+        ids.add(panel["id"])
+        for target in panel.get("targets", []):
+            expr = target.get("expr", "")
+            check_metric_names(f"{label} panel {panel.get('title')!r}", expr)
+            concrete = expr.replace("$__rate_interval", "5m").replace("$__range", "1h")
+            rules.append({"record": f"dashboard:panel_{panel['id']}_{target['refId']}", "expr": concrete})
+    if not rules:
+        problem(label, "no queries")
+    promtool_rules(label, [{"name": "dashboard", "rules": rules}])
+    print(f"ok  {label}: {len(ids)} panels, {len(rules)} queries")
+
+    prometheus = os.path.join(OBSERVABILITY, "prometheus.yml")
+    r = subprocess.run(["promtool", "check", "config", prometheus], capture_output=True, text=True)
+    if r.returncode != 0:
+        problem("compose prometheus.yml", (r.stdout + r.stderr).strip())
+    else:
+        print("ok  compose prometheus.yml")
+
+    with open(os.path.join(OBSERVABILITY, "otel-collector.yaml")) as f:
+        collector = yaml.safe_load(f)
+    for name, pipeline in (collector.get("service", {}).get("pipelines") or {}).items():
+        for kind in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(kind, []):
+                if component not in (collector.get(kind) or {}):
+                    problem("otel-collector.yaml", f"pipeline {name} uses undefined {kind[:-1]} {component}")
+    print("ok  otel-collector.yaml")
+
+
 # ---- the image --------------------------------------------------------------------------------
 
 def ignored(path, patterns):
@@ -331,10 +408,13 @@ def self_test():
     docs.append({"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "x"}, "data": {"a": "b"}})
     docs = [d for d in docs if d["kind"] != "PodDisruptionBudget"]
     check_policy("self-test", docs)
+    check_metric_names("self-test", "rate(tcb_worker_triggers_totl[5m])")
+    promtool_rules("self-test", [{"name": "x", "rules": [{"record": "x:y", "expr": "sum(rate(x[5m])"}]}])
     found = "\n".join(problems)
     for needle in ("root filesystem is not read-only", "is not pinned", "TRADECLOUD_PASSWORD is a plain value",
                    "readinessProbe has no explicit timeoutSeconds", "automountServiceAccountToken",
-                   "Secret x is rendered", "no PodDisruptionBudget"):
+                   "Secret x is rendered", "no PodDisruptionBudget",
+                   "tcb_worker_triggers_totl is no metric", "promtool check rules"):
         if needle not in found:
             print(f"self-test: the policy missed {needle!r}", file=sys.stderr)
             sys.exit(1)
@@ -350,6 +430,7 @@ def main():
     check_compose()
     check_bridge_configs()
     check_kubernetes()
+    check_observability()
     check_image()
     if problems:
         print("\n".join(["check-deploy found problems:"] + [f"  - {p}" for p in problems]), file=sys.stderr)
