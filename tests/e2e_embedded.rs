@@ -683,3 +683,52 @@ async fn faults_lose_nothing() {
     let world = World::new(1 << 20);
     support::faults_lose_nothing(&world, Duration::from_secs(60)).await;
 }
+
+/// `bench tracing` runs the ingress three ways and prints one row each: every call answered 200,
+/// spans exported only with tracing on, fewer at a ratio of 0.1 than at 1.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_tracing_prints_a_row_per_setting() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
+        .args([
+            "bench",
+            "tracing",
+            "--requests",
+            "60",
+            "--concurrency",
+            "4",
+            "--rounds",
+            "1",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.starts_with("| off") || l.starts_with("| on"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    let exported = |row: &[&str]| -> u64 { row[6].split(' ').next().unwrap().parse().unwrap() };
+    let export_kib = |row: &[&str]| -> u64 {
+        row[6]
+            .split('(')
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(')')
+            .parse()
+            .unwrap()
+    };
+    for row in &rows {
+        assert_eq!(row[5], "60", "every call answered 200: {text}");
+    }
+    assert_eq!((rows[0][1], exported(&rows[0])), ("off", 0));
+    assert!(exported(&rows[2]) > 0, "{text}");
+    assert!(export_kib(&rows[1]) < export_kib(&rows[2]), "{text}");
+}

@@ -225,7 +225,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         "  throughput                  {:.0} triggers/s end to end",
         delivered as f64 / elapsed.as_secs_f64().max(1e-9)
     );
-    if let Some(kib) = peak_rss_kib() {
+    if let Some(kib) = crate::bench::peak_rss_kib("self") {
         println!(
             "  peak memory                 {:.1} MiB RSS (bridge, simulator and sender in one process)",
             kib as f64 / 1024.0
@@ -243,13 +243,6 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             args.triggers
         )))
     }
-}
-
-/// Peak resident memory of this process (Linux), in KiB.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn accepted(outcomes: &[(&str, tcb_simulator::Outcome)]) -> usize {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod config;
 mod consume;
 #[cfg(feature = "embedded")]
@@ -110,6 +111,10 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout_seconds: u64,
     },
+    /// Measurements that print a table (`bench tracing`: ingress throughput with tracing off,
+    /// at 0.1 and at 1.0).
+    #[command(subcommand)]
+    Bench(bench::Bench),
     /// Prints a topic's messages as JSON lines.
     Consume(consume::ConsumeArgs),
     /// Moves dead letters back to the triggers topic (after their cause is fixed).
@@ -262,6 +267,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Demo(args) => demo::run(args).await,
         Command::CheckConfig(a) => check_config(&a.config),
         Command::Consume(args) => consume::run(args).await,
+        Command::Bench(b) => bench::run(b).await,
         Command::Replay(args) => replay::run(args).await,
         Command::Simulate(args) => {
             tcb_telemetry::init(

@@ -1,0 +1,357 @@
+//! `bench`: measurements that print a table.
+//!
+//! `bench tracing`: what tracing costs the ingress. The same `ingress` binary runs three times
+//! per round, with export off, on at a sampling ratio of 0.1 and on at 1.0 (over OTLP/HTTP to a
+//! sink in this process that answers every export at once), and is loaded with the same burst of
+//! POSTed events over HTTPS with Basic auth; the table gives each run's rate and latency.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tcb_simulator::{Sender, SenderAuth, SenderConfig, Webhook, orders};
+
+use crate::CliError;
+
+#[derive(clap::Subcommand)]
+pub enum Bench {
+    /// Ingress throughput with tracing off, sampled at 0.1 and at 1.0, in one run.
+    Tracing(TracingArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TracingArgs {
+    /// Webhook calls per measurement (after 10% more as a warm-up).
+    #[arg(long, default_value_t = 4000)]
+    requests: usize,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Rounds of the three settings (they alternate, so drift hits all alike).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Publish to the broker of this config file's [bus] section instead of an embedded queue.
+    #[arg(long)]
+    bus_config: Option<PathBuf>,
+}
+
+pub async fn run(bench: Bench) -> Result<(), CliError> {
+    match bench {
+        Bench::Tracing(args) => tracing(args).await,
+    }
+}
+
+const USER: &str = "bench";
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> CliError + '_ {
+    move |e| CliError::Io(format!("{what}: {e}"))
+}
+
+/// Where the ingress exports: answers 200 to every OTLP/HTTP export and counts them.
+struct Sink {
+    addr: std::net::SocketAddr,
+    exports: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Sink {
+    fn start() -> Result<Self, CliError> {
+        use actix_web::{App, HttpResponse, HttpServer, web};
+        let exports = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (e, b) = (exports.clone(), bytes.clone());
+        let server = HttpServer::new(move || {
+            let (e, b) = (e.clone(), b.clone());
+            App::new()
+                .app_data(web::PayloadConfig::new(64 << 20))
+                .route(
+                    "/v1/traces",
+                    web::post().to(move |body: web::Bytes| {
+                        e.fetch_add(1, Ordering::Relaxed);
+                        b.fetch_add(body.len() as u64, Ordering::Relaxed);
+                        async {
+                            HttpResponse::Ok()
+                                .content_type("application/x-protobuf")
+                                .finish()
+                        }
+                    }),
+                )
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .map_err(io("the OTLP sink"))?;
+        let addr = server
+            .addrs()
+            .first()
+            .copied()
+            .ok_or_else(|| CliError::Io("the OTLP sink has no address".to_owned()))?;
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Ok(Self {
+            addr,
+            exports,
+            bytes,
+            handle,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Off,
+    Ratio(f64),
+}
+
+impl Mode {
+    fn label(self) -> String {
+        match self {
+            Mode::Off => "off".to_owned(),
+            Mode::Ratio(r) => format!("on, ratio {r}"),
+        }
+    }
+}
+
+struct Measured {
+    mode: Mode,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    ok: usize,
+    exports: u64,
+    export_kib: u64,
+    peak_rss: u64,
+}
+
+async fn tracing(args: TracingArgs) -> Result<(), CliError> {
+    let temp = tempfile::tempdir().map_err(io("temporary folder"))?;
+    let dir = temp.path();
+    let cert = tcb_ingress::tls::ensure_dev_certificate(&dir.join("tls"), &[])?;
+    let password = "bench-webhook-password-0123456789";
+    std::fs::write(dir.join("webhook-password"), password).map_err(io("secret"))?;
+    let bus = match &args.bus_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(io("--bus-config"))?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|e| CliError::Io(format!("--bus-config: {e}")))?;
+            let bus = table
+                .get("bus")
+                .ok_or_else(|| CliError::Io("--bus-config has no [bus] section".to_owned()))?;
+            let mut wrapped = toml::Table::new();
+            wrapped.insert("bus".to_owned(), bus.clone());
+            toml::to_string(&wrapped).map_err(|e| CliError::Io(e.to_string()))?
+        }
+        None => String::new(),
+    };
+    let sink = Sink::start()?;
+    let ca = std::fs::read(&cert.ca).map_err(io("the CA"))?;
+    let modes = [Mode::Off, Mode::Ratio(0.1), Mode::Ratio(1.0)];
+    println!(
+        "bench tracing: {} POSTed events per run, {} in flight, {} rounds, bus {}",
+        args.requests,
+        args.concurrency,
+        args.rounds,
+        args.bus_config
+            .as_deref()
+            .map_or("embedded".to_owned(), |p| p.display().to_string())
+    );
+    let mut results = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        for (i, mode) in modes.iter().enumerate() {
+            let run_dir = dir.join(format!("run-{round}-{i}"));
+            std::fs::create_dir_all(&run_dir).map_err(io("run folder"))?;
+            let bus_section = if bus.is_empty() {
+                format!(
+                    "[bus]\nbackend = \"embedded\"\npath = \"{}\"\n",
+                    run_dir.join("bridge.db").display()
+                )
+            } else {
+                bus.clone()
+            };
+            let config = format!(
+                "{bus_section}\n[ingress]\nlisten = \"127.0.0.1:0\"\n\
+                 tls = {{ mode = \"files\", cert = \"{}\", key = \"{}\" }}\n\
+                 auth = {{ kind = \"basic\", username = \"{USER}\", password = \"${{file:{}}}\" }}\n\
+                 \n[admin]\nlisten = \"127.0.0.1:0\"\n\n[telemetry]\nlog_level = \"warn\"\n",
+                cert.cert.display(),
+                cert.key.display(),
+                dir.join("webhook-password").display(),
+            );
+            let path = run_dir.join("bridge.toml");
+            std::fs::write(&path, config).map_err(io("config"))?;
+            let m = measure(&args, *mode, &path, &run_dir, &sink, &ca, password).await?;
+            println!(
+                "  round {}: {:<16} {:>8.0} req/s",
+                round + 1,
+                m.mode.label(),
+                m.per_second
+            );
+            results.push(m);
+        }
+    }
+    sink.handle.stop(true).await;
+    println!();
+    println!(
+        "| tracing | req/s | vs off | webhook answer p50 / p99 | 200s | exports (KiB) | peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (n, m) in results.iter().enumerate() {
+        let off = results[n - n % modes.len()].per_second;
+        println!(
+            "| {} | {:.0} | {:.2}x | {:.1} ms / {:.1} ms | {} | {} ({}) | {:.1} MiB |",
+            m.mode.label(),
+            m.per_second,
+            m.per_second / off,
+            m.p50.as_secs_f64() * 1e3,
+            m.p99.as_secs_f64() * 1e3,
+            m.ok,
+            m.exports,
+            m.export_kib,
+            m.peak_rss as f64 / (1024.0 * 1024.0),
+        );
+    }
+    Ok(())
+}
+
+async fn measure(
+    args: &TracingArgs,
+    mode: Mode,
+    config: &Path,
+    dir: &Path,
+    sink: &Sink,
+    ca: &[u8],
+    password: &str,
+) -> Result<Measured, CliError> {
+    let exe = std::env::current_exe().map_err(io("this binary"))?;
+    let ready = dir.join("ready.json");
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("ingress")
+        .arg("--config")
+        .arg(config)
+        .arg("--ready-file")
+        .arg(&ready)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    if let Mode::Ratio(r) = mode {
+        cmd.env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", sink.addr),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+        .env("OTEL_TRACES_SAMPLER_ARG", r.to_string());
+    }
+    let mut child = cmd.spawn().map_err(io("the ingress"))?;
+    let pid = child.id().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let port = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Some(addr) = v["ingress"].as_str()
+            && let Ok(addr) = addr.parse::<std::net::SocketAddr>()
+        {
+            break addr.port();
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(CliError::Io(format!("the ingress exited with {status}")));
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::Io("the ingress did not start in 60 s".to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let sender = Sender::new(SenderConfig {
+        url: format!("https://localhost:{port}/webhook"),
+        auth: SenderAuth::Basic {
+            username: USER.to_owned(),
+            password: password.to_owned(),
+        },
+        ca_pem: Some(ca.to_vec()),
+        max_attempts: 1,
+        initial_backoff: Duration::from_millis(50),
+        timeout: Duration::from_secs(30),
+    })
+    .map_err(|e| CliError::Io(e.to_string()))?;
+    // The readiness of the broker: the first calls may still get 503.
+    fire(&sender, args.requests / 10 + 1, args.concurrency, "warm").await?;
+    let (exports, bytes) = (
+        sink.exports.load(Ordering::Relaxed),
+        sink.bytes.load(Ordering::Relaxed),
+    );
+    let started = Instant::now();
+    let (latencies, ok) = fire(&sender, args.requests, args.concurrency, "run").await?;
+    let elapsed = started.elapsed();
+    let peak_rss = peak_rss_kib(&pid.to_string()).unwrap_or_default() * 1024;
+    // SIGTERM: the ingress drains and sends its last spans, which count for this run.
+    let _ = tokio::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    let _ = child.start_kill();
+    Ok(Measured {
+        mode,
+        per_second: ok as f64 / elapsed.as_secs_f64(),
+        p50: Duration::from_micros(latencies.value_at_quantile(0.5)),
+        p99: Duration::from_micros(latencies.value_at_quantile(0.99)),
+        ok,
+        exports: sink.exports.load(Ordering::Relaxed) - exports,
+        export_kib: (sink.bytes.load(Ordering::Relaxed) - bytes) / 1024,
+        peak_rss,
+    })
+}
+
+/// `n` POSTed events, `concurrency` at a time: the answers' latencies and how many were 200.
+async fn fire(
+    sender: &Sender,
+    n: usize,
+    concurrency: usize,
+    tag: &str,
+) -> Result<(Histogram<u64>, usize), CliError> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let sender = sender.clone();
+        let permits = permits.clone();
+        let body = orders::event(
+            &format!("bench-order-{}", i % 500),
+            i as u64 + 1,
+            "OrderLinesUpdatedByBuyer",
+            &format!("bench-{tag}-{i}"),
+        );
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            sender.send(&Webhook::Post(body)).await
+        });
+    }
+    let mut latencies = Histogram::<u64>::new(3).map_err(|e| CliError::Io(e.to_string()))?;
+    let mut ok = 0;
+    for outcome in set.join_all().await {
+        if outcome.status == Some(200) {
+            ok += 1;
+            let _ = latencies.record(outcome.elapsed.as_micros() as u64);
+        }
+    }
+    Ok((latencies, ok))
+}
+
+/// Peak resident memory (VmHWM, Linux) of a process (`self` or a pid), in KiB.
+pub(crate) fn peak_rss_kib(process: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    line.split_whitespace().next()?.parse().ok()
+}
