@@ -267,8 +267,6 @@ def check_kubernetes():
 
 OBSERVABILITY = os.path.join(ROOT, "deploy", "observability")
 DASHBOARD = os.path.join(OBSERVABILITY, "grafana", "dashboards", "tradecloud-bridge.json")
-# Series from outside the bridge's code that queries may use.
-FOREIGN_METRICS = ("up",)
 
 
 def exported_metrics():

@@ -732,3 +732,51 @@ async fn bench_tracing_prints_a_row_per_setting() {
     assert!(exported(&rows[2]) > 0, "{text}");
     assert!(export_kib(&rows[1]) < export_kib(&rows[2]), "{text}");
 }
+
+/// Every series `docs/metrics.md` lists is on `/metrics` before the first request (Kafka's
+/// partition gauge aside: it needs Kafka), so dashboards and alerts never wait for a first event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_series_is_exported_from_the_start() {
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/metrics.md"
+    ))
+    .unwrap();
+    let names: Vec<String> = docs
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .flat_map(|l| {
+            let first = l.split('|').nth(1).unwrap_or("");
+            first
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|n| n != "tcb_kafka_assigned_partitions")
+        .collect();
+    assert!(names.len() > 20, "{names:?}");
+    let world = World::new(1 << 20);
+    let bridge = world.start_bridge();
+    let metrics = bridge.metrics_text().await;
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            !metrics.lines().any(|l| {
+                l.strip_prefix(n.as_str())
+                    .is_some_and(|rest| rest.starts_with([' ', '{', '_']))
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{missing:?} not exported before traffic:\n{metrics}"
+    );
+    for ready in [
+        "tcb_ready{part=\"webhooks\"} 1",
+        "tcb_ingress_requests_total{status=\"503\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == ready), "{ready} in\n{metrics}");
+    }
+}

@@ -21,16 +21,19 @@ use support::{
     wait_ready,
 };
 use tcb_model::codec::header;
-use tcb_simulator::{SimConfig, Webhook, orders};
+use tcb_simulator::{SimConfig, TraceSeen, Webhook, orders};
 
 /// The trace Tradecloud's call (or a proxy in front of the bridge) started.
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+const CALLER_STATE: &str = "tradecloud=t61rcWkgMzE";
 
 struct Run {
     world: World,
     rotel: Rotel,
     system: &'static str,
+    /// The publish operation as the system names it.
+    send: &'static str,
 }
 
 fn start(run: &Run, subcommand: &str, grpc: bool) -> Bridge {
@@ -48,7 +51,10 @@ fn start(run: &Run, subcommand: &str, grpc: bool) -> Bridge {
             ("E2E_TRADECLOUD_PASSWORD", &sim_password),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            // Nothing is exported before the process stops: the spans the test sees were
+            // flushed at shutdown.
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
         ],
     )
 }
@@ -88,7 +94,7 @@ async fn one_trace_per_trigger(run: Run, grpc: bool) {
         .get(format!("{}/{get_order}", ingress.url()))
         .basic_auth(USER, Some(PASSWORD))
         .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
-        .header("tracestate", "tradecloud=t61rcWkgMzE")
+        .header("tracestate", CALLER_STATE)
         .send()
         .await
         .unwrap();
@@ -134,6 +140,9 @@ async fn one_trace_per_trigger(run: Run, grpc: bool) {
         // Kafka's lag counts from the last offset stored, which the held GETs hold back.
         metric_at_least(&worker, &lag, 4.0).await;
     }
+    // The busy order's fetch is in flight, between attempts waiting for its retry.
+    metric_at_least(&worker, "tcb_worker_in_flight_triggers", 1.0).await;
+    metric_at_least(&worker, "tcb_worker_waiting_for_retry_triggers", 1.0).await;
     world.sim.heal_order(&busy_order);
     metric_at_least(
         &worker,
@@ -220,7 +229,7 @@ async fn one_trace_per_trigger(run: Run, grpc: bool) {
             );
         }
         let publish = child(server, "SPAN_KIND_PRODUCER", &triggers);
-        assert_eq!(publish.name, format!("send {triggers}"));
+        assert_eq!(publish.name, format!("{} {triggers}", run.send));
         assert_eq!(publish.attr("messaging.system"), run.system);
         assert_eq!(publish.attr("messaging.destination.name"), triggers);
         assert_eq!(publish.attr("messaging.message.id"), id);
@@ -255,7 +264,7 @@ async fn one_trace_per_trigger(run: Run, grpc: bool) {
         );
         assert_eq!(output.parent_id, process.id);
         assert_eq!(output.kind, "SPAN_KIND_PRODUCER");
-        assert_eq!(output.name, format!("send {orders_topic}"));
+        assert_eq!(output.name, format!("{} {orders_topic}", run.send));
         assert_eq!(output.attr("messaging.system"), run.system);
         assert_eq!(output.status, "STATUS_CODE_UNSET");
         if id == &post_id {
@@ -290,11 +299,12 @@ async fn one_trace_per_trigger(run: Run, grpc: bool) {
             );
             let seen = world.sim.traceparents();
             assert!(
-                seen.contains(&(
-                    get_order.clone(),
-                    format!("00-{}-{}-01", call.trace_id, call.id)
-                )),
-                "the simulator saw the fetch's traceparent: {seen:?}"
+                seen.contains(&TraceSeen {
+                    order_id: get_order.clone(),
+                    traceparent: format!("00-{}-{}-01", call.trace_id, call.id),
+                    tracestate: Some(CALLER_STATE.to_owned()),
+                }),
+                "the simulator saw the fetch's traceparent and the caller's tracestate: {seen:?}"
             );
         }
     }
@@ -373,7 +383,7 @@ fn prefix(world: &World) -> &str {
     }
 }
 
-async fn on(backend: Backend, system: &'static str, grpc: bool) {
+async fn on(backend: Backend, system: &'static str, send: &'static str, grpc: bool) {
     let world = World::with(backend, 1 << 20, 5000);
     let rotel = Rotel::start(world.dir.path());
     one_trace_per_trigger(
@@ -381,6 +391,7 @@ async fn on(backend: Backend, system: &'static str, grpc: bool) {
             world,
             rotel,
             system,
+            send,
         },
         grpc,
     )
@@ -393,7 +404,7 @@ async fn kafka_one_trace_per_trigger_over_grpc() {
         bootstrap: kafka_bootstrap(),
         prefix: unique("tcb-otel"),
     };
-    on(backend, "kafka", true).await;
+    on(backend, "kafka", "send", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,5 +413,5 @@ async fn rabbitmq_one_trace_per_trigger_over_http() {
         uri: rabbitmq_uri(),
         prefix: unique("tcb-otel"),
     };
-    on(backend, "rabbitmq", false).await;
+    on(backend, "rabbitmq", "publish", false).await;
 }

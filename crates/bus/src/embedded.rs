@@ -441,16 +441,64 @@ impl ConsumerOpener for EmbeddedStore {
         })
         .await
         .map_err(storage)??;
+        let conn = Arc::new(Mutex::new(conn));
+        // A group member reports what it has not acked yet (in process or not taken), every
+        // LAG_INTERVAL, for as long as the consumer lives.
+        let lag_probe = group.map(|g| {
+            let stop = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(report_lag(
+                conn.clone(),
+                topic.to_owned(),
+                g.to_owned(),
+                stop.clone(),
+            ));
+            stop.drop_guard()
+        });
         Ok(Box::new(EmbeddedConsumer {
             store: self.clone(),
             topic: topic.to_owned(),
             group: group.map(str::to_owned),
-            conn: Arc::new(Mutex::new(conn)),
+            conn,
             cursor: 0,
             buffer: VecDeque::new(),
-            lag_counted: None,
+            _lag_probe: lag_probe,
             _lock: lock,
         }))
+    }
+}
+
+/// Counts the messages of `topic` that `group` has not acked, every [`crate::LAG_INTERVAL`],
+/// into `tcb_worker_consumer_lag_messages`, until `stop`.
+async fn report_lag(
+    conn: Arc<Mutex<Connection>>,
+    topic: String,
+    group: String,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let (conn, t, g) = (conn.clone(), topic.clone(), group.clone());
+        let counted = tokio::task::spawn_blocking(move || {
+            let conn = conn
+                .lock()
+                .map_err(|_| "the connection is poisoned".to_owned())?;
+            conn.prepare_cached(
+                "SELECT count(*) FROM messages m WHERE m.topic = ?1
+                   AND NOT EXISTS (SELECT 1 FROM acks a
+                                   WHERE a.grp = ?2 AND a.topic = ?1 AND a.id = m.id)",
+            )
+            .and_then(|mut s| s.query_row(params![t, g], |r| r.get::<_, i64>(0)))
+            .map_err(|e| e.to_string())
+        })
+        .await;
+        match counted {
+            Ok(Ok(n)) => tcb_telemetry::metrics::consumer_lag(&topic, n.max(0) as u64),
+            Ok(Err(e)) => tracing::debug!(error = %e, topic, "counting the lag failed"),
+            Err(_) => return,
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(crate::LAG_INTERVAL) => {}
+        }
     }
 }
 
@@ -503,26 +551,18 @@ struct EmbeddedConsumer {
     conn: Arc<Mutex<Connection>>,
     cursor: i64,
     buffer: VecDeque<Row>,
-    /// When the lag (pending messages past the cursor) was last counted.
-    lag_counted: Option<std::time::Instant>,
+    /// Stops the lag probe when the consumer goes.
+    _lag_probe: Option<tokio_util::sync::DropGuard>,
     /// The exclusive lock of this group on this topic, while it consumes.
     _lock: Option<std::fs::File>,
 }
 
 impl EmbeddedConsumer {
-    async fn fetch(&mut self) -> Result<Vec<Row>, BusError> {
+    async fn fetch(&self) -> Result<Vec<Row>, BusError> {
         let conn = self.conn.clone();
         let topic = self.topic.clone();
         let group = self.group.clone();
         let cursor = self.cursor;
-        // A group member counts what waits past what it fetched, every LAG_INTERVAL.
-        let count_lag = group.is_some()
-            && self
-                .lag_counted
-                .is_none_or(|at| at.elapsed() >= crate::LAG_INTERVAL);
-        if count_lag {
-            self.lag_counted = Some(std::time::Instant::now());
-        }
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().map_err(|_| BusError::Storage {
                 context: "the embedded consumer's connection is poisoned".to_owned(),
@@ -563,14 +603,6 @@ impl EmbeddedConsumer {
                         ..Message::default()
                     },
                 });
-            }
-            if count_lag {
-                let last = out.last().map_or(cursor, |r| r.id);
-                let waiting: i64 = conn
-                    .prepare_cached("SELECT count(*) FROM messages WHERE topic = ?1 AND id > ?2")
-                    .and_then(|mut s| s.query_row(params![topic, last], |r| r.get(0)))
-                    .map_err(storage)?;
-                tcb_telemetry::metrics::consumer_lag(&topic, waiting.max(0) as u64);
             }
             Ok(out)
         })

@@ -191,17 +191,17 @@ pub trait Publisher: Send + Sync + 'static {
     }
 }
 
-/// The producer span of one publish of `message` to `topic`: `operation` is `send`, or
-/// `dead_letter` for the dead-letter topic.
+/// The producer span of one publish of `message` to `topic` (`dead_letter`: a dead letter to
+/// the dead-letter topic).
 pub fn publish_span(
     publisher: &dyn Publisher,
-    operation: &'static str,
+    dead_letter: bool,
     topic: &str,
     message: &Message,
 ) -> tracing::Span {
     tcb_telemetry::spans::publish(
         publisher.system(),
-        operation,
+        dead_letter,
         topic,
         message.id.as_deref().unwrap_or(""),
     )

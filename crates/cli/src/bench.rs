@@ -239,8 +239,8 @@ async fn measure(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("OTEL_") {
             cmd.env_remove(k);
         }
     }

@@ -102,11 +102,34 @@ async fn healthz(checks: web::Data<Checks>) -> HttpResponse {
 }
 
 async fn readyz(checks: web::Data<Checks>) -> HttpResponse {
+    let (ready, body) = readiness(&checks).await;
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Whether the process is ready, and the body `/readyz` answers with; the `tcb_ready` gauge
+/// follows.
+async fn readiness(checks: &Checks) -> (bool, serde_json::Value) {
+    let part = match checks.readiness {
+        Readiness::Webhooks { .. } => "webhooks",
+        Readiness::Worker => "worker",
+    };
+    let (ready, body) = evaluate(checks).await;
+    tcb_telemetry::metrics::ready(part, ready);
+    (ready, body)
+}
+
+async fn evaluate(checks: &Checks) -> (bool, serde_json::Value) {
     if let Readiness::Webhooks { draining } = &checks.readiness
         && draining.load(Ordering::SeqCst)
     {
-        return HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "draining", "reason": "shutting down"}));
+        return (
+            false,
+            json!({"status": "draining", "reason": "shutting down"}),
+        );
     }
     let worker = checks.probes.iter().find_map(|p| p.unready());
     let broker = match tokio::time::timeout(READY_TIMEOUT, checks.publisher.check_ready()).await {
@@ -125,18 +148,19 @@ async fn readyz(checks: web::Data<Checks>) -> HttpResponse {
         Readiness::Worker => broker.is_none() && worker.is_none(),
     };
     if ready {
-        HttpResponse::Ok().json(body("ready"))
+        (true, body("ready"))
     } else {
         let mut body = body("not ready");
         body["reason"] = match &checks.readiness {
             Readiness::Webhooks { .. } => json!("not yet connected to the broker"),
             Readiness::Worker => json!(worker.or(broker)),
         };
-        HttpResponse::ServiceUnavailable().json(body)
+        (false, body)
     }
 }
 
-async fn metrics() -> HttpResponse {
+async fn metrics(checks: web::Data<Checks>) -> HttpResponse {
+    readiness(&checks).await;
     let body = tcb_telemetry::metrics::render();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -252,8 +252,10 @@ pub(crate) fn request_span(req: &actix_web::dev::ServiceRequest) -> tracing::Spa
         actix_web::http::Version::HTTP_10 => "1.0",
         _ => "1.1",
     };
+    let scheme = req.connection_info().scheme().to_owned();
     let span = tcb_telemetry::spans::webhook(
         req.method().as_str(),
+        &scheme,
         route.as_deref(),
         req.path(),
         peer.as_deref(),
@@ -286,7 +288,7 @@ async fn publish(state: &AppState, trigger: TriggerEnvelope) -> Result<HttpRespo
         tracing::error!(trigger_id = %trigger.id, error = %e, "cannot encode the trigger: 503");
         unavailable(format!("the trigger could not be encoded: {e}"))
     })?;
-    let span = tcb_bus::publish_span(&*state.publisher, "send", &state.topic, &message);
+    let span = tcb_bus::publish_span(&*state.publisher, false, &state.topic, &message);
     let started = std::time::Instant::now();
     let outcome = tcb_bus::publish_traced(
         &*state.publisher,

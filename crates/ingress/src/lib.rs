@@ -264,7 +264,7 @@ impl Ingress {
             draining: draining.clone(),
             auth_failures: refusal::AuthFailures::new(),
         });
-        tcb_telemetry::metrics::ingress_refusals_registered();
+        tcb_telemetry::metrics::ingress_registered();
         let path = if config.path == "/" {
             String::new()
         } else {

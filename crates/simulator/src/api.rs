@@ -47,6 +47,17 @@ impl Default for SimConfig {
     }
 }
 
+/// How many order requests' trace context the stand-in keeps.
+pub const TRACES_KEPT: usize = 1000;
+
+/// The trace context one order request carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSeen {
+    pub order_id: String,
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
 /// What the stand-in has served, for assertions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -90,8 +101,8 @@ struct State {
     forbidden: AtomicBool,
     /// Every request seen in the last second (for `max_per_second`).
     seen: Mutex<VecDeque<Instant>>,
-    /// The `traceparent` of every order request, in order: (order id, header).
-    traceparents: Mutex<Vec<(String, String)>>,
+    /// The trace context of the last [`TRACES_KEPT`] order requests, in order.
+    traceparents: Mutex<VecDeque<TraceSeen>>,
     counters: Counters,
 }
 
@@ -118,7 +129,7 @@ impl Simulator {
             revoked: AtomicBool::new(false),
             forbidden: AtomicBool::new(false),
             seen: Mutex::new(VecDeque::new()),
-            traceparents: Mutex::new(Vec::new()),
+            traceparents: Mutex::new(VecDeque::new()),
             counters: Counters::default(),
         });
         let data = web::Data::from(state.clone());
@@ -242,13 +253,13 @@ impl Simulator {
         self.state.stats()
     }
 
-    /// The W3C `traceparent` each order request carried, in order, as (order id, header value);
-    /// requests without one are left out.
-    pub fn traceparents(&self) -> Vec<(String, String)> {
+    /// The W3C trace context the last order requests carried, in order (requests without a
+    /// `traceparent` are left out; at most [`TRACES_KEPT`]).
+    pub fn traceparents(&self) -> Vec<TraceSeen> {
         self.state
             .traceparents
             .lock()
-            .map(|t| t.clone())
+            .map(|t| t.iter().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -449,13 +460,23 @@ async fn get_order(
     state: web::Data<State>,
     id: web::Path<String>,
 ) -> HttpResponse {
-    if let Some(tp) = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    if let Some(traceparent) = header("traceparent")
         && let Ok(mut t) = state.traceparents.lock()
     {
-        t.push((id.as_str().to_owned(), tp.to_owned()));
+        if t.len() >= TRACES_KEPT {
+            t.pop_front();
+        }
+        t.push_back(TraceSeen {
+            order_id: id.as_str().to_owned(),
+            traceparent,
+            tracestate: header("tracestate"),
+        });
     }
     if let Some(refused) = gate(&state, state.bearer_valid(&req)) {
         return refused;

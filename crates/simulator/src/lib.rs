@@ -14,6 +14,6 @@ pub mod idp;
 pub mod orders;
 pub mod sender;
 
-pub use api::{SimConfig, Simulator};
+pub use api::{SimConfig, Simulator, TRACES_KEPT, TraceSeen};
 pub use idp::{Idp, IdpConfig};
 pub use sender::{OAuthClient, Outcome, Sender, SenderAuth, SenderConfig, Webhook};

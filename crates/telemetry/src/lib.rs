@@ -70,10 +70,13 @@ impl TelemetryConfig {
     }
 }
 
-/// Per-connection library noise kept below the default level unless the filter names the target
-/// itself: a client that connects by IP address makes rustls warn "Illegal SNI extension" on
-/// every connection.
-const QUIET: [(&str, &str); 1] = [("rustls", "rustls=error")];
+/// Library noise kept below the default level unless the filter names the target itself: a
+/// client that connects by IP address makes rustls warn "Illegal SNI extension" on every
+/// connection; the OpenTelemetry SDK's own events are kept from warnings up (a failed export).
+const QUIET: [(&str, &str); 2] = [
+    ("rustls", "rustls=error"),
+    ("opentelemetry", "opentelemetry=warn"),
+];
 
 /// The log filter: `spec` plus [`QUIET`] for the targets it does not name.
 pub fn filter(spec: &str) -> Result<EnvFilter, TelemetryError> {

@@ -63,6 +63,12 @@ pub const TRADECLOUD_STATUSES: [&str; 5] = ["2xx", "4xx", "429", "5xx", "error"]
 /// 1, labelled with the build's `version`.
 pub const BUILD_INFO: &str = "tcb_build_info";
 
+/// 1 while `/readyz` would answer 200, by `part` (`webhooks` for a process serving webhooks,
+/// `worker` for a worker-only one); evaluated at each scrape.
+pub const READY: &str = "tcb_ready";
+/// The statuses the ingress answers with, exported at 0 from the start.
+pub const INGRESS_STATUSES: [u16; 9] = [200, 400, 401, 404, 405, 413, 415, 429, 503];
+
 /// Kafka partitions a consumer group member holds now, by `group` (0 while none are assigned).
 pub const KAFKA_ASSIGNED_PARTITIONS: &str = "tcb_kafka_assigned_partitions";
 
@@ -83,8 +89,16 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .ok()?
                 .install_recorder()
                 .ok()
+                .inspect(|_| {
+                    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+                })
         })
         .as_ref()
+}
+
+/// Whether the process is ready for `part` (`webhooks`, `worker`), as `/readyz` found it.
+pub fn ready(part: &'static str, ready: bool) {
+    metrics::gauge!(READY, "part" => part).set(if ready { 1.0 } else { 0.0 });
 }
 
 /// A webhook request was answered with `status`.
@@ -117,7 +131,9 @@ pub fn tradecloud_registered() {
         for status in TRADECLOUD_STATUSES {
             metrics::counter!(TRADECLOUD_REQUESTS, "kind" => kind, "status" => status).increment(0);
         }
+        let _ = metrics::histogram!(TRADECLOUD_REQUEST_SECONDS, "kind" => kind);
     }
+    let _ = metrics::histogram!(TRADECLOUD_PACER_WAIT_SECONDS);
 }
 
 /// The Prometheus text of every series, with the process's own (CPU, memory, open files)
@@ -131,7 +147,6 @@ pub fn render() -> String {
         .get_or_init(|| {
             let c = metrics_process::Collector::default();
             c.describe();
-            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             c
         })
         .collect();
@@ -143,13 +158,18 @@ pub fn ingress_refused(reason: &'static str) {
     metrics::counter!(INGRESS_REFUSED, "reason" => reason).increment(1);
 }
 
-/// Registers every refusal reason at 0, so an alert sees the series before the first refusal.
-pub fn ingress_refusals_registered() {
+/// Registers the ingress's series at 0 (every status it answers with, every refusal reason, the
+/// ack latency), so an alert sees them before the first request.
+pub fn ingress_registered() {
     // The recorder must exist first, or these writes go nowhere.
     let _ = handle();
     for reason in REFUSAL_REASONS {
         metrics::counter!(INGRESS_REFUSED, "reason" => reason).increment(0);
     }
+    for status in INGRESS_STATUSES {
+        metrics::counter!(INGRESS_REQUESTS, "status" => status.to_string()).increment(0);
+    }
+    let _ = metrics::histogram!(INGRESS_ACK_SECONDS);
 }
 
 /// The broker acknowledged a trigger `elapsed` after its request arrived.
@@ -177,6 +197,9 @@ pub fn worker_registered(reasons: &[&'static str]) {
     metrics::gauge!(WORKER_IN_FLIGHT).increment(0.0);
     metrics::gauge!(WORKER_WAITING_FOR_RETRY).increment(0.0);
     metrics::gauge!(WORKER_HELD).increment(0.0);
+    let _ = metrics::histogram!(WORKER_END_TO_END_SECONDS);
+    // Starting counts as progress: the stall alert measures from here.
+    worker_progress();
 }
 
 /// A trigger was settled: delivered, or dead-lettered for `dead_letter_reason`; `end_to_end` is

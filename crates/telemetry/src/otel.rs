@@ -152,9 +152,20 @@ pub(crate) fn provider(
     config: &OtlpConfig,
     default_service: &str,
 ) -> Result<SdkTracerProvider, TelemetryError> {
-    let mut resource = Resource::builder()
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
-    if env("OTEL_SERVICE_NAME").is_none() {
+    // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (read by the builder) win over our
+    // defaults, as the specification says.
+    let from_env = env("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+    let set_in_env = |key: &str| {
+        from_env
+            .split(',')
+            .any(|kv| kv.split('=').next().is_some_and(|k| k.trim() == key))
+    };
+    let mut resource = Resource::builder();
+    if !set_in_env("service.version") {
+        resource =
+            resource.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    }
+    if env("OTEL_SERVICE_NAME").is_none() && !set_in_env("service.name") {
         let name = config.service_name.as_deref().unwrap_or(default_service);
         resource = resource.with_service_name(name.to_owned());
     }
@@ -171,7 +182,11 @@ pub(crate) fn provider(
             ratio,
         ))));
     }
-    let timeout = Duration::from_secs(config.timeout_seconds.unwrap_or(10));
+    // A timeout set here would override OTEL_EXPORTER_OTLP_TIMEOUT: only from the config.
+    let timeout = config.timeout_seconds.map(Duration::from_secs).filter(|_| {
+        env("OTEL_EXPORTER_OTLP_TIMEOUT").is_none()
+            && env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_none()
+    });
     let env_endpoint = env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
         || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
     let headers: HashMap<String, String> = if env("OTEL_EXPORTER_OTLP_HEADERS").is_some() {
@@ -188,9 +203,10 @@ pub(crate) fn provider(
     };
     let exporter = match protocol(config)? {
         OtlpProtocol::Grpc => {
-            let mut b = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_timeout(timeout);
+            let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if let Some(t) = timeout {
+                b = b.with_timeout(t);
+            }
             if let (false, Some(e)) = (env_endpoint, &config.endpoint) {
                 b = b.with_endpoint(e.clone());
             }
@@ -213,8 +229,10 @@ pub(crate) fn provider(
         OtlpProtocol::HttpProtobuf => {
             let mut b = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(timeout);
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some(t) = timeout {
+                b = b.with_timeout(t);
+            }
             if let (false, Some(e)) = (env_endpoint, &config.endpoint) {
                 b = b.with_endpoint(http_traces_url(e));
             }

@@ -10,16 +10,45 @@ use tracing::field::Empty;
 /// The target of every span of the bridge.
 pub const TARGET: &str = "tcb::span";
 
+/// The longest text a caller (or an error chain) puts into an attribute.
+const MAX_TEXT: usize = 256;
+
+/// `text` cut to [`MAX_TEXT`] bytes at a character boundary.
+fn bounded(text: &str) -> &str {
+    if text.len() <= MAX_TEXT {
+        return text;
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The method as the HTTP conventions want it: a known one, else `_OTHER` (a client cannot
+/// choose span names).
+fn known_method(method: &str) -> &str {
+    match method {
+        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH" => {
+            method
+        }
+        _ => "_OTHER",
+    }
+}
+
 /// The webhook request Tradecloud makes (HTTP server). Continue the caller's trace with
 /// [`crate::otel::set_parent`] before entering it.
 pub fn webhook(
     method: &str,
+    scheme: &str,
     route: Option<&str>,
     path: &str,
     client_address: Option<&str>,
     user_agent: Option<&str>,
     protocol_version: &str,
 ) -> Span {
+    let method = known_method(method);
+    let (path, user_agent) = (bounded(path), user_agent.map(bounded));
     tracing::info_span!(
         target: TARGET,
         "webhook",
@@ -29,7 +58,7 @@ pub fn webhook(
         http.request.method = method,
         http.route = route,
         url.path = path,
-        url.scheme = "https",
+        url.scheme = scheme,
         client.address = client_address,
         user_agent.original = user_agent,
         network.protocol.version = protocol_version,
@@ -70,13 +99,20 @@ pub fn trigger(span: &Span, trigger_id: &str, order_id: Option<&str>, event_name
 }
 
 /// The publish of a message (messaging producer): the trigger by the ingress, the output or the
-/// dead letter (`operation` `dead_letter`) by the worker. The message carries this span's context.
+/// dead letter (`dead_letter` true) by the worker. The operation is named as the system names it
+/// (`publish` for RabbitMQ, `send` otherwise), `dead_letter` for a dead letter. The message
+/// carries this span's context.
 pub fn publish(
     system: &'static str,
-    operation: &'static str,
+    dead_letter: bool,
     destination: &str,
     message_id: &str,
 ) -> Span {
+    let operation = match (dead_letter, system) {
+        (true, _) => "dead_letter",
+        (false, "rabbitmq") => "publish",
+        (false, _) => "send",
+    };
     tracing::info_span!(
         target: TARGET,
         "publish",
@@ -96,7 +132,13 @@ pub fn publish(
 
 /// The worker's processing of one trigger (messaging consumer); its parent is the context the
 /// trigger's headers carry.
-pub fn process(system: &'static str, source: &str, message_id: &str, position: &str) -> Span {
+pub fn process(
+    system: &'static str,
+    source: &str,
+    group: &str,
+    message_id: &str,
+    position: &str,
+) -> Span {
     tracing::info_span!(
         target: TARGET,
         "process",
@@ -107,6 +149,7 @@ pub fn process(system: &'static str, source: &str, message_id: &str, position: &
         messaging.operation.type = "process",
         messaging.operation.name = "process",
         messaging.destination.name = source,
+        messaging.consumer.group.name = group,
         messaging.message.id = message_id,
         tcb.position = position,
         tcb.trigger_id = Empty,
@@ -179,5 +222,5 @@ pub fn failed(span: &Span, error_type: &str) {
 /// The dead letter a publish span sends: its reason class and text.
 pub fn dead_letter(span: &Span, reason: &str, detail: &str) {
     span.record("tcb.dead_letter.reason", reason);
-    span.record("tcb.dead_letter.detail", detail);
+    span.record("tcb.dead_letter.detail", bounded(detail));
 }

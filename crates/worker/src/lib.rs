@@ -215,6 +215,8 @@ struct Shared {
     lanes: tokio::sync::Semaphore,
     health: Arc<WorkerHealth>,
     cancel: CancellationToken,
+    /// The consumer group (`messaging.consumer.group.name` of the spans).
+    group: String,
 }
 
 /// A worker, built and validated; [`Worker::run`] consumes.
@@ -249,6 +251,7 @@ impl Worker {
             lanes: tokio::sync::Semaphore::new(config.lanes),
             health,
             cancel,
+            group: config.group.clone(),
         });
         Ok(Self {
             shared,

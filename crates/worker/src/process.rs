@@ -181,6 +181,7 @@ fn process_span(shared: &Shared, item: &Item) -> Span {
     let span = spans::process(
         shared.publisher.system(),
         &delivery.topic,
+        &shared.group,
         &trigger_id,
         &delivery.position,
     );
@@ -464,12 +465,12 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
     let bus = &shared.health.bus;
     let mut backoff = shared.backoff.clone();
     let topic = loop {
-        let (topic, operation) = if dead.is_some() {
-            (&topics.dead_letters, "dead_letter")
+        let topic = if dead.is_some() {
+            &topics.dead_letters
         } else {
-            (&topics.orders, "send")
+            &topics.orders
         };
-        let span = tcb_bus::publish_span(&*shared.publisher, operation, topic, &message);
+        let span = tcb_bus::publish_span(&*shared.publisher, dead.is_some(), topic, &message);
         if let Some((kind, reason)) = &dead {
             spans::dead_letter(&span, kind.as_str(), reason);
         }

@@ -47,6 +47,7 @@ impl ConsumerOpener for RabbitMq {
             next_offset: None,
             stream: None,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            probe: None,
         };
         // Subscribe now when connected; otherwise `next` does.
         let eager = Duration::from_millis(self.inner.config.connect_timeout_ms);
@@ -66,6 +67,8 @@ struct RabbitConsumer {
     next_offset: Option<i64>,
     stream: Option<(Channel, lapin::Consumer)>,
     backoff: Backoff,
+    /// Stops the queue-depth probe of the current subscription (on resubscribe and on drop).
+    probe: Option<tokio_util::sync::DropGuard>,
 }
 
 impl RabbitConsumer {
@@ -108,12 +111,11 @@ impl RabbitConsumer {
             && result.is_ok()
             && let Ok(probe) = link.connection.create_channel().await
         {
-            // The queue's depth, from a channel of its own (a failed probe closes only that).
-            tokio::spawn(report_depth(
-                probe,
-                queue.clone(),
-                self.bus.inner.stop.clone(),
-            ));
+            // The queue's depth, from a channel of its own (a failed probe closes only that),
+            // for as long as this subscription lasts.
+            let stop = self.bus.inner.stop.child_token();
+            self.probe = Some(stop.clone().drop_guard());
+            tokio::spawn(report_depth(probe, queue.clone(), stop));
         }
         match result {
             Ok(s) => {
