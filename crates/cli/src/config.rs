@@ -803,15 +803,21 @@ log_level = "info,tcb_worker=debug"
 
     #[test]
     fn the_printed_config_has_defaults_and_no_secret() {
-        let text = BASE.replace("password = \"p\"", "password = \"tradecloud-secret\"");
+        let text = BASE.replace("password = \"p\"", "password = \"tradecloud-secret\"")
+            + "\n[telemetry.otlp]\nendpoint = \"http://collector:4318\"\n\
+               headers = { \"x-api-key\" = \"otlp-secret-key\" }\n";
         let c = load(&text, &[("PW", "webhook-secret-0123456789")]).unwrap();
         let printed = c.print().unwrap();
-        for secret in ["webhook-secret-0123456789", "tradecloud-secret"] {
+        for secret in [
+            "webhook-secret-0123456789",
+            "tradecloud-secret",
+            "otlp-secret-key",
+        ] {
             assert!(!printed.contains(secret), "{secret} in\n{printed}");
         }
         assert_eq!(
             printed.matches(tcb_telemetry::redact::REDACTED).count(),
-            2,
+            3,
             "{printed}"
         );
         // Defaults the file does not set are shown, and the output is a config file again.

@@ -390,6 +390,61 @@ mod tests {
         );
     }
 
+    /// `[telemetry.otlp]` alone (no OTEL_* variable) sends spans to its endpoint's `/v1/traces`
+    /// with its headers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_config_section_exports_with_its_headers() {
+        use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for var in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ] {
+            assert!(env(var).is_none(), "the test needs {var} unset");
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the exporter hung up");
+                head.extend_from_slice(&buf[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&head).to_lowercase()
+        });
+        let config = OtlpConfig {
+            endpoint: Some(format!("http://{addr}")),
+            protocol: Some(OtlpProtocol::HttpProtobuf),
+            headers: BTreeMap::from([("x-api-key".to_owned(), SecretString::from("k-123"))]),
+            ..OtlpConfig::default()
+        };
+        let provider = provider(&config, "test-service").unwrap();
+        provider.tracer("t").in_span("one", |_| {});
+        let flushing = provider.clone();
+        tokio::task::spawn_blocking(move || flushing.force_flush())
+            .await
+            .unwrap()
+            .unwrap();
+        let head = tokio::time::timeout(Duration::from_secs(10), received)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(head.starts_with("post /v1/traces http/1.1"), "{head}");
+        assert!(head.contains("x-api-key: k-123"), "{head}");
+        assert!(
+            head.contains("content-type: application/x-protobuf"),
+            "{head}"
+        );
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
+
     #[test]
     fn validation_names_the_key() {
         let c = OtlpConfig {
