@@ -758,6 +758,10 @@ async fn every_documented_series_is_exported_from_the_start() {
         .collect();
     assert!(names.len() > 20, "{names:?}");
     let world = World::new(1 << 20);
+    world.edit_config(
+        "[telemetry]\n",
+        "[journal]\npath = \"journal.db\"\n\n[telemetry]\n",
+    );
     let bridge = world.start_bridge();
     let metrics = bridge.metrics_text().await;
     let missing: Vec<&String> = names
@@ -779,4 +783,163 @@ async fn every_documented_series_is_exported_from_the_start() {
     ] {
         assert!(metrics.lines().any(|l| l == ready), "{ready} in\n{metrics}");
     }
+}
+
+/// `trace` answers "where is order X?": triggers that end delivered, dead-lettered and replayed
+/// (then delivered) are found by order id, by purchase order number and by trigger id, each with
+/// its stages in order and its trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
+    let world = World::new(1 << 20);
+    world.edit_config(
+        "[telemetry]\n",
+        "[journal]\npath = \"journal/bridge.db\"\n\n[telemetry]\n",
+    );
+    world.sim.fail_order("journal-dead", 404);
+    let mut bridge = world.start_bridge();
+    let sender = world.sender(&bridge, 1);
+    let ok = sender
+        .send(&Webhook::GetPath("journal-ok".to_owned()))
+        .await;
+    let dead = sender
+        .send(&Webhook::GetPath("journal-dead".to_owned()))
+        .await;
+    let (ok_id, dead_id) = (ok.trigger_id.unwrap(), dead.trigger_id.unwrap());
+    let bus = world.bus().await;
+    let mut dead_letters = bus
+        .consumer(&bus.topics.dead_letters, Some("ops-watch"))
+        .await
+        .unwrap();
+    assert_eq!(
+        collect_until(&mut dead_letters, Duration::from_secs(30), |d| !d
+            .is_empty())
+        .await
+        .len(),
+        1
+    );
+    // The cause is fixed; the operator replays the dead letter; it is delivered.
+    world.sim.heal_order("journal-dead");
+    let replay = tokio::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
+        .args(["replay", "--idle-exit-secs", "2", "--config"])
+        .arg(&world.config)
+        .env("E2E_WEBHOOK_PASSWORD", PASSWORD)
+        .env(
+            "E2E_TRADECLOUD_PASSWORD",
+            &tcb_simulator::SimConfig::default().password,
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    wait_for_metrics(
+        &bridge,
+        &["tcb_worker_triggers_total{outcome=\"delivered\"} 2"],
+        Duration::from_secs(30),
+    )
+    .await;
+    // A clean stop writes the journal's last entries.
+    assert!(bridge.terminate());
+
+    let trace = |query: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
+            .args(["trace", query, "--json", "--config"])
+            .arg(&world.config)
+            .env("E2E_WEBHOOK_PASSWORD", PASSWORD)
+            .env("E2E_TRADECLOUD_PASSWORD", "x")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "trace {query}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let stages = |entries: &[serde_json::Value], id: &str| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| e["trigger_id"] == id)
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["process"].as_str().unwrap(),
+                    e["stage"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    for query in ["journal-ok", "PO-OURNALOK", ok_id.as_str()] {
+        let entries = trace(query);
+        assert_eq!(
+            stages(&entries, &ok_id),
+            ["ingress accepted", "worker fetched", "worker published"],
+            "{query}: {entries:#?}"
+        );
+        let published = entries.iter().find(|e| e["stage"] == "published").unwrap();
+        assert_eq!(published["po_number"], "PO-OURNALOK");
+        assert_eq!(published["detail"]["topic"], "tradecloud.orders");
+        assert!(
+            published["message_id"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        let accepted = &entries[0];
+        assert_eq!(accepted["detail"]["status"], 200);
+        assert_eq!(accepted["detail"]["peer"], "127.0.0.1");
+        // One trace through both processes.
+        assert_eq!(accepted["trace_id"], published["trace_id"]);
+        assert_eq!(accepted["trace_id"].as_str().unwrap().len(), 32);
+    }
+    let entries = trace("journal-dead");
+    let journey = stages(&entries, &dead_id);
+    assert_eq!(
+        journey,
+        [
+            "ingress accepted",
+            "worker fetch_failed",
+            "worker dead_lettered",
+            "replay replayed",
+            "worker fetched",
+            "worker published",
+        ],
+        "{entries:#?}"
+    );
+    let dead_lettered = entries
+        .iter()
+        .find(|e| e["stage"] == "dead_lettered")
+        .unwrap();
+    assert_eq!(dead_lettered["detail"]["kind"], "not_found");
+    // Found by its PO number too, once the order was fetched.
+    assert_eq!(stages(&trace("PO-RNALDEAD"), &dead_id), journey);
+    // Text for people: a heading with the trace id, a line per stage.
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
+        .args(["trace", "journal-ok", "--config"])
+        .arg(&world.config)
+        .env("E2E_WEBHOOK_PASSWORD", PASSWORD)
+        .env("E2E_TRADECLOUD_PASSWORD", "x")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.starts_with(&format!(
+            "trigger {ok_id}  order journal-ok  PO PO-OURNALOK  trace "
+        )),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 4, "{text}");
+    // Nothing matches: exit 1 with the reason.
+    let none = std::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
+        .args(["trace", "no-such-order", "--journal"])
+        .arg(world.dir.path().join("journal/bridge.db"))
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no trigger"));
 }

@@ -37,6 +37,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The order journal (`tradecloud-bridge trace`); off without `path`.
+    #[serde(default)]
+    pub journal: tcb_journal::JournalConfig,
 }
 
 /// `[admin]`: the listener for `/healthz` and `/readyz`, apart from the public one.
@@ -206,6 +209,7 @@ impl Config {
         if let Some(w) = &mut self.worker {
             w.tradecloud.ca_file.iter_mut().for_each(rebase);
         }
+        self.journal.path.iter_mut().for_each(rebase);
     }
 
     /// Every problem of every section the file has, each with its full key. Each crate checks
@@ -246,6 +250,7 @@ impl Config {
             ));
         }
         problems.extend(within("telemetry", self.telemetry.validate()));
+        problems.extend(within("journal", self.journal.validate()));
         problems
     }
 

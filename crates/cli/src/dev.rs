@@ -95,6 +95,10 @@ pub fn setup(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Dev, C
             log_format: LogFormat::Text,
             ..TelemetryConfig::default()
         },
+        journal: tcb_journal::JournalConfig {
+            path: Some(dir.join("journal.db")),
+            ..tcb_journal::JournalConfig::default()
+        },
     };
     Ok(Dev {
         config,

@@ -19,6 +19,7 @@ mod replay;
 mod secret;
 mod serve;
 mod simulate;
+mod trace;
 
 use config::{Config, ConfigError};
 use serve::{Parts, Running};
@@ -115,6 +116,9 @@ enum Command {
     /// at 0.1 and at 1.0).
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// "Where is order X?": the journey of every trigger matching an order id, a PO number, a
+    /// trigger id or a message id, from the processes' journals, with its trace id.
+    Trace(trace::TraceArgs),
     /// Prints a topic's messages as JSON lines.
     Consume(consume::ConsumeArgs),
     /// Moves dead letters back to the triggers topic (after their cause is fixed).
@@ -164,6 +168,10 @@ pub enum CliError {
     Demo(String),
     #[error("not healthy: {0}")]
     Unhealthy(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Journal(#[from] tcb_journal::JournalError),
 }
 
 fn main() -> ExitCode {
@@ -268,6 +276,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::CheckConfig(a) => check_config(&a.config),
         Command::Consume(args) => consume::run(args).await,
         Command::Bench(b) => bench::run(b).await,
+        Command::Trace(args) => trace::run(args),
         Command::Replay(args) => replay::run(args).await,
         Command::Simulate(args) => {
             tcb_telemetry::init(

@@ -26,6 +26,10 @@ pub struct ReplayArgs {
 pub async fn run(args: ReplayArgs) -> Result<(), CliError> {
     let config = Config::load(&args.config)?;
     let bus = tcb_bus::connect(&config.bus).await?;
+    let journal = match &config.journal.path {
+        Some(path) => Some(tcb_journal::Journal::open(&config.journal, path, "replay")?),
+        None => None,
+    };
     let n = tcb_worker::replay(
         &bus,
         &args.group,
@@ -36,9 +40,19 @@ pub async fn run(args: ReplayArgs) -> Result<(), CliError> {
                 "{}",
                 json!({"replayed": r.trigger_id, "key": r.key, "reason": r.reason})
             );
+            if let (Some(j), Some(id)) = (&journal, &r.trigger_id) {
+                j.record(
+                    tcb_journal::Entry::new(id.clone(), tcb_journal::Stage::Replayed)
+                        .order(Some(&r.key))
+                        .detail(json!({"reason": r.reason, "to": bus.topics.triggers})),
+                );
+            }
         },
     )
     .await?;
+    if let Some(j) = journal {
+        let _ = tokio::task::spawn_blocking(move || j.flush()).await;
+    }
     eprintln!("replayed {n} dead letter(s) to {}", bus.topics.triggers);
     Ok(())
 }

@@ -35,6 +35,8 @@ pub struct Running {
     admin: Admin,
     cancel: CancellationToken,
     worker: Option<JoinHandle<Result<(), tcb_worker::WorkerError>>>,
+    /// Flushed at the end, so the last triggers' entries are not lost with the process.
+    journals: Vec<tcb_journal::Journal>,
 }
 
 impl Running {
@@ -54,8 +56,23 @@ impl Running {
         }
         let bus = tcb_bus::connect(&config.bus).await?;
         let cancel = CancellationToken::new();
+        let mut journals = Vec::new();
+        let mut journal =
+            |process: &'static str| -> Result<Option<tcb_journal::Journal>, CliError> {
+                match &config.journal.path {
+                    Some(path) => {
+                        let j = tcb_journal::Journal::open(&config.journal, path, process)?;
+                        journals.push(j.clone());
+                        Ok(Some(j))
+                    }
+                    None => Ok(None),
+                }
+            };
         let worker = match worker_config {
-            Some(c) => Some(tcb_worker::Worker::new(&c, bus.clone(), cancel.clone())?),
+            Some(c) => Some(
+                tcb_worker::Worker::new(&c, bus.clone(), cancel.clone())?
+                    .with_journal(journal("worker")?),
+            ),
             None => None,
         };
         let probes: Vec<Arc<dyn tcb_telemetry::health::Probe>> = worker
@@ -64,7 +81,12 @@ impl Running {
             .collect();
         let ingress = match ingress_config {
             Some(c) => {
-                let ingress = Ingress::start(c, bus.publisher(), &bus.topics.triggers)?;
+                let ingress = Ingress::start(
+                    c,
+                    bus.publisher(),
+                    &bus.topics.triggers,
+                    journal("ingress")?,
+                )?;
                 let scheme = match c.tls {
                     tcb_ingress::tls::TlsConfig::Off => "http",
                     _ => "https",
@@ -90,6 +112,7 @@ impl Running {
             admin,
             cancel,
             worker,
+            journals,
         })
     }
 
@@ -147,6 +170,9 @@ impl Running {
         }
         self.admin.stop().await;
         self.bus.close().await;
+        for j in self.journals {
+            let _ = tokio::task::spawn_blocking(move || j.flush()).await;
+        }
         tracing::info!("stopped");
         tcb_telemetry::otel::shutdown().await;
     }

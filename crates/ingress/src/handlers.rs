@@ -144,7 +144,7 @@ async fn get_by_path_inner(
     id: &str,
 ) -> Result<HttpResponse, ApiError> {
     authenticate(req, state).await?;
-    publish_order_id(state, state.path_id, id).await
+    publish_order_id(req, state, state.path_id, id).await
 }
 
 async fn get_by_query(
@@ -173,18 +173,19 @@ async fn get_by_query_inner(req: &HttpRequest, state: &AppState) -> Result<HttpR
             ));
         }
     };
-    publish_order_id(state, kind, id).await
+    publish_order_id(req, state, kind, id).await
 }
 
 /// A GET trigger: validates the id and publishes it.
 async fn publish_order_id(
+    req: &HttpRequest,
     state: &AppState,
     kind: IdKind,
     id: &str,
 ) -> Result<HttpResponse, ApiError> {
     let trigger = TriggerEnvelope::get(kind, id, Utc::now())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    publish(state, trigger).await
+    publish(req, state, trigger).await
 }
 
 async fn event(
@@ -238,7 +239,7 @@ async fn event_inner(
     };
     let trigger = TriggerEnvelope::event(method, Some(&content_type), &body, Utc::now())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    publish(state, trigger).await
+    publish(req, state, trigger).await
 }
 
 /// The server span of one request, continuing the caller's trace (`traceparent`, `tracestate`).
@@ -267,7 +268,11 @@ pub(crate) fn request_span(req: &actix_web::dev::ServiceRequest) -> tracing::Spa
 }
 
 /// Publishes the validated trigger and answers 200 only once the bus holds it.
-async fn publish(state: &AppState, trigger: TriggerEnvelope) -> Result<HttpResponse, ApiError> {
+async fn publish(
+    req: &HttpRequest,
+    state: &AppState,
+    trigger: TriggerEnvelope,
+) -> Result<HttpResponse, ApiError> {
     let unavailable = |reason: String| ApiError::Unavailable {
         reason,
         retry_after: state.retry_after_seconds,
@@ -289,6 +294,23 @@ async fn publish(state: &AppState, trigger: TriggerEnvelope) -> Result<HttpRespo
         unavailable(format!("the trigger could not be encoded: {e}"))
     })?;
     let span = tcb_bus::publish_span(&*state.publisher, false, &state.topic, &message);
+    let journal = |stage: tcb_journal::Stage, detail: serde_json::Value| {
+        if let Some(j) = &state.journal {
+            j.record(
+                tcb_journal::Entry::new(trigger.id.to_string(), stage)
+                    .order(
+                        trigger
+                            .order_id()
+                            .or(trigger.legacy_order_id())
+                            .map(OrderId::as_str),
+                    )
+                    .message(trigger.tradecloud_message_id())
+                    .trace(&tcb_telemetry::otel::trace_id(&tracing::Span::current()))
+                    .detail(detail),
+            );
+        }
+    };
+    let peer = req.peer_addr().map(|a| a.ip().to_string());
     let started = std::time::Instant::now();
     let outcome = tcb_bus::publish_traced(
         &*state.publisher,
@@ -301,6 +323,16 @@ async fn publish(state: &AppState, trigger: TriggerEnvelope) -> Result<HttpRespo
     match outcome {
         Ok(()) => {
             tcb_telemetry::metrics::ingress_acked(started.elapsed());
+            journal(
+                tcb_journal::Stage::Accepted,
+                json!({
+                    "status": 200,
+                    "peer": peer,
+                    "method": trigger.method().as_str(),
+                    "event": trigger.event_name().map(|n| n.as_str()),
+                    "topic": state.topic,
+                }),
+            );
             tracing::info!(
                 trigger_id = %trigger.id,
                 order_id = trigger.order_id().map(OrderId::as_str).unwrap_or(""),
@@ -316,22 +348,32 @@ async fn publish(state: &AppState, trigger: TriggerEnvelope) -> Result<HttpRespo
         }
         // The broker will never take a message this large: a retry cannot help, so say so
         // (Tradecloud does not retry a 4xx) instead of a 503 that would be retried for ever.
-        Err(e @ BusError::TooLarge { .. }) => {
-            tracing::warn!(trigger_id = %trigger.id, error = %e.chain(), "trigger too large for the broker: 413");
-            Err(ApiError::TooLargeForBroker)
-        }
-        Err(BusError::Timeout(_)) => {
-            tracing::warn!(trigger_id = %trigger.id, timeout_ms = state.ack_timeout.as_millis() as u64, "broker acknowledgement timed out: 503");
-            Err(unavailable(
-                "the broker did not acknowledge in time".to_owned(),
-            ))
-        }
         Err(e) => {
-            tracing::warn!(trigger_id = %trigger.id, error = %e.chain(), "trigger not stored: 503");
-            Err(unavailable(format!(
-                "the trigger could not be stored: {}",
-                e.chain()
-            )))
+            let (status, error) = match &e {
+                BusError::TooLarge { .. } => {
+                    tracing::warn!(trigger_id = %trigger.id, error = %e.chain(), "trigger too large for the broker: 413");
+                    (413, ApiError::TooLargeForBroker)
+                }
+                BusError::Timeout(_) => {
+                    tracing::warn!(trigger_id = %trigger.id, timeout_ms = state.ack_timeout.as_millis() as u64, "broker acknowledgement timed out: 503");
+                    (
+                        503,
+                        unavailable("the broker did not acknowledge in time".to_owned()),
+                    )
+                }
+                _ => {
+                    tracing::warn!(trigger_id = %trigger.id, error = %e.chain(), "trigger not stored: 503");
+                    (
+                        503,
+                        unavailable(format!("the trigger could not be stored: {}", e.chain())),
+                    )
+                }
+            };
+            journal(
+                tcb_journal::Stage::NotStored,
+                json!({"status": status, "peer": peer, "reason": e.kind()}),
+            );
+            Err(error)
         }
     }
 }

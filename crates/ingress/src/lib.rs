@@ -223,6 +223,8 @@ pub(crate) struct AppState {
     pub retry_after_seconds: u32,
     pub draining: Arc<AtomicBool>,
     pub auth_failures: refusal::AuthFailures,
+    /// What happened to each trigger, for `trace` (none without `[journal]`).
+    pub journal: Option<tcb_journal::Journal>,
 }
 
 /// A started ingress.
@@ -243,6 +245,7 @@ impl Ingress {
         config: &IngressConfig,
         publisher: Arc<dyn Publisher>,
         triggers_topic: &str,
+        journal: Option<tcb_journal::Journal>,
     ) -> Result<Self, IngressError> {
         if let Some((key, message)) = config.validate().into_iter().next() {
             return Err(IngressError::Invalid { key, message });
@@ -263,6 +266,7 @@ impl Ingress {
             retry_after_seconds: config.retry_after_seconds,
             draining: draining.clone(),
             auth_failures: refusal::AuthFailures::new(),
+            journal,
         });
         tcb_telemetry::metrics::ingress_registered();
         let path = if config.path == "/" {

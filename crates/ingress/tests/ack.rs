@@ -88,7 +88,7 @@ async fn start(mode: Mode) -> (Ingress, Arc<Fake>) {
         mode: Mutex::new(mode),
         stored: Mutex::default(),
     });
-    let ingress = Ingress::start(&config(), fake.clone(), "triggers").unwrap();
+    let ingress = Ingress::start(&config(), fake.clone(), "triggers", None).unwrap();
     (ingress, fake)
 }
 
@@ -197,7 +197,7 @@ async fn a_bad_path_config_is_refused() {
     });
     let mut c = config();
     c.path = "hook/".to_owned();
-    assert!(Ingress::start(&c, fake, "t").is_err());
+    assert!(Ingress::start(&c, fake, "t", None).is_err());
 }
 
 async fn readyz(admin: &tcb_ingress::admin::Admin) -> (u16, serde_json::Value) {

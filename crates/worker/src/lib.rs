@@ -217,6 +217,8 @@ struct Shared {
     cancel: CancellationToken,
     /// The consumer group (`messaging.consumer.group.name` of the spans).
     group: String,
+    /// What happened to each trigger, for `trace` (none without `[journal]`).
+    journal: Option<tcb_journal::Journal>,
 }
 
 /// A worker, built and validated; [`Worker::run`] consumes.
@@ -252,6 +254,7 @@ impl Worker {
             health,
             cancel,
             group: config.group.clone(),
+            journal: None,
         });
         Ok(Self {
             shared,
@@ -259,6 +262,14 @@ impl Worker {
             lanes: config.lanes,
             max_held: config.max_held,
         })
+    }
+
+    /// Records what happens to each trigger in `journal`.
+    pub fn with_journal(mut self, journal: Option<tcb_journal::Journal>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.journal = journal;
+        }
+        self
     }
 
     /// Readiness (a circuit breaker open) and liveness (wedged) for the admin endpoints.

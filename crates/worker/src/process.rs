@@ -169,6 +169,26 @@ impl<'a> Lane<'a> {
     }
 }
 
+/// Records what happened to `trigger` in the journal (when there is one), in the current span's
+/// trace.
+fn journal(
+    shared: &Shared,
+    trigger: Option<&TriggerEnvelope>,
+    id: &str,
+    stage: tcb_journal::Stage,
+    build: impl FnOnce(tcb_journal::Entry) -> tcb_journal::Entry,
+) {
+    let Some(j) = &shared.journal else {
+        return;
+    };
+    let order = trigger.and_then(|t| t.order_id().or(t.legacy_order_id()).map(|o| o.as_str()));
+    j.record(build(
+        tcb_journal::Entry::new(id, stage)
+            .order(order)
+            .trace(&otel::trace_id(&Span::current())),
+    ));
+}
+
 /// The consumer span of one trigger: it continues the trace its message carries.
 fn process_span(shared: &Shared, item: &Item) -> Span {
     let delivery = &item.delivery;
@@ -421,6 +441,19 @@ async fn fetch(
         };
         tcb_telemetry::metrics::retry("fetch");
         tracing::warn!(trigger_id = %trigger.id, error = %reason, attempt = attempts.count(), retry_in_ms = delay.as_millis() as u64, "fetching the order failed; retrying");
+        journal(
+            shared,
+            Some(trigger),
+            &trigger.id.to_string(),
+            tcb_journal::Stage::FetchFailed,
+            |e| {
+                e.detail(serde_json::json!({
+                    "error": reason,
+                    "attempt": attempts.count(),
+                    "retry_in_ms": delay.as_millis() as u64,
+                }))
+            },
+        );
         lane.give_back();
         let _waiting = tcb_telemetry::metrics::WaitingForRetry::start();
         tokio::select! {
@@ -450,6 +483,35 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
         )
     };
     // `dead`: why the message is a dead letter (`None` for the output).
+    // What the output will say, for the journal.
+    let (po_number, message_id) = match &result {
+        Ok(order) => {
+            let fetched = trigger.as_ref().is_ok_and(|t| {
+                t.order_id().or(t.legacy_order_id()).is_some()
+                    && order.scope == tcb_model::message::Scope::FullOrder
+            });
+            journal(
+                shared,
+                trigger.as_ref().ok(),
+                &trigger_id,
+                tcb_journal::Stage::Fetched,
+                |e| {
+                    e.po_number(order.header.purchase_order_number.as_deref())
+                        .detail(serde_json::json!({
+                            "source": if fetched { "tradecloud" } else { "event" },
+                            "status": if fetched { Some(200) } else { None },
+                            "version": order.order_version,
+                            "event": order.event_name,
+                        }))
+                },
+            );
+            (
+                order.header.purchase_order_number.clone(),
+                Some(order.message_id.to_string()),
+            )
+        }
+        Err(_) => (None, None),
+    };
     let (mut message, mut dead) = match result {
         Ok(order) => match codec::encode_order(&order) {
             Ok(m) => (m, None),
@@ -522,6 +584,30 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
         _ => None,
     };
     tcb_telemetry::metrics::trigger_settled(dead.as_ref().map(|(k, _)| k.as_str()), end_to_end);
+    match &dead {
+        None => journal(
+            shared,
+            trigger.as_ref().ok(),
+            &trigger_id,
+            tcb_journal::Stage::Published,
+            |e| {
+                e.po_number(po_number.as_deref())
+                    .message(message_id.as_deref())
+                    .detail(serde_json::json!({"topic": topic, "key": message.key}))
+            },
+        ),
+        Some((kind, reason)) => journal(
+            shared,
+            trigger.as_ref().ok(),
+            &trigger_id,
+            tcb_journal::Stage::DeadLettered,
+            |e| {
+                e.po_number(po_number.as_deref()).detail(
+                    serde_json::json!({"topic": topic, "kind": kind.as_str(), "reason": reason}),
+                )
+            },
+        ),
+    }
     let position = delivery.position.clone();
     match delivery.ack().await {
         Ok(()) => {
