@@ -9,6 +9,8 @@ command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 # promtool checks the shipped alert rules (the package's server is not started: no init here).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# Headless Chromium for the console's browser test (tests/console.py).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]} > 0)); then
   echo "install: apt-get install ${missing[*]}"
   apt-get update -qq
@@ -25,6 +27,12 @@ if ! command -v rotel-agent >/dev/null 2>&1; then
   echo "install: pip install rotel"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore rotel==0.0.1a15
   ln -sf "$(python3 -c 'import os, rotel; print(os.path.dirname(rotel.__file__))')/rotel-agent" /usr/local/bin/rotel-agent
+fi
+
+# Playwright drives Debian's Chromium in tests/console.py (its own browser download is not used).
+if ! python3 -c "import playwright.sync_api" >/dev/null 2>&1; then
+  echo "install: pip install playwright"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore playwright==1.65.2
 fi
 
 # sslyze scans the webhook listener's TLS (tests/e2e_connector.rs).

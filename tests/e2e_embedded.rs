@@ -685,38 +685,46 @@ async fn faults_lose_nothing() {
 }
 
 /// `bench tracing` runs the ingress three ways and prints one row each: every call answered 200,
-/// spans exported only with tracing on, fewer at a ratio of 0.1 than at 1.0.
+/// spans exported only with tracing on, fewer at a ratio of 0.1 than at 1.0; `bench journal`
+/// two ways (journal off and on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_tracing_prints_a_row_per_setting() {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
-        .args([
-            "bench",
-            "tracing",
-            "--requests",
-            "60",
-            "--concurrency",
-            "4",
-            "--rounds",
-            "1",
-        ])
-        .env_remove("RUST_LOG")
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<Vec<&str>> = text
-        .lines()
-        .filter(|l| l.starts_with("| off") || l.starts_with("| on"))
-        .map(|l| l.split('|').map(str::trim).collect())
-        .collect();
+async fn benches_print_a_row_per_setting() {
+    let bench = |what: &'static str| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
+            .args([
+                "bench",
+                what,
+                "--requests",
+                "60",
+                "--concurrency",
+                "4",
+                "--rounds",
+                "1",
+            ])
+            .env_remove("RUST_LOG")
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<Vec<String>> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("| {what} o")))
+            .map(|l| l.split('|').map(|c| c.trim().to_owned()).collect())
+            .collect();
+        for row in &rows {
+            assert_eq!(row[5], "60", "every call answered 200: {text}");
+        }
+        (text, rows)
+    };
+    let (text, rows) = bench("tracing").await;
     assert_eq!(rows.len(), 3, "{text}");
-    let exported = |row: &[&str]| -> u64 { row[6].split(' ').next().unwrap().parse().unwrap() };
-    let export_kib = |row: &[&str]| -> u64 {
+    let exported = |row: &[String]| -> u64 { row[6].split(' ').next().unwrap().parse().unwrap() };
+    let export_kib = |row: &[String]| -> u64 {
         row[6]
             .split('(')
             .nth(1)
@@ -725,12 +733,15 @@ async fn bench_tracing_prints_a_row_per_setting() {
             .parse()
             .unwrap()
     };
-    for row in &rows {
-        assert_eq!(row[5], "60", "every call answered 200: {text}");
-    }
-    assert_eq!((rows[0][1], exported(&rows[0])), ("off", 0));
+    assert_eq!(
+        (rows[0][1].as_str(), exported(&rows[0])),
+        ("tracing off", 0)
+    );
     assert!(exported(&rows[2]) > 0, "{text}");
     assert!(export_kib(&rows[1]) < export_kib(&rows[2]), "{text}");
+    let (text, rows) = bench("journal").await;
+    let labels: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(labels, ["journal off", "journal on"], "{text}");
 }
 
 /// Every series `docs/metrics.md` lists is on `/metrics` before the first request (Kafka's

@@ -1,9 +1,10 @@
-//! `bench`: measurements that print a table.
+//! `bench`: measurements that print a table. Each runs the same `ingress` binary several ways
+//! per round (alternating, so drift hits all alike) and loads it with the same burst of POSTed
+//! events over HTTPS with Basic auth; the table gives each run's rate, latency and memory.
 //!
-//! `bench tracing`: what tracing costs the ingress. The same `ingress` binary runs three times
-//! per round, with export off, on at a sampling ratio of 0.1 and on at 1.0 (over OTLP/HTTP to a
-//! sink in this process that answers every export at once), and is loaded with the same burst of
-//! POSTed events over HTTPS with Basic auth; the table gives each run's rate and latency.
+//! * `bench tracing`: span export off, on at a sampling ratio of 0.1 and at 1.0 (over OTLP/HTTP
+//!   to a sink in this process that answers every export at once).
+//! * `bench journal`: the order journal off and on.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,11 +20,13 @@ use crate::CliError;
 #[derive(clap::Subcommand)]
 pub enum Bench {
     /// Ingress throughput with tracing off, sampled at 0.1 and at 1.0, in one run.
-    Tracing(TracingArgs),
+    Tracing(LoadArgs),
+    /// Ingress throughput with the order journal off and on, in one run.
+    Journal(LoadArgs),
 }
 
 #[derive(clap::Args)]
-pub struct TracingArgs {
+pub struct LoadArgs {
     /// Webhook calls per measurement (after 10% more as a warm-up).
     #[arg(long, default_value_t = 4000)]
     requests: usize,
@@ -40,7 +43,27 @@ pub struct TracingArgs {
 
 pub async fn run(bench: Bench) -> Result<(), CliError> {
     match bench {
-        Bench::Tracing(args) => tracing(args).await,
+        Bench::Tracing(args) => {
+            let ratio = |r: f64| Variant {
+                label: format!("tracing on, ratio {r}"),
+                otel_ratio: Some(r),
+                journal: false,
+            };
+            compare(
+                "tracing",
+                args,
+                vec![Variant::plain("tracing off"), ratio(0.1), ratio(1.0)],
+            )
+            .await
+        }
+        Bench::Journal(args) => {
+            let on = Variant {
+                label: "journal on".to_owned(),
+                otel_ratio: None,
+                journal: true,
+            };
+            compare("journal", args, vec![Variant::plain("journal off"), on]).await
+        }
     }
 }
 
@@ -102,23 +125,28 @@ impl Sink {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Mode {
-    Off,
-    Ratio(f64),
+/// One way to run the ingress.
+#[derive(Clone)]
+struct Variant {
+    label: String,
+    /// Export spans at this sampling ratio.
+    otel_ratio: Option<f64>,
+    /// Keep an order journal.
+    journal: bool,
 }
 
-impl Mode {
-    fn label(self) -> String {
-        match self {
-            Mode::Off => "off".to_owned(),
-            Mode::Ratio(r) => format!("on, ratio {r}"),
+impl Variant {
+    fn plain(label: &str) -> Self {
+        Self {
+            label: label.to_owned(),
+            otel_ratio: None,
+            journal: false,
         }
     }
 }
 
 struct Measured {
-    mode: Mode,
+    variant: Variant,
     per_second: f64,
     p50: Duration,
     p99: Duration,
@@ -128,7 +156,7 @@ struct Measured {
     peak_rss: u64,
 }
 
-async fn tracing(args: TracingArgs) -> Result<(), CliError> {
+async fn compare(name: &str, args: LoadArgs, variants: Vec<Variant>) -> Result<(), CliError> {
     let temp = tempfile::tempdir().map_err(io("temporary folder"))?;
     let dir = temp.path();
     let cert = tcb_ingress::tls::ensure_dev_certificate(&dir.join("tls"), &[])?;
@@ -150,9 +178,8 @@ async fn tracing(args: TracingArgs) -> Result<(), CliError> {
     };
     let sink = Sink::start()?;
     let ca = std::fs::read(&cert.ca).map_err(io("the CA"))?;
-    let modes = [Mode::Off, Mode::Ratio(0.1), Mode::Ratio(1.0)];
     println!(
-        "bench tracing: {} POSTed events per run, {} in flight, {} rounds, bus {}",
+        "bench {name}: {} POSTed events per run, {} in flight, {} rounds, bus {}",
         args.requests,
         args.concurrency,
         args.rounds,
@@ -162,7 +189,7 @@ async fn tracing(args: TracingArgs) -> Result<(), CliError> {
     );
     let mut results = Vec::new();
     for round in 0..args.rounds.max(1) {
-        for (i, mode) in modes.iter().enumerate() {
+        for (i, variant) in variants.iter().enumerate() {
             let run_dir = dir.join(format!("run-{round}-{i}"));
             std::fs::create_dir_all(&run_dir).map_err(io("run folder"))?;
             let bus_section = if bus.is_empty() {
@@ -173,8 +200,16 @@ async fn tracing(args: TracingArgs) -> Result<(), CliError> {
             } else {
                 bus.clone()
             };
+            let journal = if variant.journal {
+                format!(
+                    "\n[journal]\npath = \"{}\"\n",
+                    run_dir.join("journal.db").display()
+                )
+            } else {
+                String::new()
+            };
             let config = format!(
-                "{bus_section}\n[ingress]\nlisten = \"127.0.0.1:0\"\n\
+                "{bus_section}{journal}\n[ingress]\nlisten = \"127.0.0.1:0\"\n\
                  tls = {{ mode = \"files\", cert = \"{}\", key = \"{}\" }}\n\
                  auth = {{ kind = \"basic\", username = \"{USER}\", password = \"${{file:{}}}\" }}\n\
                  \n[admin]\nlisten = \"127.0.0.1:0\"\n\n[telemetry]\nlog_level = \"warn\"\n",
@@ -184,11 +219,11 @@ async fn tracing(args: TracingArgs) -> Result<(), CliError> {
             );
             let path = run_dir.join("bridge.toml");
             std::fs::write(&path, config).map_err(io("config"))?;
-            let m = measure(&args, *mode, &path, &run_dir, &sink, &ca, password).await?;
+            let m = measure(&args, variant, &path, &run_dir, &sink, &ca, password).await?;
             println!(
-                "  round {}: {:<16} {:>8.0} req/s",
+                "  round {}: {:<26} {:>8.0} req/s",
                 round + 1,
-                m.mode.label(),
+                m.variant.label,
                 m.per_second
             );
             results.push(m);
@@ -197,14 +232,14 @@ async fn tracing(args: TracingArgs) -> Result<(), CliError> {
     sink.handle.stop(true).await;
     println!();
     println!(
-        "| tracing | req/s | vs off | webhook answer p50 / p99 | 200s | exports (KiB) | peak RSS |"
+        "| {name} | req/s | vs off | webhook answer p50 / p99 | 200s | exports (KiB) | peak RSS |"
     );
     println!("|---|---|---|---|---|---|---|");
     for (n, m) in results.iter().enumerate() {
-        let off = results[n - n % modes.len()].per_second;
+        let off = results[n - n % variants.len()].per_second;
         println!(
             "| {} | {:.0} | {:.2}x | {:.1} ms / {:.1} ms | {} | {} ({}) | {:.1} MiB |",
-            m.mode.label(),
+            m.variant.label,
             m.per_second,
             m.per_second / off,
             m.p50.as_secs_f64() * 1e3,
@@ -219,8 +254,8 @@ async fn tracing(args: TracingArgs) -> Result<(), CliError> {
 }
 
 async fn measure(
-    args: &TracingArgs,
-    mode: Mode,
+    args: &LoadArgs,
+    variant: &Variant,
     config: &Path,
     dir: &Path,
     sink: &Sink,
@@ -244,7 +279,7 @@ async fn measure(
             cmd.env_remove(k);
         }
     }
-    if let Mode::Ratio(r) = mode {
+    if let Some(r) = variant.otel_ratio {
         cmd.env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             format!("http://{}", sink.addr),
@@ -303,7 +338,7 @@ async fn measure(
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     let _ = child.start_kill();
     Ok(Measured {
-        mode,
+        variant: variant.clone(),
         per_second: ok as f64 / elapsed.as_secs_f64(),
         p50: Duration::from_micros(latencies.value_at_quantile(0.5)),
         p99: Duration::from_micros(latencies.value_at_quantile(0.99)),

@@ -48,12 +48,16 @@ pub struct Config {
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: std::net::SocketAddr,
+    /// The operator console at `/console` (off by default; docs/console.md).
+    #[serde(default)]
+    pub console: tcb_ingress::console::ConsoleConfig,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            console: tcb_ingress::console::ConsoleConfig::default(),
         }
     }
 }
@@ -251,6 +255,7 @@ impl Config {
         }
         problems.extend(within("telemetry", self.telemetry.validate()));
         problems.extend(within("journal", self.journal.validate()));
+        problems.extend(within("admin.console", self.admin.console.validate()));
         problems
     }
 

@@ -90,7 +90,20 @@ pub fn setup(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Dev, C
         bus: BusConfig::Embedded(EmbeddedConfig::at(dir.join("bridge.db"))),
         ingress: Some(ingress),
         worker: Some(worker),
-        admin: AdminConfig { listen: admin },
+        // The console, with the webhook's development credentials and replay on.
+        admin: AdminConfig {
+            listen: admin,
+            console: tcb_ingress::console::ConsoleConfig {
+                enabled: true,
+                auth: Some(tcb_ingress::auth::Credentials::from(
+                    tcb_ingress::auth::AuthConfig::Basic {
+                        username: credentials.username.clone(),
+                        password: SecretString::from(credentials.password.clone()),
+                    },
+                )),
+                replay: true,
+            },
+        },
         telemetry: TelemetryConfig {
             log_format: LogFormat::Text,
             ..TelemetryConfig::default()

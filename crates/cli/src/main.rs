@@ -252,7 +252,8 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
                 "development mode: embedded queue, development certificate, simulated Tradecloud API; not for production"
             );
             let running = Running::start(&dev.config, Parts::ALL).await?;
-            running.write_ready_file(ready.ready_file.as_deref())?;
+            running
+                .write_ready_file(ready.ready_file.as_deref(), Some(dev.simulator.base_url()))?;
             let result = running.until_signal().await;
             dev.simulator.stop().await;
             result
@@ -363,7 +364,7 @@ async fn serve(path: &std::path::Path, parts: Parts, ready: &ReadyArg) -> Result
     };
     tcb_telemetry::init(&config.telemetry, service)?;
     let running = Running::start(&config, parts).await?;
-    running.write_ready_file(ready.ready_file.as_deref())?;
+    running.write_ready_file(ready.ready_file.as_deref(), None)?;
     running.until_signal().await
 }
 

@@ -102,7 +102,26 @@ impl Running {
             },
             None => Readiness::Worker,
         };
-        let admin = Admin::start(config.admin.listen, bus.publisher(), probes, readiness)?;
+        let console = tcb_ingress::console::Console::new(
+            &config.admin.console,
+            bus.clone(),
+            config.journal.path.iter().cloned().collect(),
+            if config.admin.console.enabled {
+                journal("console")?
+            } else {
+                None
+            },
+        );
+        let admin = Admin::start(
+            config.admin.listen,
+            bus.publisher(),
+            probes,
+            readiness,
+            console.clone(),
+        )?;
+        if console.is_some() {
+            tracing::info!(url = %format!("http://{}/console", admin.local_addr), "operator console");
+        }
         tracing::info!(addr = %admin.local_addr, "admin listening (/healthz, /readyz, /metrics)");
         let worker = worker.map(|w| tokio::spawn(w.run()));
         Ok(Self {
@@ -117,7 +136,12 @@ impl Running {
     }
 
     /// Writes the bound addresses as JSON to `path` (atomically: a reader never sees half a file).
-    pub fn write_ready_file(&self, path: Option<&std::path::Path>) -> Result<(), CliError> {
+    /// `simulator`: the Tradecloud stand-in's base URL in development mode.
+    pub fn write_ready_file(
+        &self,
+        path: Option<&std::path::Path>,
+        simulator: Option<String>,
+    ) -> Result<(), CliError> {
         let Some(path) = path else {
             return Ok(());
         };
@@ -125,6 +149,7 @@ impl Running {
             "ingress": self.ingress_addr.map(|a| a.to_string()),
             "admin": self.admin.local_addr.to_string(),
             "pid": std::process::id(),
+            "simulator": simulator,
         });
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, body.to_string())

@@ -56,6 +56,7 @@ impl Admin {
         publisher: Arc<dyn Publisher>,
         probes: Vec<Arc<dyn Probe>>,
         readiness: Readiness,
+        console: Option<Arc<crate::console::Console>>,
     ) -> Result<Self, IngressError> {
         let checks = web::Data::new(Checks {
             publisher,
@@ -72,6 +73,11 @@ impl Admin {
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
                 .route("/metrics", web::get().to(metrics))
+                .configure(|cfg| {
+                    if let Some(c) = &console {
+                        crate::console::routes(cfg, c.clone());
+                    }
+                })
         })
         .workers(1)
         .disable_signals()

@@ -19,6 +19,7 @@ use tracing::Instrument;
 pub mod admin;
 pub mod auth;
 mod body;
+pub mod console;
 mod error;
 mod handlers;
 mod refusal;

@@ -219,7 +219,7 @@ async fn readiness_follows_draining_for_webhooks_and_the_broker_for_a_worker() {
     let webhooks = Readiness::Webhooks {
         draining: never.draining(),
     };
-    let admin = Admin::start(any, fake, Vec::new(), webhooks).unwrap();
+    let admin = Admin::start(any, fake, Vec::new(), webhooks, None).unwrap();
     let (status, body) = readyz(&admin).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["reason"], "not yet connected to the broker");
@@ -231,7 +231,7 @@ async fn readiness_follows_draining_for_webhooks_and_the_broker_for_a_worker() {
     let webhooks = Readiness::Webhooks {
         draining: ingress.draining(),
     };
-    let admin = Admin::start(any, fake.clone(), Vec::new(), webhooks).unwrap();
+    let admin = Admin::start(any, fake.clone(), Vec::new(), webhooks, None).unwrap();
     let (status, body) = readyz(&admin).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["broker"], "ok");
@@ -245,7 +245,7 @@ async fn readiness_follows_draining_for_webhooks_and_the_broker_for_a_worker() {
     );
     assert_eq!(body["worker"], "ok");
 
-    let worker = Admin::start(any, fake, Vec::new(), Readiness::Worker).unwrap();
+    let worker = Admin::start(any, fake, Vec::new(), Readiness::Worker, None).unwrap();
     let (status, body) = readyz(&worker).await;
     assert_eq!(status, 503, "{body}");
     assert!(

@@ -145,6 +145,8 @@ impl Simulator {
                     web::get().to(get_legacy_order),
                 )
                 .route("/sim/orders/{id}/bump", web::post().to(bump))
+                .route("/sim/orders/{id}/fail/{status}", web::post().to(fail))
+                .route("/sim/orders/{id}/heal", web::post().to(heal))
                 .route("/sim/stats", web::get().to(stats))
                 .route("/{tenant}/discovery/v2.0/keys", web::get().to(idp_keys))
                 .route("/{tenant}/oauth2/v2.0/token", web::post().to(idp_token))
@@ -540,6 +542,27 @@ async fn get_legacy_order(
 
 async fn bump(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"id": id.as_str(), "version": state.bump(&id)}))
+}
+
+/// `POST /sim/orders/{id}/fail/{status}`: the order answers `status` (400 to 599) until healed
+/// (for tests and demos driving a separate simulator process).
+async fn fail(state: web::Data<State>, path: web::Path<(String, u16)>) -> HttpResponse {
+    let (id, status) = path.into_inner();
+    if !(400..600).contains(&status) {
+        return HttpResponse::BadRequest().json(json!({"error": "status must be 400 to 599"}));
+    }
+    if let Ok(mut f) = state.failing.lock() {
+        f.insert(id.clone(), status);
+    }
+    HttpResponse::Ok().json(json!({"id": id, "fails_with": status}))
+}
+
+/// `POST /sim/orders/{id}/heal`: the order is served again.
+async fn heal(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
+    if let Ok(mut f) = state.failing.lock() {
+        f.remove(id.as_str());
+    }
+    HttpResponse::Ok().json(json!({"id": id.as_str(), "fails_with": null}))
 }
 
 async fn stats(state: web::Data<State>) -> HttpResponse {
