@@ -131,9 +131,16 @@ def main():
 
 
 def run(bridge, screenshots):
-    # Without credentials: 401 and a Basic challenge, for the page and the API.
-    status, _ = bridge.api("/console/api/overview", auth=False)
-    assert status == 401, status
+    # Without credentials: 401 and a Basic challenge, for the page and every API call.
+    for path in ("/console", "/console/api/overview", "/console/api/dead-letters",
+                 "/console/api/journal?q=x"):
+        req = urllib.request.Request(bridge.admin + path)
+        try:
+            urllib.request.urlopen(req, timeout=10)
+            raise AssertionError(f"{path} answered without credentials")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401, (path, e.code)
+            assert e.headers["WWW-Authenticate"].startswith("Basic "), path
 
     delivered = bridge.webhook("/console-ok-order")
     bad = [bridge.webhook("", {"eventName": "OrderLinesUpdatedByBuyer",

@@ -801,10 +801,14 @@ async fn every_documented_series_is_exported_from_the_start() {
 /// its stages in order and its trace id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
+    const CONSOLE_PASSWORD: &str = "console-password-0123";
     let world = World::new(1 << 20);
     world.edit_config(
         "[telemetry]\n",
-        "[journal]\npath = \"journal/bridge.db\"\n\n[telemetry]\n",
+        "[journal]\npath = \"journal/bridge.db\"\n\n\
+         [admin.console]\nenabled = true\nreplay = false\n\
+         auth = { kind = \"basic\", username = \"ops\", password = \"console-password-0123\" }\n\n\
+         [telemetry]\n",
     );
     world.sim.fail_order("journal-dead", 404);
     let mut bridge = world.start_bridge();
@@ -815,20 +819,114 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
     let dead = sender
         .send(&Webhook::GetPath("journal-dead".to_owned()))
         .await;
-    let (ok_id, dead_id) = (ok.trigger_id.unwrap(), dead.trigger_id.unwrap());
-    let bus = world.bus().await;
-    let mut dead_letters = bus
-        .consumer(&bus.topics.dead_letters, Some("ops-watch"))
+    // An event that can never make an order message: it ends as a dead letter.
+    let bad = serde_json::json!({
+        "eventName": "OrderLinesUpdatedByBuyer",
+        "orderEvent": {"orderId": "journal-bad", "lines": "no list"}
+    });
+    let bad = sender
+        .send(&Webhook::Post(serde_json::to_vec(&bad).unwrap()))
+        .await;
+    let (ok_id, dead_id, bad_id) = (
+        ok.trigger_id.unwrap(),
+        dead.trigger_id.unwrap(),
+        bad.trigger_id.unwrap(),
+    );
+    wait_for_metrics(
+        &bridge,
+        &[
+            "tcb_worker_triggers_total{outcome=\"delivered\"} 1",
+            "tcb_worker_triggers_total{outcome=\"dead_lettered\"} 2",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // The console's JSON API (read-only here): the journal by order id and PO number, the dead
+    // letters by reason, no replay, nothing without credentials.
+    let admin = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", bridge.admin);
+    let get = |path: &str| {
+        admin
+            .get(url(path))
+            .basic_auth("ops", Some(CONSOLE_PASSWORD))
+    };
+    let get_json = |path: String| {
+        let request = get(&path);
+        async move {
+            request
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let anonymous = admin
+        .get(url("/console/api/journal?q=journal-ok"))
+        .send()
         .await
         .unwrap();
-    assert_eq!(
-        collect_until(&mut dead_letters, Duration::from_secs(30), |d| !d
-            .is_empty())
+    assert_eq!(anonymous.status(), 401);
+    let api_stages = |body: &serde_json::Value, id: &str| -> Vec<String> {
+        body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["trigger_id"] == id)
+            .map(|e| e["stage"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // The worker's last entries reach the file within the writer's linger.
+    for (query, id, want) in [
+        (
+            "journal-ok",
+            &ok_id,
+            vec!["accepted", "fetched", "published"],
+        ),
+        (
+            "PO-OURNALOK",
+            &ok_id,
+            vec!["accepted", "fetched", "published"],
+        ),
+        (
+            "journal-dead",
+            &dead_id,
+            vec!["accepted", "fetch_failed", "dead_lettered"],
+        ),
+        ("journal-bad", &bad_id, vec!["accepted", "dead_lettered"]),
+    ] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let body = get_json(format!("/console/api/journal?q={query}")).await;
+            if api_stages(&body, id) == want {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{query}: {body:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let dead_view = get_json("/console/api/dead-letters".to_owned()).await;
+    let kinds: Vec<&str> = dead_view["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["invalid_event", "not_found"], "{dead_view:#}");
+    let refused = admin
+        .post(url("/console/api/replay"))
+        .basic_auth("ops", Some(CONSOLE_PASSWORD))
+        .header("x-console", "replay")
+        .json(&serde_json::json!({"kind": "not_found"}))
+        .send()
         .await
-        .len(),
-        1
-    );
-    // The cause is fixed; the operator replays the dead letter; it is delivered.
+        .unwrap();
+    assert_eq!(refused.status(), 403, "replay = false: read-only");
+
+    // The cause is fixed; the operator replays the dead letters (both: the bad event fails again,
+    // the other is delivered).
     world.sim.heal_order("journal-dead");
     let replay = tokio::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
         .args(["replay", "--idle-exit-secs", "2", "--config"])
@@ -848,7 +946,10 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
     );
     wait_for_metrics(
         &bridge,
-        &["tcb_worker_triggers_total{outcome=\"delivered\"} 2"],
+        &[
+            "tcb_worker_triggers_total{outcome=\"delivered\"} 2",
+            "tcb_worker_triggers_total{outcome=\"dead_lettered\"} 3",
+        ],
         Duration::from_secs(30),
     )
     .await;
@@ -929,6 +1030,19 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
     assert_eq!(dead_lettered["detail"]["kind"], "not_found");
     // Found by its PO number too, once the order was fetched.
     assert_eq!(stages(&trace("PO-RNALDEAD"), &dead_id), journey);
+    // The event ends dead-lettered (replayed too, and refused again).
+    let entries = trace("journal-bad");
+    assert_eq!(
+        stages(&entries, &bad_id),
+        [
+            "ingress accepted",
+            "worker dead_lettered",
+            "replay replayed",
+            "worker dead_lettered"
+        ],
+        "{entries:#?}"
+    );
+    assert_eq!(entries[3]["detail"]["kind"], "invalid_event");
     // Text for people: a heading with the trace id, a line per stage.
     let text = std::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
         .args(["trace", "journal-ok", "--config"])

@@ -43,6 +43,7 @@ pub async fn run(args: ReplayArgs) -> Result<(), CliError> {
             if let (Some(j), Some(id)) = (&journal, &r.trigger_id) {
                 j.record(
                     tcb_journal::Entry::new(id.clone(), tcb_journal::Stage::Replayed)
+                        .at(r.at)
                         .order(Some(&r.key))
                         .detail(json!({"reason": r.reason, "to": bus.topics.triggers})),
                 );

@@ -242,8 +242,10 @@ struct Letter {
 
 /// Most dead letters read for one answer.
 const MAX_LETTERS: usize = 2000;
-/// A tail that yields nothing for this long has shown the whole topic.
+/// A tail that yields nothing for this long has shown the whole topic...
 const IDLE: Duration = Duration::from_millis(400);
+/// ... once it has started: the first message may take a group join (Kafka) to come.
+const FIRST: Duration = Duration::from_secs(3);
 
 /// The dead-letter topic from its start (a tail: nothing is acked), with the message of each.
 async fn read_dead_letters(bus: &Bus) -> Result<Vec<(Letter, tcb_bus::Message)>, String> {
@@ -253,7 +255,8 @@ async fn read_dead_letters(bus: &Bus) -> Result<Vec<(Letter, tcb_bus::Message)>,
         .map_err(|e| e.chain())?;
     let mut out = Vec::new();
     while out.len() < MAX_LETTERS {
-        let delivery = match tokio::time::timeout(IDLE, tail.next()).await {
+        let wait = if out.is_empty() { FIRST } else { IDLE };
+        let delivery = match tokio::time::timeout(wait, tail.next()).await {
             Err(_) => break,
             Ok(Err(e)) => return Err(e.chain()),
             Ok(Ok(d)) => d,
@@ -280,27 +283,6 @@ async fn read_dead_letters(bus: &Bus) -> Result<Vec<(Letter, tcb_bus::Message)>,
     Ok(out)
 }
 
-/// When each trigger was last replayed, from the journals.
-fn replayed(journals: &[PathBuf], ids: &[&str]) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for id in ids {
-        let query = tcb_journal::Query {
-            text: (*id).to_owned(),
-            limit: 1,
-            ..tcb_journal::Query::default()
-        };
-        if let Ok(entries) = tcb_journal::search(journals, &query)
-            && let Some(e) = entries
-                .iter()
-                .rev()
-                .find(|e| e.stage == tcb_journal::Stage::Replayed)
-        {
-            out.insert((*id).to_owned(), e.at.to_rfc3339());
-        }
-    }
-    out
-}
-
 async fn dead_letters(req: HttpRequest, console: web::Data<Console>) -> HttpResponse {
     if let Some(no) = refused(&req, &console).await {
         return no;
@@ -316,7 +298,7 @@ async fn dead_letters(req: HttpRequest, console: web::Data<Console>) -> HttpResp
     let ids: Vec<String> = letters.iter().map(|(l, _)| l.trigger_id.clone()).collect();
     let replays = tokio::task::spawn_blocking(move || {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        replayed(&journals, &ids)
+        tcb_journal::replayed(&journals, &ids).unwrap_or_default()
     })
     .await
     .unwrap_or_default();
@@ -404,14 +386,32 @@ async fn replay(
                 .json(json!({"error": "dead letters unreadable", "reason": e}));
         }
     };
-    let publisher = console.bus.publisher();
-    let mut done: Vec<String> = Vec::new();
+    // A trigger dead-lettered twice has two letters: the latest is the one to send.
+    let mut latest: BTreeMap<String, (Letter, tcb_bus::Message)> = BTreeMap::new();
     for (letter, message) in letters {
         let wanted = body.trigger_ids.contains(&letter.trigger_id)
             || body.kind.as_deref() == Some(letter.kind.as_str());
-        if !wanted || done.contains(&letter.trigger_id) {
+        if wanted {
+            latest.insert(letter.trigger_id.clone(), (letter, message));
+        }
+    }
+    // "Replay all of a kind" leaves out what was replayed already (a letter stays on its topic);
+    // a letter picked by its id is sent again if asked.
+    let journals = console.journals.clone();
+    let ids: Vec<String> = latest.keys().cloned().collect();
+    let already = tokio::task::spawn_blocking(move || {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        tcb_journal::replayed(&journals, &ids).unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default();
+    let publisher = console.bus.publisher();
+    let mut done: Vec<String> = Vec::new();
+    for (id, (letter, message)) in latest {
+        if !body.trigger_ids.contains(&id) && already.contains_key(&id) {
             continue;
         }
+        let at = chrono::Utc::now();
         let (revived, reason) = codec::revive(&message);
         if let Err(e) = publisher
             .publish(&console.bus.topics.triggers, revived)
@@ -427,6 +427,7 @@ async fn replay(
         if let Some(j) = &console.journal {
             j.record(
                 tcb_journal::Entry::new(letter.trigger_id.clone(), tcb_journal::Stage::Replayed)
+                    .at(at)
                     .order(Some(&letter.key))
                     .detail(json!({"reason": reason, "to": console.bus.topics.triggers, "by": "console"})),
             );

@@ -294,10 +294,13 @@ async fn publish(
         unavailable(format!("the trigger could not be encoded: {e}"))
     })?;
     let span = tcb_bus::publish_span(&*state.publisher, false, &state.topic, &message);
+    let arrived = trigger.received_at;
     let journal = |stage: tcb_journal::Stage, detail: serde_json::Value| {
         if let Some(j) = &state.journal {
             j.record(
                 tcb_journal::Entry::new(trigger.id.to_string(), stage)
+                    // When the request arrived: before anything the worker does with it.
+                    .at(arrived)
                     .order(
                         trigger
                             .order_id()

@@ -8,6 +8,7 @@
 //! (counted in `tcb_journal_dropped_total`), it never delays or fails a webhook. Bounded by age
 //! and by row count; old entries are deleted in the background.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
@@ -169,6 +170,12 @@ impl Entry {
         self
     }
 
+    /// When it happened, if not now (e.g. when the request arrived, before the publish).
+    pub fn at(mut self, at: DateTime<Utc>) -> Self {
+        self.at = at;
+        self
+    }
+
     pub fn detail(mut self, detail: serde_json::Value) -> Self {
         self.detail = detail;
         self
@@ -232,6 +239,7 @@ CREATE TABLE IF NOT EXISTS journal (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS journal_trigger ON journal (trigger_id);
+CREATE INDEX IF NOT EXISTS journal_order ON journal (order_id);
 ";
 
 fn open(path: &Path, write: bool) -> Result<Connection, JournalError> {
@@ -486,8 +494,49 @@ pub fn search(journals: &[PathBuf], query: &Query) -> Result<Vec<Entry>, Journal
             }
         }
     }
-    // Oldest first; a trigger's entries stay together in the order they happened.
-    out.sort_by_key(|e| (e.at, stage_rank(e.stage)));
+    // Triggers by their first entry, oldest first; a trigger's entries together, in the order
+    // they happened.
+    let mut first: std::collections::HashMap<String, DateTime<Utc>> = Default::default();
+    for e in &out {
+        first
+            .entry(e.trigger_id.clone())
+            .and_modify(|t| *t = (*t).min(e.at))
+            .or_insert(e.at);
+    }
+    out.sort_by_cached_key(|e| {
+        (
+            first.get(&e.trigger_id).copied(),
+            e.trigger_id.clone(),
+            e.at,
+            stage_rank(e.stage),
+        )
+    });
+    Ok(out)
+}
+
+/// When each of `ids` was last replayed, from the journals (one indexed lookup per id).
+pub fn replayed(
+    journals: &[PathBuf],
+    ids: &[&str],
+) -> Result<BTreeMap<String, String>, JournalError> {
+    let mut out = BTreeMap::new();
+    for path in journals.iter().filter(|p| p.exists()) {
+        let conn = open(path, false)?;
+        let mut stmt = conn
+            .prepare("SELECT max(at) FROM journal WHERE trigger_id = ?1 AND stage = 'replayed'")
+            .map_err(sqlite(path))?;
+        for id in ids {
+            let at: Option<String> = stmt
+                .query_row(params![id], |r| r.get(0))
+                .map_err(sqlite(path))?;
+            if let Some(at) = at {
+                let e = out.entry((*id).to_owned()).or_insert_with(String::new);
+                if at > *e {
+                    *e = at;
+                }
+            }
+        }
+    }
     Ok(out)
 }
 

@@ -217,8 +217,8 @@ struct Shared {
     cancel: CancellationToken,
     /// The consumer group (`messaging.consumer.group.name` of the spans).
     group: String,
-    /// What happened to each trigger, for `trace` (none without `[journal]`).
-    journal: Option<tcb_journal::Journal>,
+    /// What happened to each trigger, for `trace` (unset without `[journal]`).
+    journal: std::sync::OnceLock<tcb_journal::Journal>,
 }
 
 /// A worker, built and validated; [`Worker::run`] consumes.
@@ -254,7 +254,7 @@ impl Worker {
             health,
             cancel,
             group: config.group.clone(),
-            journal: None,
+            journal: std::sync::OnceLock::new(),
         });
         Ok(Self {
             shared,
@@ -265,9 +265,9 @@ impl Worker {
     }
 
     /// Records what happens to each trigger in `journal`.
-    pub fn with_journal(mut self, journal: Option<tcb_journal::Journal>) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.journal = journal;
+    pub fn with_journal(self, journal: Option<tcb_journal::Journal>) -> Self {
+        if let Some(j) = journal {
+            let _ = self.shared.journal.set(j);
         }
         self
     }
@@ -328,6 +328,8 @@ pub struct Replayed {
     pub trigger_id: Option<String>,
     /// Why it had been dead-lettered.
     pub reason: Option<String>,
+    /// When it was put back (just before the publish: before the worker can see it again).
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Moves dead letters back to the triggers topic (without their dead-letter headers), for the
@@ -342,17 +344,30 @@ pub async fn replay(
 ) -> Result<usize, BusError> {
     let mut consumer = bus.consumer(&bus.topics.dead_letters, Some(group)).await?;
     let publisher = bus.publisher();
+    let started = chrono::Utc::now();
     let mut count = 0;
     while limit.is_none_or(|l| count < l) {
         let delivery = match tokio::time::timeout(idle, consumer.next()).await {
             Ok(d) => d?,
             Err(_) => break,
         };
+        // Only what was dead already: a trigger that fails again after its replay comes back as a
+        // new dead letter, which this run must not pick up (a poison trigger would go round for
+        // ever). It stays, unacked, for the next replay.
+        let dead_since = delivery
+            .message
+            .headers
+            .get(codec::header::DEAD_LETTER_LAST_FAILED_AT)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        if dead_since.is_some_and(|t| t >= started) {
+            break;
+        }
         let (message, reason) = codec::revive(&delivery.message);
         let replayed = Replayed {
             key: message.key.clone(),
             trigger_id: codec::trigger_id(&message).map(str::to_owned),
             reason,
+            at: chrono::Utc::now(),
         };
         publisher.publish(&bus.topics.triggers, message).await?;
         delivery.ack().await?;

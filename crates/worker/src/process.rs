@@ -178,7 +178,7 @@ fn journal(
     stage: tcb_journal::Stage,
     build: impl FnOnce(tcb_journal::Entry) -> tcb_journal::Entry,
 ) {
-    let Some(j) = &shared.journal else {
+    let Some(j) = shared.journal.get() else {
         return;
     };
     let order = trigger.and_then(|t| t.order_id().or(t.legacy_order_id()).map(|o| o.as_str()));
