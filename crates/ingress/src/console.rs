@@ -80,6 +80,20 @@ impl Console {
     }
 }
 
+impl Console {
+    /// When each of `ids` was last replayed, from the journals (off the async threads; empty
+    /// when they cannot be read).
+    async fn replayed(&self, ids: Vec<String>) -> BTreeMap<String, String> {
+        let journals = self.journals.clone();
+        tokio::task::spawn_blocking(move || {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            tcb_journal::replayed(&journals, &ids).unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default()
+    }
+}
+
 /// The console's routes, under `/console`.
 pub(crate) fn routes(cfg: &mut web::ServiceConfig, console: Arc<Console>) {
     cfg.app_data(web::Data::from(console))
@@ -294,14 +308,9 @@ async fn dead_letters(req: HttpRequest, console: web::Data<Console>) -> HttpResp
                 .json(json!({"error": "dead letters unreadable", "reason": e}));
         }
     };
-    let journals = console.journals.clone();
-    let ids: Vec<String> = letters.iter().map(|(l, _)| l.trigger_id.clone()).collect();
-    let replays = tokio::task::spawn_blocking(move || {
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        tcb_journal::replayed(&journals, &ids).unwrap_or_default()
-    })
-    .await
-    .unwrap_or_default();
+    let replays = console
+        .replayed(letters.iter().map(|(l, _)| l.trigger_id.clone()).collect())
+        .await;
     let mut groups: BTreeMap<String, Vec<Letter>> = BTreeMap::new();
     for (mut letter, _) in letters {
         letter.replayed_at = replays.get(&letter.trigger_id).cloned();
@@ -397,14 +406,7 @@ async fn replay(
     }
     // "Replay all of a kind" leaves out what was replayed already (a letter stays on its topic);
     // a letter picked by its id is sent again if asked.
-    let journals = console.journals.clone();
-    let ids: Vec<String> = latest.keys().cloned().collect();
-    let already = tokio::task::spawn_blocking(move || {
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        tcb_journal::replayed(&journals, &ids).unwrap_or_default()
-    })
-    .await
-    .unwrap_or_default();
+    let already = console.replayed(latest.keys().cloned().collect()).await;
     let publisher = console.bus.publisher();
     let mut done: Vec<String> = Vec::new();
     for (id, (letter, message)) in latest {

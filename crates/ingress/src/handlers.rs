@@ -283,10 +283,7 @@ async fn publish(
     tcb_telemetry::spans::trigger(
         &tracing::Span::current(),
         &trigger.id.to_string(),
-        trigger
-            .order_id()
-            .or(trigger.legacy_order_id())
-            .map(OrderId::as_str),
+        trigger.any_order_id().map(OrderId::as_str),
         trigger.event_name().map(|n| n.as_str()),
     );
     let message = codec::encode_trigger(&trigger).map_err(|e| {
@@ -301,12 +298,7 @@ async fn publish(
                 tcb_journal::Entry::new(trigger.id.to_string(), stage)
                     // When the request arrived: before anything the worker does with it.
                     .at(arrived)
-                    .order(
-                        trigger
-                            .order_id()
-                            .or(trigger.legacy_order_id())
-                            .map(OrderId::as_str),
-                    )
+                    .order(trigger.any_order_id().map(OrderId::as_str))
                     .message(trigger.tradecloud_message_id())
                     .trace(&tcb_telemetry::otel::trace_id(&tracing::Span::current()))
                     .detail(detail),

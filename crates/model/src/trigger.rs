@@ -377,11 +377,15 @@ impl TriggerEnvelope {
         }
     }
 
+    /// The order the trigger is about: its v2 id, else its legacy id.
+    pub fn any_order_id(&self) -> Option<&OrderId> {
+        self.order_id().or(self.legacy_order_id())
+    }
+
     /// The message key: the order id, so one order's triggers stay in order. A trigger without
     /// any order id is keyed by its own id.
     pub fn key(&self) -> String {
-        self.order_id()
-            .or(self.legacy_order_id())
+        self.any_order_id()
             .map(|id| id.as_str().to_owned())
             .unwrap_or_else(|| self.id.to_string())
     }

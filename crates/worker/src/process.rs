@@ -181,7 +181,7 @@ fn journal(
     let Some(j) = shared.journal.get() else {
         return;
     };
-    let order = trigger.and_then(|t| t.order_id().or(t.legacy_order_id()).map(|o| o.as_str()));
+    let order = trigger.and_then(|t| t.any_order_id().map(|o| o.as_str()));
     j.record(build(
         tcb_journal::Entry::new(id, stage)
             .order(order)
@@ -210,7 +210,7 @@ fn process_span(shared: &Shared, item: &Item) -> Span {
         spans::trigger(
             &span,
             &t.id.to_string(),
-            t.order_id().or(t.legacy_order_id()).map(|id| id.as_str()),
+            t.any_order_id().map(|id| id.as_str()),
             t.event_name().map(|n| n.as_str()),
         );
     }
@@ -486,10 +486,8 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
     // What the output will say, for the journal.
     let (po_number, message_id) = match &result {
         Ok(order) => {
-            let fetched = trigger.as_ref().is_ok_and(|t| {
-                t.order_id().or(t.legacy_order_id()).is_some()
-                    && order.scope == tcb_model::message::Scope::FullOrder
-            });
+            // A full order comes only from Tradecloud's API (a GET trigger).
+            let fetched = order.scope == tcb_model::message::Scope::FullOrder;
             journal(
                 shared,
                 trigger.as_ref().ok(),
