@@ -9,8 +9,9 @@ command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 # promtool checks the shipped alert rules (the package's server is not started: no init here).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-# Headless Chromium for the console's browser test (tests/console.py).
+# Headless Chromium and Firefox ESR for the console's browser test (tests/console.py).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
 if ((${#missing[@]} > 0)); then
   echo "install: apt-get install ${missing[*]}"
   apt-get update -qq
@@ -33,6 +34,17 @@ fi
 if ! python3 -c "import playwright.sync_api" >/dev/null 2>&1; then
   echo "install: pip install playwright"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore playwright==1.65.2
+fi
+
+# Selenium drives Debian's Firefox ESR through geckodriver (WebDriver BiDi) in tests/console.py.
+# 4.51: 4.52 needs a certifi newer than the package index holds.
+if ! python3 -c "import selenium.webdriver" >/dev/null 2>&1; then
+  echo "install: pip install selenium"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore selenium==4.51.0
+fi
+if ! command -v geckodriver >/dev/null 2>&1; then
+  echo "install: cargo install geckodriver (about 3 minutes)"
+  cargo install geckodriver --version 0.37.1 --locked
 fi
 
 # sslyze scans the webhook listener's TLS (tests/e2e_connector.rs).

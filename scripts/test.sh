@@ -19,7 +19,8 @@ cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 # environments and mounted files), against the brokers started above.
 echo "== deploy/ as deployed"
 python3 tests/deploy.py target/debug/tradecloud-bridge 2>&1 | tee -a "$log" || status=$?
-# The operator console in headless Chromium (Playwright), against development mode.
+# The operator console in headless Chromium (Playwright) and Firefox ESR (Selenium, geckodriver),
+# against development mode.
 echo "== console in a browser"
 python3 tests/console.py target/debug/tradecloud-bridge 2>&1 | tee -a "$log" || status=$?
 # Each backend is a cargo feature: the binary builds with each alone, and with only the embedded

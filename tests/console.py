@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""The operator console in a real browser: headless Chromium (Debian's package) driven by
-Playwright, against `tradecloud-bridge run` in development mode (embedded queue, the Tradecloud
-simulator, the console on with the development credentials and replay on).
+"""The operator console in real browsers: headless Chromium (Debian's package) driven by
+Playwright, and headless Firefox ESR (Debian's package) driven by Selenium through geckodriver
+(WebDriver BiDi), against `tradecloud-bridge run` in development mode (embedded queue, the
+Tradecloud simulator, the console on with the development credentials and replay on).
 
 It makes one delivered trigger and three dead letters: two events that do not parse
 (`invalid_event`) and one order Tradecloud refuses for now (`rejected`, a 400 the simulator answers
 until healed). Then, in the browser: the console shows the live charts and the dead letters
 grouped by reason; the operator heals the order, replays its dead letter (confirming the dialog)
 and sees it marked replayed; the journal search shows that trigger delivered after the replay.
-The console's JSON API is checked for the same. Screenshots go to docs/console-*.png with
---screenshots.
+The console's JSON API is checked for the same. Firefox then does the same with a dead letter of
+its own: the charts are drawn, the letter is shown in its group with its history, the replay is
+confirmed and the letter is marked replayed, with no script error in either browser.
+Screenshots go to docs/console-*.png with --screenshots.
 
 Usage: python3 tests/console.py target/debug/tradecloud-bridge [--screenshots]
 """
@@ -18,6 +21,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -33,6 +37,7 @@ from playwright.sync_api import expect, sync_playwright
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Chromium on a machine without internet: no background connections, no sandbox as root.
+FIREFOX = os.environ.get("FIREFOX", "/usr/bin/firefox-esr")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -125,6 +130,7 @@ def main():
         bridge = Bridge(binary, data)
         try:
             run(bridge, screenshots)
+            run_firefox(bridge)
         finally:
             bridge.stop()
     print("test result: ok. 1 passed; 0 failed; (tests/console.py)")
@@ -228,6 +234,67 @@ def run(bridge, screenshots):
         raise AssertionError("a replay without X-Console was accepted")
     except urllib.error.HTTPError as e:
         assert e.code == 400, e.code
+
+
+def run_firefox(bridge):
+    """The console in Firefox: charts, a dead letter with its history, replay with confirmation."""
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.firefox.service import Service
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    bridge.simulate("/sim/orders/console-firefox/fail/400")
+    letter = bridge.webhook("/console-firefox")
+    wait("the Firefox dead letter", lambda: any(
+        l["trigger_id"] == letter for l in dead_letter_kinds(bridge).get("rejected", {}).get("letters", [])))
+
+    options = webdriver.FirefoxOptions()
+    options.binary_location = FIREFOX
+    options.add_argument("-headless")
+    options.enable_bidi = True
+    # The replay's confirmation stays open for the test to accept.
+    options.unhandled_prompt_behavior = "ignore"
+    # No background connections on a machine without internet.
+    for pref, value in (("app.update.enabled", False), ("browser.shell.checkDefaultBrowser", False),
+                        ("network.captive-portal-service.enabled", False),
+                        ("datareporting.policy.dataSubmissionEnabled", False),
+                        ("toolkit.telemetry.enabled", False)):
+        options.set_preference(pref, value)
+    geckodriver = os.environ.get("GECKODRIVER") or shutil.which("geckodriver") or os.path.expanduser(
+        "~/.cargo/bin/geckodriver")
+    service = Service(executable_path=geckodriver, log_output=subprocess.DEVNULL)
+    driver = webdriver.Firefox(options=options, service=service)
+    try:
+        errors = []
+        driver.script.add_javascript_error_handler(lambda e: errors.append(getattr(e, "text", str(e))))
+        driver.network.add_auth_handler(bridge.user, bridge.password)
+        driver.set_window_size(1280, 900)
+        driver.get(bridge.admin + "/console")
+        until = WebDriverWait(driver, 15)
+        assert driver.find_element(By.TAG_NAME, "h1").text == "tradecloud-bridge"
+        until.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".chart")) == 12)
+        until.until(ec.text_to_be_present_in_element((By.ID, "status"), "updated"))
+        until.until(lambda d: d.find_elements(By.CSS_SELECTOR, '.chart[data-series="received"] polyline'))
+        # The letter in its group, with its history.
+        row = until.until(lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-trigger="{letter}"]'))
+        assert "console-firefox" in row.text, row.text
+        row.find_element(By.TAG_NAME, "summary").click()
+        until.until(lambda d: "last error: Tradecloud answered 400" in row.find_element(
+            By.CSS_SELECTOR, "pre.history").text)
+        # Healed, replayed and confirmed: marked replayed.
+        bridge.simulate("/sim/orders/console-firefox/heal")
+        row.find_element(By.CSS_SELECTOR, "input.pick").click()
+        until.until(lambda d: d.find_element(By.ID, "replay-selected").is_enabled())
+        driver.find_element(By.ID, "replay-selected").click()
+        until.until(ec.alert_is_present()).accept()
+        until.until(ec.text_to_be_present_in_element((By.ID, "replay-mode"), "replayed 1"))
+        until.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-trigger="{letter}"] .replayed'))
+        assert not errors, errors
+    finally:
+        driver.quit()
+    wait("the letter replayed in Firefox delivered",
+         lambda: journal_stages(bridge, "console-firefox", letter)[-1:] == ["published"])
 
 
 if __name__ == "__main__":

@@ -827,6 +827,25 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
     let bad = sender
         .send(&Webhook::Post(serde_json::to_vec(&bad).unwrap()))
         .await;
+    // Refused before anything was stored (no eventName: a 400 Tradecloud does not retry): the
+    // journal keeps it, found by the order id and PO number the body names. Without credentials
+    // nothing is journaled.
+    let refused_body = br#"{"orderEvent":{"orderId":"journal-refused","buyerOrder":{"purchaseOrderNumber":"PO-REFUSED"}}}"#;
+    let https = world.client();
+    for password in [PASSWORD, "wrong-password"] {
+        let answer = https
+            .post(bridge.url())
+            .basic_auth(USER, Some(password))
+            .header("content-type", "application/json")
+            .body(refused_body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status(),
+            if password == PASSWORD { 400 } else { 401 }
+        );
+    }
     let (ok_id, dead_id, bad_id) = (
         ok.trigger_id.unwrap(),
         dead.trigger_id.unwrap(),
@@ -907,6 +926,18 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    let refusals = get_json("/console/api/journal?q=PO-REFUSED".to_owned()).await;
+    let refusals = refusals["entries"].as_array().unwrap();
+    assert_eq!(
+        refusals.len(),
+        1,
+        "one refusal, the 401 not journaled: {refusals:#?}"
+    );
+    assert_eq!(refusals[0]["stage"], "refused");
+    assert_eq!(refusals[0]["order_id"], "journal-refused");
+    assert_eq!(refusals[0]["detail"]["status"], 400);
+    assert_eq!(refusals[0]["detail"]["reason"], "bad_request");
+    assert_eq!(refusals[0]["detail"]["peer"], "127.0.0.1");
     let dead_view = get_json("/console/api/dead-letters".to_owned()).await;
     let kinds: Vec<&str> = dead_view["groups"]
         .as_array()
@@ -1009,6 +1040,10 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
         assert_eq!(accepted["trace_id"], published["trace_id"]);
         assert_eq!(accepted["trace_id"].as_str().unwrap().len(), 32);
     }
+    let refused = trace("journal-refused");
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0]["stage"], "refused");
+    assert_eq!(refused[0]["process"], "ingress");
     let entries = trace("journal-dead");
     let journey = stages(&entries, &dead_id);
     assert_eq!(

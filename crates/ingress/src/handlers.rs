@@ -144,7 +144,9 @@ async fn get_by_path_inner(
     id: &str,
 ) -> Result<HttpResponse, ApiError> {
     authenticate(req, state).await?;
-    publish_order_id(req, state, state.path_id, id).await
+    publish_order_id(req, state, state.path_id, id)
+        .await
+        .inspect_err(|e| journal_refusal(req, state, e, Some(id), None))
 }
 
 async fn get_by_query(
@@ -157,6 +159,15 @@ async fn get_by_query(
 
 async fn get_by_query_inner(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     authenticate(req, state).await?;
+    get_by_query_authenticated(req, state)
+        .await
+        .inspect_err(|e| journal_refusal(req, state, e, None, None))
+}
+
+async fn get_by_query_authenticated(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<IdQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))?;
     let (kind, id) = match (&query.order_id, &query.legacy_order_id) {
@@ -206,6 +217,24 @@ async fn event_inner(
     payload: &mut web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     authenticate(req, state).await?;
+    let mut body = None;
+    event_authenticated(req, state, payload, &mut body)
+        .await
+        .inspect_err(|e| {
+            let (order, po) = body
+                .as_deref()
+                .map(tcb_model::webhook::order_hint)
+                .unwrap_or_default();
+            journal_refusal(req, state, e, order.as_deref(), po.as_deref());
+        })
+}
+
+async fn event_authenticated(
+    req: &HttpRequest,
+    state: &AppState,
+    payload: &mut web::Payload,
+    read: &mut Option<Vec<u8>>,
+) -> Result<HttpResponse, ApiError> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -238,8 +267,54 @@ async fn event_inner(
         EventMethod::Post
     };
     let trigger = TriggerEnvelope::event(method, Some(&content_type), &body, Utc::now())
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    publish(req, state, trigger).await
+        .map_err(|e| ApiError::BadRequest(e.to_string()));
+    *read = Some(body);
+    publish(req, state, trigger?).await
+}
+
+/// Journals an authenticated request refused with a 4xx before anything was published
+/// (Tradecloud does not retry it, so this is where the order change ends): the operator asking
+/// "did we get PO-4711?" finds it by the order id or PO number, when the request named one.
+/// Refusals after a publish attempt are journaled by [`publish`]; unauthenticated ones are not
+/// journaled at all (anyone could fill the journal with them).
+fn journal_refusal(
+    req: &HttpRequest,
+    state: &AppState,
+    error: &ApiError,
+    order_id: Option<&str>,
+    po_number: Option<&str>,
+) {
+    let Some(journal) = &state.journal else {
+        return;
+    };
+    if !matches!(
+        error,
+        ApiError::BadRequest(_)
+            | ApiError::PayloadTooLarge(_)
+            | ApiError::UnsupportedMediaType(_)
+            | ApiError::UnsupportedEncoding(_)
+    ) {
+        return;
+    }
+    // Caller-controlled texts are cut: a refused request is not trusted to be sensible.
+    let cut = |s: &str| s.chars().take(128).collect::<String>();
+    let status = actix_web::ResponseError::status_code(error).as_u16();
+    journal.record(
+        tcb_journal::Entry::new(
+            uuid::Uuid::now_v7().to_string(),
+            tcb_journal::Stage::Refused,
+        )
+        .order(order_id.map(cut).as_deref())
+        .po_number(po_number.map(cut).as_deref())
+        .trace(&tcb_telemetry::otel::trace_id(&tracing::Span::current()))
+        .detail(json!({
+            "status": status,
+            "peer": req.peer_addr().map(|a| a.ip().to_string()),
+            "method": req.method().as_str(),
+            "reason": error.code(),
+            "error": cut(&error.to_string()),
+        })),
+    );
 }
 
 /// The server span of one request, continuing the caller's trace (`traceparent`, `tracestate`).

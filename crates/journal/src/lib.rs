@@ -78,6 +78,9 @@ pub enum Stage {
     Accepted,
     /// The ingress answered 503 or 413: the trigger was not stored (Tradecloud retries a 503).
     NotStored,
+    /// An authenticated request the ingress refused with a 4xx (bad body, unsupported content
+    /// type, too large): Tradecloud does not retry it, so the order change never arrives.
+    Refused,
     /// An attempt to fetch the order from Tradecloud failed (it is retried, or dead-lettered).
     FetchFailed,
     /// The order was fetched (or the event read) and normalized.
@@ -95,6 +98,7 @@ impl Stage {
         match self {
             Stage::Accepted => "accepted",
             Stage::NotStored => "not_stored",
+            Stage::Refused => "refused",
             Stage::FetchFailed => "fetch_failed",
             Stage::Fetched => "fetched",
             Stage::Published => "published",
@@ -107,6 +111,7 @@ impl Stage {
         [
             Stage::Accepted,
             Stage::NotStored,
+            Stage::Refused,
             Stage::FetchFailed,
             Stage::Fetched,
             Stage::Published,
@@ -543,7 +548,7 @@ pub fn replayed(
 /// The order of stages within one moment (clocks of two processes may agree to the microsecond).
 fn stage_rank(s: Stage) -> u8 {
     match s {
-        Stage::Accepted | Stage::NotStored => 0,
+        Stage::Accepted | Stage::NotStored | Stage::Refused => 0,
         Stage::Replayed => 1,
         Stage::FetchFailed => 2,
         Stage::Fetched => 3,

@@ -52,3 +52,48 @@ impl WebhookBody {
         }
     }
 }
+
+/// The order id and purchase order number of a body that was refused, as far as it can be read
+/// (for the journal; never for routing): any top-level member holding an object with `orderId`
+/// (or `id`) and `buyerOrder.purchaseOrderNumber`.
+pub fn order_hint(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(Value::Object(members)) = serde_json::from_slice::<Value>(body) else {
+        return (None, None);
+    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let known = WEBHOOK_EVENT_MEMBERS.iter().filter_map(|m| members.get(*m));
+    known
+        .chain(members.values())
+        .filter_map(Value::as_object)
+        .map(|event| {
+            let order = text(event.get("orderId").or_else(|| event.get("id")));
+            let po = text(
+                event
+                    .get("buyerOrder")
+                    .and_then(|b| b.get("purchaseOrderNumber")),
+            );
+            (order, po)
+        })
+        .find(|(order, po)| order.is_some() || po.is_some())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order_hint;
+
+    #[test]
+    fn a_refused_body_still_names_its_order_where_it_can() {
+        let no_event_name =
+            br#"{"orderEvent":{"orderId":"o-1","buyerOrder":{"purchaseOrderNumber":"PO-1"}}}"#;
+        assert_eq!(
+            order_hint(no_event_name),
+            (Some("o-1".to_owned()), Some("PO-1".to_owned()))
+        );
+        let unknown_member = br#"{"eventName":1,"futureEvent":{"id":"o-2"}}"#;
+        assert_eq!(order_hint(unknown_member), (Some("o-2".to_owned()), None));
+        assert_eq!(order_hint(b"{not json"), (None, None));
+        assert_eq!(order_hint(br#"[{"orderId":"o-3"}]"#), (None, None));
+        assert_eq!(order_hint(br#"{"orderEvent":{"orderId":7}}"#), (None, None));
+    }
+}
