@@ -213,7 +213,8 @@ impl Config {
         if let Some(w) = &mut self.worker {
             w.tradecloud.ca_file.iter_mut().for_each(rebase);
         }
-        self.journal.path.iter_mut().for_each(rebase);
+        self.journal.path.iter_mut().for_each(&rebase);
+        self.journal.read_also.iter_mut().for_each(rebase);
     }
 
     /// Every problem of every section the file has, each with its full key. Each crate checks
@@ -784,10 +785,18 @@ log_level = "info,tcb_worker=debug"
                 .replace(
                     r#"tls = { mode = "off" }"#,
                     r#"tls = { mode = "files", cert = "tls/tls.crt", key = "/abs/tls.key" }"#,
-                ),
+                ) + "\n[journal]\npath = \"journal/ingress.db\"\nread_also = [\"journal/worker.db\", \"/abs/other.db\"]\n",
         )
         .unwrap();
         let c = Config::load(&file).unwrap();
+        assert_eq!(
+            c.journal.searched(),
+            [
+                etc.join("journal/ingress.db"),
+                etc.join("journal/worker.db"),
+                PathBuf::from("/abs/other.db")
+            ]
+        );
         #[allow(irrefutable_let_patterns)] // with only the embedded backend built
         let BusConfig::Embedded(e) = &c.bus else {
             panic!("{:?}", c.bus)

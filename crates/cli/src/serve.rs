@@ -105,7 +105,7 @@ impl Running {
         let console = tcb_ingress::console::Console::new(
             &config.admin.console,
             bus.clone(),
-            config.journal.path.iter().cloned().collect(),
+            config.journal.searched(),
             if config.admin.console.enabled {
                 journal("console")?
             } else {

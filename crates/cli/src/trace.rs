@@ -40,7 +40,7 @@ pub fn run(args: TraceArgs) -> Result<(), CliError> {
     let mut journals = args.journal.clone();
     if let Some(path) = &args.config {
         let config = Config::load(path)?;
-        journals.extend(config.journal.path);
+        journals.extend(config.journal.searched());
     }
     if journals.is_empty() {
         return Err(CliError::Io(

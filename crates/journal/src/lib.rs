@@ -24,6 +24,10 @@ pub struct JournalConfig {
     /// The SQLite file (relative to the config file's folder). Each process needs its own:
     /// ingress and worker of one host use two files, `trace` reads both.
     pub path: Option<PathBuf>,
+    /// The journals of the bridge's other processes (relative to the config file's folder), e.g.
+    /// the worker's on a volume the ingress shares: the console and `trace --config` search them
+    /// with this process's own, read-only. A file that does not exist (yet) is skipped.
+    pub read_also: Vec<PathBuf>,
     /// Entries older than this are deleted (hours; default 7 days).
     pub max_age_hours: u64,
     /// At most this many entries; the oldest go first (default 1,000,000, about 300 MB).
@@ -34,6 +38,7 @@ impl Default for JournalConfig {
     fn default() -> Self {
         Self {
             path: None,
+            read_also: Vec::new(),
             max_age_hours: 24 * 7,
             max_entries: 1_000_000,
         }
@@ -41,6 +46,11 @@ impl Default for JournalConfig {
 }
 
 impl JournalConfig {
+    /// Every journal to search: this process's, then the others'.
+    pub fn searched(&self) -> Vec<PathBuf> {
+        self.path.iter().chain(&self.read_also).cloned().collect()
+    }
+
     /// Every problem of the section, each naming its key (relative to `journal`).
     pub fn validate(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
