@@ -803,12 +803,35 @@ async fn every_documented_series_is_exported_from_the_start() {
 async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
     const CONSOLE_PASSWORD: &str = "console-password-0123";
     let world = World::new(1 << 20);
+    // Another process's /metrics (as a worker running apart would serve it), and one that is down.
+    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_url = format!("http://{}/metrics", peer.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = "# TYPE tcb_worker_triggers_total counter\n\
+                    tcb_worker_triggers_total{outcome=\"delivered\"} 40\n";
+        while let Ok((mut s, _)) = peer.accept().await {
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request).await;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(answer.as_bytes()).await;
+        }
+    });
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_url = format!("http://{}/metrics", down.local_addr().unwrap());
+    drop(down);
     world.edit_config(
         "[telemetry]\n",
-        "[journal]\npath = \"journal/bridge.db\"\n\n\
-         [admin.console]\nenabled = true\nreplay = false\n\
-         auth = { kind = \"basic\", username = \"ops\", password = \"console-password-0123\" }\n\n\
-         [telemetry]\n",
+        &format!(
+            "[journal]\npath = \"journal/bridge.db\"\n\n\
+             [admin.console]\nenabled = true\nreplay = false\n\
+             auth = {{ kind = \"basic\", username = \"ops\", password = \"console-password-0123\" }}\n\
+             metrics_from = [\"{peer_url}\", \"{down_url}\"]\n\n\
+             [telemetry]\n"
+        ),
     );
     world.sim.fail_order("journal-dead", 404);
     let mut bridge = world.start_bridge();
@@ -926,6 +949,14 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // The charts add the other process's series; the one that is down is named.
+    let overview = get_json("/console/api/overview".to_owned()).await;
+    assert_eq!(overview["values"]["delivered"], 41.0, "{overview:#}");
+    assert_eq!(
+        overview["unreachable"],
+        serde_json::json!([down_url]),
+        "{overview:#}"
+    );
     let refusals = get_json("/console/api/journal?q=PO-REFUSED".to_owned()).await;
     let refusals = refusals["entries"].as_array().unwrap();
     assert_eq!(

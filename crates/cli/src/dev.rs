@@ -102,6 +102,7 @@ pub fn setup(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Dev, C
                     },
                 )),
                 replay: true,
+                metrics_from: Vec::new(),
             },
         },
         telemetry: TelemetryConfig {

@@ -33,6 +33,10 @@ pub struct ConsoleConfig {
     pub auth: Option<Credentials>,
     /// Allow replaying dead letters from the console (read-only otherwise).
     pub replay: bool,
+    /// The `/metrics` of the bridge's other processes (e.g. `http://worker:9090/metrics` where
+    /// ingress and worker run apart): the console's charts add their series to this process's
+    /// own. One that does not answer within 2 s is named on the page and left out.
+    pub metrics_from: Vec<url::Url>,
 }
 
 impl ConsoleConfig {
@@ -47,6 +51,14 @@ impl ConsoleConfig {
             (Some(auth), _) => problems.extend(auth.validate()),
             (None, false) => {}
         }
+        for (i, url) in self.metrics_from.iter().enumerate() {
+            if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() {
+                problems.push((
+                    format!("metrics_from[{i}]"),
+                    "must be an http:// or https:// URL without credentials".to_owned(),
+                ));
+            }
+        }
         problems
     }
 }
@@ -60,6 +72,9 @@ pub struct Console {
     journals: Vec<PathBuf>,
     /// Replays are journaled here.
     journal: Option<tcb_journal::Journal>,
+    /// The other processes' `/metrics`, and the client that reads them.
+    metrics_from: Vec<url::Url>,
+    http: reqwest::Client,
 }
 
 impl Console {
@@ -76,6 +91,11 @@ impl Console {
             bus,
             journals,
             journal,
+            metrics_from: config.metrics_from.clone(),
+            http: reqwest::Client::builder()
+                .timeout(PEER_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
         }))
     }
 }
@@ -213,7 +233,31 @@ async fn overview(req: HttpRequest, console: web::Data<Console>) -> HttpResponse
     if let Some(no) = refused(&req, &console).await {
         return no;
     }
-    let text = tcb_telemetry::metrics::render();
+    // This process's series and the other processes': every series is summed over all.
+    let http = &console.http;
+    let peers = futures::future::join_all(console.metrics_from.iter().map(|url| async move {
+        let answer = http.get(url.clone()).send().await;
+        let text = match answer.and_then(reqwest::Response::error_for_status) {
+            Ok(r) => r.text().await,
+            Err(e) => Err(e),
+        };
+        text.map_err(|e| {
+            tracing::debug!(url = %url, error = %e, "console: a process's /metrics not read");
+            url.to_string()
+        })
+    }))
+    .await;
+    let mut text = tcb_telemetry::metrics::render();
+    let mut unreachable = Vec::new();
+    for peer in peers {
+        match peer {
+            Ok(t) => {
+                text.push('\n');
+                text.push_str(&t);
+            }
+            Err(url) => unreachable.push(url),
+        }
+    }
     let values: BTreeMap<&str, f64> = SERIES
         .iter()
         .map(|(name, selector)| (*name, select(&text, selector)))
@@ -232,6 +276,7 @@ async fn overview(req: HttpRequest, console: web::Data<Console>) -> HttpResponse
         "values": values,
         "refused_by_reason": refused_by_reason,
         "replay": console.replay,
+        "unreachable": unreachable,
     }))
 }
 
@@ -253,6 +298,9 @@ struct Letter {
     /// When it was replayed, from the journal.
     replayed_at: Option<String>,
 }
+
+/// How long the console waits for another process's `/metrics`.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Most dead letters read for one answer.
 const MAX_LETTERS: usize = 2000;
