@@ -89,6 +89,16 @@ class Bridge:
             assert r.status == 200, r.status
             return json.load(r)["triggerId"]
 
+    def webhook_status(self, path, auth):
+        """A GET webhook with the given Authorization; its status."""
+        port = self.ingress.rsplit(":", 1)[1]
+        req = urllib.request.Request(f"https://localhost:{port}/webhook{path}", headers={"Authorization": auth})
+        try:
+            with urllib.request.urlopen(req, context=self.tls, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
     def api(self, path, auth=True):
         headers = {"Authorization": self.auth} if auth else {}
         req = urllib.request.Request(self.admin + path, headers=headers)
@@ -179,6 +189,12 @@ def run(bridge, screenshots):
         for series in ("received", "delivered"):
             expect(page.locator(f'.chart[data-series="{series}"] .value')).not_to_have_text(
                 re.compile(r"^0\.0"), timeout=15_000)
+        # 4xx by reason, under the refused card.
+        expect(page.locator('.chart[data-series="refused"] .reasons')).to_have_text("none")
+        wrong = "Basic " + base64.b64encode(b"tradecloud:wrong-password").decode()
+        assert bridge.webhook_status("/console-unauthorized", wrong) == 401
+        expect(page.locator('.chart[data-series="refused"] .reasons')).to_have_text(
+            "unauthorized 1", timeout=10_000)
         # Dead letters grouped by reason, with payload and error history.
         expect(page.locator('details.group[data-kind="invalid_event"] tbody tr')).to_have_count(2)
         row = page.locator(f'tr[data-trigger="{refused}"]')

@@ -794,6 +794,13 @@ async fn every_documented_series_is_exported_from_the_start() {
     ] {
         assert!(metrics.lines().any(|l| l == ready), "{ready} in\n{metrics}");
     }
+    // The console is off unless [admin.console] turns it on (a journal alone does not).
+    for path in ["/console", "/console/api/overview"] {
+        let answer = reqwest::get(format!("http://{}{path}", bridge.admin))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 404, "{path}");
+    }
 }
 
 /// `trace` answers "where is order X?": triggers that end delivered, dead-lettered and replayed
@@ -1015,6 +1022,18 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
         Duration::from_secs(30),
     )
     .await;
+    // The event's first letter is marked replayed; the letter it became after the replay is new.
+    let dead_view = get_json("/console/api/dead-letters".to_owned()).await;
+    let bad_letters: Vec<&serde_json::Value> = dead_view["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["letters"].as_array().unwrap())
+        .filter(|l| l["trigger_id"] == bad_id.as_str())
+        .collect();
+    assert_eq!(bad_letters.len(), 2, "{dead_view:#}");
+    assert!(bad_letters[0]["replayed_at"].is_string(), "{dead_view:#}");
+    assert!(bad_letters[1]["replayed_at"].is_null(), "{dead_view:#}");
     // A clean stop writes the journal's last entries.
     assert!(bridge.terminate());
 

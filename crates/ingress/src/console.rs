@@ -52,7 +52,10 @@ impl ConsoleConfig {
             (None, false) => {}
         }
         for (i, url) in self.metrics_from.iter().enumerate() {
-            if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() {
+            if !matches!(url.scheme(), "http" | "https")
+                || !url.username().is_empty()
+                || url.password().is_some()
+            {
                 problems.push((
                     format!("metrics_from[{i}]"),
                     "must be an http:// or https:// URL without credentials".to_owned(),
@@ -299,25 +302,45 @@ struct Letter {
     replayed_at: Option<String>,
 }
 
+impl Letter {
+    /// When this letter was replayed: the trigger's last replay, if it came after the trigger
+    /// was dead-lettered this time (a trigger dead-lettered again after a replay is a new letter,
+    /// not a replayed one).
+    fn replayed_since(&self, replays: &BTreeMap<String, String>) -> Option<String> {
+        let replayed = replays.get(&self.trigger_id)?;
+        let time = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+        match (
+            time(replayed),
+            self.last_failed_at.as_deref().and_then(time),
+        ) {
+            (Some(replayed_at), Some(failed_at)) if replayed_at < failed_at => None,
+            _ => Some(replayed.clone()),
+        }
+    }
+}
+
 /// How long the console waits for another process's `/metrics`.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Most dead letters read for one answer.
+/// Most dead letters shown: the latest ones.
 const MAX_LETTERS: usize = 2000;
+/// Most dead letters read for one answer (the topic is a log: replayed letters stay on it).
+const MAX_READ: usize = 100_000;
 /// A tail that yields nothing for this long has shown the whole topic...
 const IDLE: Duration = Duration::from_millis(400);
 /// ... once it has started: the first message may take a group join (Kafka) to come.
 const FIRST: Duration = Duration::from_secs(3);
 
-/// The dead-letter topic from its start (a tail: nothing is acked), with the message of each.
+/// The latest [`MAX_LETTERS`] of the dead-letter topic, read from its start (a tail: nothing is
+/// acked), with the message of each.
 async fn read_dead_letters(bus: &Bus) -> Result<Vec<(Letter, tcb_bus::Message)>, String> {
     let mut tail = bus
         .consumer(&bus.topics.dead_letters, None)
         .await
         .map_err(|e| e.chain())?;
-    let mut out = Vec::new();
-    while out.len() < MAX_LETTERS {
-        let wait = if out.is_empty() { FIRST } else { IDLE };
+    let mut out = std::collections::VecDeque::new();
+    for read in 0..MAX_READ {
+        let wait = if read == 0 { FIRST } else { IDLE };
         let delivery = match tokio::time::timeout(wait, tail.next()).await {
             Err(_) => break,
             Ok(Err(e)) => return Err(e.chain()),
@@ -340,9 +363,12 @@ async fn read_dead_letters(bus: &Bus) -> Result<Vec<(Letter, tcb_bus::Message)>,
                 .unwrap_or_else(|_| json!(String::from_utf8_lossy(&m.payload))),
             replayed_at: None,
         };
-        out.push((letter, delivery.message));
+        if out.len() == MAX_LETTERS {
+            out.pop_front();
+        }
+        out.push_back((letter, delivery.message));
     }
-    Ok(out)
+    Ok(out.into())
 }
 
 async fn dead_letters(req: HttpRequest, console: web::Data<Console>) -> HttpResponse {
@@ -361,7 +387,7 @@ async fn dead_letters(req: HttpRequest, console: web::Data<Console>) -> HttpResp
         .await;
     let mut groups: BTreeMap<String, Vec<Letter>> = BTreeMap::new();
     for (mut letter, _) in letters {
-        letter.replayed_at = replays.get(&letter.trigger_id).cloned();
+        letter.replayed_at = letter.replayed_since(&replays);
         groups.entry(letter.kind.clone()).or_default().push(letter);
     }
     let groups: Vec<_> = groups
@@ -458,7 +484,7 @@ async fn replay(
     let publisher = console.bus.publisher();
     let mut done: Vec<String> = Vec::new();
     for (id, (letter, message)) in latest {
-        if !body.trigger_ids.contains(&id) && already.contains_key(&id) {
+        if !body.trigger_ids.contains(&id) && letter.replayed_since(&already).is_some() {
             continue;
         }
         let at = chrono::Utc::now();

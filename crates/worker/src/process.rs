@@ -471,10 +471,13 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
     let Item {
         delivery, trigger, ..
     } = item;
-    let trigger_id = trigger
-        .as_ref()
-        .map(|t| t.id.to_string())
-        .unwrap_or_default();
+    // An undecodable trigger still has its id in the headers (journaled apart from others).
+    let trigger_id = match &trigger {
+        Ok(t) => t.id.to_string(),
+        Err(_) => codec::trigger_id(&delivery.message)
+            .unwrap_or_default()
+            .to_owned(),
+    };
     let dead_letter = |why: &DeadLetter| {
         tracing::warn!(trigger_id = %trigger_id, position = %delivery.position, reason = %why.reason, kind = why.kind.as_str(), attempts = why.attempts, "dead-lettering the trigger");
         (
