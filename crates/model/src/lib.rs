@@ -4,7 +4,10 @@
 //! * [`order`]: the order as Tradecloud sends it (API v2 and legacy API v1), parsed leniently.
 //! * [`trigger`]: the trigger the ingress publishes to the triggers topic.
 //! * [`codec`]: the one encoding of both bus messages (trigger, order message) and their headers.
-//! * [`message`]: the normalized order message (v1) the worker publishes to the orders topic.
+//! * [`message`]: the normalized order message v1 (deprecated; kept for existing consumers).
+//! * [`message_v2`]: the order message v2 the worker publishes to the orders topic: requested,
+//!   current, confirmed and proposed values apart, decimals exact, type problems as warnings.
+//! * [`json`]: JSON read with every number's text kept.
 //! * [`normalize`]: the pure functions from a trigger (and a fetched order) to a message.
 //! * [`txml`]: Tradecloud's XML rendering of the webhook JSON, read into the same JSON.
 //!
@@ -14,8 +17,11 @@
 
 pub mod codec;
 pub mod event_name;
+pub mod json;
 pub mod message;
+pub mod message_v2;
 pub mod normalize;
+pub mod normalize_v2;
 pub mod order;
 pub mod trigger;
 pub mod txml;
@@ -24,7 +30,9 @@ pub mod webhook;
 mod lenient;
 
 pub use message::OrderMessage;
+pub use message_v2::OrderMessageV2;
 pub use normalize::{NormalizeError, normalize_event, normalize_fetched_order};
+pub use normalize_v2::{normalize_event_v2, normalize_fetched_order_v2};
 pub use trigger::{
     EventMethod, EventName, IdKind, Method, OrderId, OrderRef, Trigger, TriggerEnvelope,
     TriggerError, TriggerKind,

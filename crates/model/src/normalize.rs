@@ -60,15 +60,11 @@ pub fn normalize_event(
         Some((kind, order)) => (Some(event_type(kind)), order.clone()),
         None => (None, Order::default()),
     };
-    let identity = match &event.tradecloud_message_id {
-        Some(id) => format!("event:{id}"),
-        None => format!("event-body:{}", hex_sha256(raw.as_bytes())),
-    };
     let lines: Vec<MessageLine> = order.lines.iter().map(line).collect();
     let affected = lines.iter().filter_map(|l| l.id.clone()).collect();
     Ok(OrderMessage {
         schema_version: ORDER_MESSAGE_SCHEMA_VERSION.to_owned(),
-        message_id: Uuid::new_v5(&MESSAGE_ID_NAMESPACE, identity.as_bytes()),
+        message_id: event_identity(event),
         scope: Scope::PartialEvent,
         event_category: event_name.as_deref().map(event_name::category),
         actor: event_name.as_deref().map(event_name::actor),
@@ -115,10 +111,9 @@ pub fn normalize_fetched_order(
             OrderRef::Legacy(legacy_id) => {
                 let order: LegacyOrder = serde_json::from_value(original.clone())
                     .map_err(|e| NormalizeError::FetchedOrder(e.to_string()))?;
-                let identity = format!("legacy:{}:{}", legacy_id.as_str(), hex_sha256(fetched));
                 let legacy_id = Some(legacy_id.as_str().to_owned());
                 (
-                    identity,
+                    order_identity(order_ref, None, None, None, fetched),
                     None,
                     legacy_id,
                     None,
@@ -134,20 +129,14 @@ pub fn normalize_fetched_order(
                     .any_id()
                     .map(str::to_owned)
                     .or_else(|| Some(requested.as_str().to_owned()));
-                let identity = match order.version {
-                    Some(v) => format!(
-                        "order:{}:v{v}:{}",
-                        order_id.as_deref().unwrap_or_default(),
-                        order.last_updated_at.as_deref().unwrap_or_default()
-                    ),
-                    None => format!(
-                        "order:{}:{}",
-                        order_id.as_deref().unwrap_or_default(),
-                        hex_sha256(fetched)
-                    ),
-                };
                 (
-                    identity,
+                    order_identity(
+                        order_ref,
+                        order_id.as_deref(),
+                        order.version,
+                        order.last_updated_at.as_deref(),
+                        fetched,
+                    ),
                     order_id,
                     order.legacy_order_id.clone(),
                     order.version,
@@ -159,7 +148,7 @@ pub fn normalize_fetched_order(
         };
     Ok(OrderMessage {
         schema_version: ORDER_MESSAGE_SCHEMA_VERSION.to_owned(),
-        message_id: Uuid::new_v5(&MESSAGE_ID_NAMESPACE, message_id.as_bytes()),
+        message_id,
         scope: Scope::FullOrder,
         event_name: None,
         event_category: None,
@@ -178,7 +167,46 @@ pub fn normalize_fetched_order(
     })
 }
 
-fn event_type(kind: EventObject) -> EventType {
+/// The message id of an event: from Tradecloud's `meta.messageId`, else from the body, so every
+/// redelivery of the same event gets the same id.
+pub(crate) fn event_identity(event: &crate::trigger::EventTrigger) -> Uuid {
+    let identity = match &event.tradecloud_message_id {
+        Some(id) => format!("event:{id}"),
+        None => format!("event-body:{}", hex_sha256(event.body.get().as_bytes())),
+    };
+    Uuid::new_v5(&MESSAGE_ID_NAMESPACE, identity.as_bytes())
+}
+
+/// The message id of a fetched order: from its id, version and `lastUpdatedAt`, else (no
+/// version, or a legacy order) from the bytes fetched.
+pub(crate) fn order_identity(
+    order_ref: &OrderRef,
+    order_id: Option<&str>,
+    version: Option<i64>,
+    last_updated_at: Option<&str>,
+    fetched: &[u8],
+) -> Uuid {
+    let identity = match (order_ref, version) {
+        (OrderRef::Legacy(legacy_id), _) => {
+            format!("legacy:{}:{}", legacy_id.as_str(), hex_sha256(fetched))
+        }
+        (OrderRef::V2(_), Some(v)) => format!(
+            "order:{}:v{v}:{}",
+            order_id.unwrap_or_default(),
+            last_updated_at.unwrap_or_default()
+        ),
+        (OrderRef::V2(_), None) => {
+            format!(
+                "order:{}:{}",
+                order_id.unwrap_or_default(),
+                hex_sha256(fetched)
+            )
+        }
+    };
+    Uuid::new_v5(&MESSAGE_ID_NAMESPACE, identity.as_bytes())
+}
+
+pub(crate) fn event_type(kind: EventObject) -> EventType {
     match kind {
         EventObject::Order => EventType::Order,
         EventObject::SingleDelivery => EventType::SingleDelivery,
@@ -186,7 +214,7 @@ fn event_type(kind: EventObject) -> EventType {
     }
 }
 
-fn trigger_info(t: &TriggerEnvelope) -> TriggerInfo {
+pub(crate) fn trigger_info(t: &TriggerEnvelope) -> TriggerInfo {
     TriggerInfo {
         id: t.id,
         received_at: t.received_at,

@@ -1,0 +1,232 @@
+//! JSON read without losing anything: every number is kept as the text it was sent as (`78.90`
+//! stays `78.90`, a 30-digit id stays whole), members keep their order.
+//!
+//! `serde_json::Value` turns numbers into `f64`/`i64`; its `arbitrary_precision` feature would
+//! keep the text but changes how every other crate in the build sees numbers. So this reads the
+//! body as `RawValue`s, one level at a time, and keeps each number's raw text.
+
+use schemars::JsonSchema;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+/// A JSON value whose numbers are their exact text.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Json {
+    #[default]
+    Null,
+    Bool(bool),
+    /// The number exactly as written (`78.90`, `-1e3`).
+    Number(String),
+    String(String),
+    Array(Vec<Json>),
+    /// Members in the order sent.
+    Object(Vec<(String, Json)>),
+}
+
+/// Nesting deeper than this is refused (a body is data, not a stack exhaustion attempt).
+const MAX_DEPTH: usize = 128;
+
+impl Json {
+    /// Parses JSON text.
+    pub fn parse(text: &str) -> Result<Json, serde_json::Error> {
+        let raw: &RawValue = serde_json::from_str(text)?;
+        Self::from_raw(raw, 0)
+    }
+
+    fn from_raw(raw: &RawValue, depth: usize) -> Result<Json, serde_json::Error> {
+        if depth > MAX_DEPTH {
+            return Err(serde::de::Error::custom("JSON nested too deeply"));
+        }
+        let text = raw.get();
+        Ok(match text.as_bytes().first() {
+            Some(b'{') => {
+                let members: Members = serde_json::from_str(text)?;
+                Json::Object(
+                    members
+                        .0
+                        .into_iter()
+                        .map(|(k, v)| Ok((k, Self::from_raw(v, depth + 1)?)))
+                        .collect::<Result<_, serde_json::Error>>()?,
+                )
+            }
+            Some(b'[') => {
+                let items: Vec<&RawValue> = serde_json::from_str(text)?;
+                Json::Array(
+                    items
+                        .into_iter()
+                        .map(|v| Self::from_raw(v, depth + 1))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            Some(b'"') => Json::String(serde_json::from_str(text)?),
+            Some(b't' | b'f') => Json::Bool(serde_json::from_str(text)?),
+            Some(b'n') => Json::Null,
+            _ => Json::Number(text.to_owned()),
+        })
+    }
+
+    /// The member `key` of an object (the last one, when a key repeats).
+    pub fn get(&self, key: &str) -> Option<&Json> {
+        match self {
+            Json::Object(members) => members.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The items of an array; nothing for anything else.
+    pub fn items(&self) -> &[Json] {
+        match self {
+            Json::Array(items) => items,
+            _ => &[],
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Json::Null)
+    }
+
+    /// The JSON type's name, for messages (`object`, `array`, `string`, `number`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Json::Null => "null",
+            Json::Bool(_) => "boolean",
+            Json::Number(_) => "number",
+            Json::String(_) => "string",
+            Json::Array(_) => "array",
+            Json::Object(_) => "object",
+        }
+    }
+}
+
+impl From<&serde_json::Value> for Json {
+    fn from(value: &serde_json::Value) -> Self {
+        use serde_json::Value;
+        match value {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Number(n) => Json::Number(n.to_string()),
+            Value::String(s) => Json::String(s.clone()),
+            Value::Array(a) => Json::Array(a.iter().map(Json::from).collect()),
+            Value::Object(o) => {
+                Json::Object(o.iter().map(|(k, v)| (k.clone(), Json::from(v))).collect())
+            }
+        }
+    }
+}
+
+/// An object's members as raw values, in order.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(entry);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(V)
+    }
+}
+
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self {
+            Json::Null => serializer.serialize_unit(),
+            Json::Bool(b) => serializer.serialize_bool(*b),
+            // Written as the same text (serde_json writes a raw value verbatim).
+            Json::Number(text) => RawValue::from_string(text.clone())
+                .map_err(serde::ser::Error::custom)?
+                .serialize(serializer),
+            Json::String(s) => serializer.serialize_str(s),
+            Json::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Json::Object(members) => {
+                let mut map = serializer.serialize_map(Some(members.len()))?;
+                for (k, v) in members {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    /// Through `serde_json::Value` (numbers lose their text): for reading messages back, e.g. in
+    /// tests; bodies from Tradecloud are read with [`Json::parse`].
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde_json::Value::deserialize(deserializer).map(|v| Json::from(&v))
+    }
+}
+
+impl JsonSchema for Json {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AnyJson".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Any JSON, as Tradecloud sent it (numbers with their exact text)."
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Json;
+
+    #[test]
+    fn numbers_keep_their_text_and_members_their_order() {
+        let text = r#"{"b": 78.90, "a": [1, -0.500, 1e3, 123456789012345678901234567890], "s": "x\"y", "t": true, "n": null}"#;
+        let json = Json::parse(text).unwrap();
+        assert_eq!(json.get("b"), Some(&Json::Number("78.90".to_owned())));
+        let a: Vec<&Json> = json.get("a").unwrap().items().iter().collect();
+        assert_eq!(
+            a,
+            [
+                &Json::Number("1".to_owned()),
+                &Json::Number("-0.500".to_owned()),
+                &Json::Number("1e3".to_owned()),
+                &Json::Number("123456789012345678901234567890".to_owned())
+            ]
+        );
+        assert_eq!(json.get("s"), Some(&Json::String("x\"y".to_owned())));
+        assert_eq!(
+            serde_json::to_string(&json).unwrap(),
+            r#"{"b":78.90,"a":[1,-0.500,1e3,123456789012345678901234567890],"s":"x\"y","t":true,"n":null}"#
+        );
+        let Json::Object(members) = &json else {
+            panic!()
+        };
+        let keys: Vec<&str> = members.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["b", "a", "s", "t", "n"]);
+    }
+
+    #[test]
+    fn bad_or_deep_input_is_an_error_not_a_crash() {
+        assert!(Json::parse("{\"a\": }").is_err());
+        assert!(Json::parse("[1, 2").is_err());
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert!(Json::parse(&deep).is_err());
+        assert_eq!(
+            Json::parse(" 7.0 ").unwrap(),
+            Json::Number("7.0".to_owned())
+        );
+    }
+}

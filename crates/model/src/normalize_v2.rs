@@ -1,0 +1,823 @@
+//! Pure functions from a trigger (and a fetched order) to an [`OrderMessageV2`].
+//!
+//! The payload is read as [`Json`] (numbers keep their text) and each field with its documented
+//! type; a field of another type becomes `null` plus a [`FieldWarning`], never a failure. Only a
+//! payload that is not a JSON object at all is an error.
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+
+use crate::event_name;
+use crate::json::Json;
+use crate::message::Scope;
+use crate::message_v2::{
+    ChargeLine, DecimalText, Delivery, Document, EventInfo, FieldWarning, HeaderV2, Item, LineV2,
+    Money, ORDER_MESSAGE_V2, OrderMessageV2, PartyOrder, Price, Prices, Request, Values,
+};
+use crate::normalize::{NormalizeError, event_identity, event_type, order_identity, trigger_info};
+use crate::trigger::{OrderRef, Trigger, TriggerEnvelope};
+use crate::webhook::{EventObject, WEBHOOK_EVENT_MEMBERS};
+
+/// A POST/PUT trigger's event -> a `partial-event` message v2.
+pub fn normalize_event_v2(
+    trigger: &TriggerEnvelope,
+    processed_at: DateTime<Utc>,
+) -> Result<OrderMessageV2, NormalizeError> {
+    let Trigger::Event(event) = &trigger.trigger else {
+        return Err(NormalizeError::WrongKind);
+    };
+    let raw = event.body.get();
+    let (body, original) = if event
+        .content_type
+        .as_deref()
+        .is_some_and(crate::txml::is_xml)
+    {
+        // tXML: the XML text, read into the JSON body it renders (all text: decimals as sent).
+        let xml: String =
+            serde_json::from_str(raw).map_err(|e| NormalizeError::EventBody(e.to_string()))?;
+        let value =
+            crate::txml::to_json(&xml).map_err(|e| NormalizeError::EventBody(e.to_string()))?;
+        let original = serde_json::value::to_raw_value(&value)
+            .map_err(|e| NormalizeError::EventBody(e.to_string()))?;
+        (Json::from(&value), original)
+    } else {
+        let body = Json::parse(raw).map_err(|e| NormalizeError::EventBody(e.to_string()))?;
+        (body, event.body.clone())
+    };
+    if !matches!(body, Json::Object(_)) {
+        return Err(NormalizeError::EventBody("not a JSON object".to_owned()));
+    }
+    let mut r = Reader::default();
+    let name = r
+        .text(body.get("eventName"), "/eventName")
+        .unwrap_or_else(|| event.event_name.as_str().to_owned());
+    let (object, member) = match WEBHOOK_EVENT_MEMBERS
+        .iter()
+        .find(|m| body.get(m).is_some_and(|v| !v.is_null()))
+    {
+        Some(m) => (Some(member_kind(m)), *m),
+        None => (None, ""),
+    };
+    let base = format!("/{member}");
+    let order = r.object(body.get(member), &base);
+    let lines: Vec<LineV2> = r
+        .array(order.and_then(|o| o.get("lines")), &format!("{base}/lines"))
+        .iter()
+        .enumerate()
+        .map(|(i, l)| line(&mut r, l, &format!("{base}/lines/{i}")))
+        .collect();
+    let affected = lines.iter().filter_map(|l| l.id.clone()).collect();
+    let order_id = order
+        .and_then(|o| r.text(o.get("orderId").or(o.get("id")), &format!("{base}/orderId")))
+        .or_else(|| event.order_id.as_ref().map(|id| id.as_str().to_owned()));
+    let legacy_order_id = order
+        .and_then(|o| r.text(o.get("legacyOrderId"), &format!("{base}/legacyOrderId")))
+        .or_else(|| {
+            event
+                .legacy_order_id
+                .as_ref()
+                .map(|id| id.as_str().to_owned())
+        });
+    let (version, last_updated_at, portal_url, header) = order_facts(&mut r, order, &base);
+    Ok(OrderMessageV2 {
+        schema_version: ORDER_MESSAGE_V2.to_owned(),
+        message_id: event_identity(event),
+        scope: Scope::PartialEvent,
+        event: Some(EventInfo {
+            category: event_name::category(&name),
+            actor: event_name::actor(&name),
+            name,
+            object: object.map(event_type),
+            // Tradecloud's documents put `meta` in the event object; older bodies at the top.
+            meta: pass(order.and_then(|o| o.get("meta")).or(body.get("meta"))),
+        }),
+        order_id,
+        legacy_order_id,
+        version,
+        last_updated_at,
+        portal_url,
+        header,
+        lines,
+        affected_line_ids: Some(affected),
+        warnings: r.warnings,
+        trigger: trigger_info(trigger),
+        processed_at,
+        original,
+    })
+}
+
+/// A GET trigger plus the order fetched for it (API v2, or legacy API v1 when the trigger names
+/// a legacy order) -> a `full-order` message v2.
+pub fn normalize_fetched_order_v2(
+    trigger: &TriggerEnvelope,
+    fetched: &[u8],
+    processed_at: DateTime<Utc>,
+) -> Result<OrderMessageV2, NormalizeError> {
+    let Trigger::Order(order_ref) = &trigger.trigger else {
+        return Err(NormalizeError::WrongKind);
+    };
+    let text = std::str::from_utf8(fetched)
+        .map_err(|e| NormalizeError::FetchedOrder(format!("not UTF-8: {e}")))?;
+    let order = Json::parse(text).map_err(|e| NormalizeError::FetchedOrder(e.to_string()))?;
+    if !matches!(order, Json::Object(_)) {
+        return Err(NormalizeError::FetchedOrder("not a JSON object".to_owned()));
+    }
+    let original: Box<RawValue> =
+        serde_json::from_str(text).map_err(|e| NormalizeError::FetchedOrder(e.to_string()))?;
+    let mut r = Reader::default();
+    let message = match order_ref {
+        OrderRef::Legacy(legacy_id) => {
+            let (header, lines) = legacy(&mut r, &order);
+            let order_id = r.text(order.get("orderId"), "/orderId");
+            OrderMessageV2 {
+                schema_version: ORDER_MESSAGE_V2.to_owned(),
+                message_id: order_identity(order_ref, None, None, None, fetched),
+                scope: Scope::FullOrder,
+                event: None,
+                order_id,
+                legacy_order_id: Some(legacy_id.as_str().to_owned()),
+                version: None,
+                last_updated_at: None,
+                portal_url: None,
+                header,
+                lines,
+                affected_line_ids: None,
+                warnings: Vec::new(),
+                trigger: trigger_info(trigger),
+                processed_at,
+                original,
+            }
+        }
+        OrderRef::V2(requested) => {
+            let order_id = r
+                .text(order.get("id").or(order.get("orderId")), "/id")
+                .or_else(|| Some(requested.as_str().to_owned()));
+            let legacy_order_id = r.text(order.get("legacyOrderId"), "/legacyOrderId");
+            let lines = r
+                .array(order.get("lines"), "/lines")
+                .iter()
+                .enumerate()
+                .map(|(i, l)| line(&mut r, l, &format!("/lines/{i}")))
+                .collect();
+            let (version, last_updated_at, portal_url, header) =
+                order_facts(&mut r, Some(&order), "");
+            OrderMessageV2 {
+                schema_version: ORDER_MESSAGE_V2.to_owned(),
+                message_id: order_identity(
+                    order_ref,
+                    order_id.as_deref(),
+                    version,
+                    last_updated_at.as_deref(),
+                    fetched,
+                ),
+                scope: Scope::FullOrder,
+                event: None,
+                order_id,
+                legacy_order_id,
+                version,
+                last_updated_at,
+                portal_url,
+                header,
+                lines,
+                affected_line_ids: None,
+                warnings: Vec::new(),
+                trigger: trigger_info(trigger),
+                processed_at,
+                original,
+            }
+        }
+    };
+    Ok(OrderMessageV2 {
+        warnings: r.warnings,
+        ..message
+    })
+}
+
+fn member_kind(member: &str) -> EventObject {
+    match member {
+        "orderEvent" => EventObject::Order,
+        "orderDocumentsEvent" => EventObject::Documents,
+        _ => EventObject::SingleDelivery,
+    }
+}
+
+/// Version, `lastUpdatedAt`, `portalUrl` and the header of an order object at `base`.
+fn order_facts(
+    r: &mut Reader,
+    order: Option<&Json>,
+    base: &str,
+) -> (Option<i64>, Option<String>, Option<String>, HeaderV2) {
+    let field = |k: &str| order.and_then(|o| o.get(k));
+    let version = r.integer(field("version"), &format!("{base}/version"));
+    let last_updated_at = r.text(field("lastUpdatedAt"), &format!("{base}/lastUpdatedAt"));
+    let portal_url = r.text(field("portalUrl"), &format!("{base}/portalUrl"));
+    let buyer_path = format!("{base}/buyerOrder");
+    let buyer = r.object(field("buyerOrder"), &buyer_path);
+    let supplier_path = format!("{base}/supplierOrder");
+    let supplier = r.object(field("supplierOrder"), &supplier_path);
+    let status_path = format!("{base}/status");
+    let status = r.object(field("status"), &status_path);
+    let header = HeaderV2 {
+        purchase_order_number: r.text(
+            buyer.and_then(|b| b.get("purchaseOrderNumber")),
+            &format!("{buyer_path}/purchaseOrderNumber"),
+        ),
+        order_type: r.text(
+            buyer.and_then(|b| b.get("orderType")),
+            &format!("{buyer_path}/orderType"),
+        ),
+        process_status: r.text(
+            status.and_then(|s| s.get("processStatus")),
+            &format!("{status_path}/processStatus"),
+        ),
+        logistics_status: r.text(
+            status.and_then(|s| s.get("logisticsStatus")),
+            &format!("{status_path}/logisticsStatus"),
+        ),
+        indicators: pass(field("indicators")),
+        event_dates: pass(field("eventDates")),
+        buyer: party(r, buyer, &buyer_path, "supplierAccountNumber"),
+        supplier: party(r, supplier, &supplier_path, "buyerAccountNumber"),
+    };
+    (version, last_updated_at, portal_url, header)
+}
+
+/// The members of `buyerOrder`/`supplierOrder` this message names (the rest go to `other`).
+const PARTY_FIELDS: [&str; 12] = [
+    "companyId",
+    "description",
+    "contact",
+    "properties",
+    "notes",
+    "labels",
+    "deliveryAddress",
+    "terms",
+    "documents",
+    "purchaseOrderNumber",
+    "orderType",
+    "salesOrderNumber",
+];
+
+fn party(r: &mut Reader, o: Option<&Json>, path: &str, account_key: &str) -> PartyOrder {
+    let Some(o) = o else {
+        return PartyOrder::default();
+    };
+    let f = |k: &str| o.get(k);
+    let other: Vec<(String, Json)> = match o {
+        Json::Object(members) => members
+            .iter()
+            .filter(|(k, _)| k != account_key && !PARTY_FIELDS.contains(&k.as_str()))
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    PartyOrder {
+        company_id: r.text(f("companyId"), &format!("{path}/companyId")),
+        account_number: r.text(f(account_key), &format!("{path}/{account_key}")),
+        description: r.text(f("description"), &format!("{path}/description")),
+        contact: pass(f("contact")),
+        properties: pass(f("properties")),
+        notes: pass(f("notes")),
+        labels: pass(f("labels")),
+        delivery_address: pass(f("deliveryAddress")),
+        terms: pass(f("terms")),
+        documents: documents(r, f("documents"), &format!("{path}/documents")),
+        other: (!other.is_empty()).then_some(Json::Object(other)),
+    }
+}
+
+fn documents(r: &mut Reader, v: Option<&Json>, path: &str) -> Vec<Document> {
+    r.array(v, path)
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let p = format!("{path}/{i}");
+            let d = r.object(Some(d), &p)?;
+            let mut t = |k: &str| r.text(d.get(k), &format!("{p}/{k}"));
+            Some(Document {
+                object_id: t("objectId"),
+                name: t("name"),
+                kind: t("type").or_else(|| t("category")),
+                url: t("url"),
+                description: t("description"),
+                revision: t("revision"),
+                code: t("code"),
+                original: d.clone(),
+            })
+        })
+        .collect()
+}
+
+fn line(r: &mut Reader, l: &Json, path: &str) -> LineV2 {
+    let Some(l) = r.object(Some(l), path) else {
+        return LineV2::default();
+    };
+    let f = |k: &str| l.get(k);
+    let buyer_path = format!("{path}/buyerLine");
+    let buyer = r.object(f("buyerLine"), &buyer_path);
+    let b = |k: &str| buyer.and_then(|b| b.get(k));
+    let supplier_path = format!("{path}/supplierLine");
+    let supplier = r.object(f("supplierLine"), &supplier_path);
+    let s = |k: &str| supplier.and_then(|s| s.get(k));
+    let requests_path = format!("{supplier_path}/requests");
+    let requests = r.object(s("requests"), &requests_path);
+    let status_path = format!("{path}/status");
+    let status = r.object(f("status"), &status_path);
+    let st = |k: &str| status.and_then(|s| s.get(k));
+    let item_path = format!("{buyer_path}/item");
+    let item = r.object(b("item"), &item_path);
+    let it = |k: &str| item.and_then(|i| i.get(k));
+    // Single-delivery lines carry their current state in `statusLine`.
+    let status_line_path = format!("{path}/statusLine");
+    let status_line = r.object(f("statusLine"), &status_line_path);
+    let scheduled = status_line
+        .and_then(|s| s.get("scheduledDelivery"))
+        .and_then(|d| delivery(r, d, &format!("{status_line_path}/scheduledDelivery")));
+    let position = r.text(b("position"), &format!("{buyer_path}/position"));
+    let (current, including_requests) = match status_line {
+        Some(s) => {
+            let mut current = values(r, Some(s), &status_line_path, "", "prices", "");
+            current.delivery_schedule.extend(scheduled.clone());
+            let mut planned = values(r, Some(s), &status_line_path, "", "pricesInclRequests", "");
+            planned
+                .delivery_schedule
+                .extend(s.get("scheduledDeliveryInclRequests").and_then(|d| {
+                    delivery(
+                        r,
+                        d,
+                        &format!("{status_line_path}/scheduledDeliveryInclRequests"),
+                    )
+                }));
+            (current, planned)
+        }
+        None => (
+            values(
+                r,
+                Some(l),
+                path,
+                "deliverySchedule",
+                "prices",
+                "chargeLines",
+            ),
+            values(
+                r,
+                Some(l),
+                path,
+                "deliveryScheduleIncludingRequests",
+                "pricesIncludingRequests",
+                "chargeLinesIncludingRequests",
+            ),
+        ),
+    };
+    let process_status = r.text(st("processStatus"), &format!("{status_path}/processStatus"));
+    LineV2 {
+        id: r.text(f("id"), &format!("{path}/id")),
+        line_type: r.text(
+            b("lineType").or(f("lineType")),
+            &format!("{buyer_path}/lineType"),
+        ),
+        split_by_supplier: buyer.is_some() && position.is_none(),
+        position,
+        original_position: r.text(
+            b("originalPosition"),
+            &format!("{buyer_path}/originalPosition"),
+        ),
+        description: r.text(b("description"), &format!("{buyer_path}/description")),
+        item: Item {
+            number: r.text(it("number"), &format!("{item_path}/number")),
+            revision: r.text(it("revision"), &format!("{item_path}/revision")),
+            name: r.text(it("name"), &format!("{item_path}/name")),
+            purchase_unit_of_measure_iso: r.text(
+                it("purchaseUnitOfMeasureIso"),
+                &format!("{item_path}/purchaseUnitOfMeasureIso"),
+            ),
+            supplier_item_number: r.text(
+                it("supplierItemNumber"),
+                &format!("{item_path}/supplierItemNumber"),
+            ),
+        },
+        sales_order_number: r.text(
+            s("salesOrderNumber"),
+            &format!("{supplier_path}/salesOrderNumber"),
+        ),
+        sales_order_line_position: r.text(
+            s("salesOrderLinePosition").or(s("salesOrderPosition")),
+            &format!("{supplier_path}/salesOrderLinePosition"),
+        ),
+        project_number: r.text(b("projectNumber"), &format!("{buyer_path}/projectNumber")),
+        production_number: r.text(
+            b("productionNumber"),
+            &format!("{buyer_path}/productionNumber"),
+        ),
+
+        in_progress_status: r.text(
+            st("inProgressStatus"),
+            &format!("{status_path}/inProgressStatus"),
+        ),
+        logistics_status: r.text(
+            st("logisticsStatus"),
+            &format!("{status_path}/logisticsStatus"),
+        ),
+        indicators: pass(f("indicators")),
+        requested: buyer
+            .map(|b| {
+                values(
+                    r,
+                    Some(b),
+                    &buyer_path,
+                    "deliverySchedule",
+                    "prices",
+                    "chargeLines",
+                )
+            })
+            .filter(|v| !v.is_empty()),
+        current,
+        confirmed: r
+            .object(f("confirmedLine"), &format!("{path}/confirmedLine"))
+            .filter(|_| process_status.as_deref() == Some("Confirmed"))
+            .map(|c| {
+                values(
+                    r,
+                    Some(c),
+                    &format!("{path}/confirmedLine"),
+                    "deliverySchedule",
+                    "prices",
+                    "chargeLines",
+                )
+            }),
+        proposed: request(
+            r,
+            requests.and_then(|q| q.get("proposal")),
+            &format!("{requests_path}/proposal"),
+        ),
+        reopen_request: request(
+            r,
+            requests.and_then(|q| q.get("reopenRequest")),
+            &format!("{requests_path}/reopenRequest"),
+        ),
+        buyer_requests: pass(b("requests")),
+        including_requests: Some(including_requests).filter(|v| !v.is_empty()),
+        scheduled_delivery: scheduled,
+        process_status,
+        terms: pass(b("terms")),
+        properties: pass(b("properties")),
+        notes: pass(b("notes")),
+        labels: pass(b("labels")),
+        documents: documents(r, b("documents"), &format!("{buyer_path}/documents")),
+        merged_item_details: pass(f("mergedItemDetails")),
+        event_dates: pass(f("eventDates")),
+        last_updated_at: r.text(f("lastUpdatedAt"), &format!("{path}/lastUpdatedAt")),
+    }
+}
+
+impl Values {
+    fn is_empty(&self) -> bool {
+        self.delivery_schedule.is_empty() && self.prices.is_none() && self.charge_lines.is_empty()
+    }
+}
+
+/// The schedule, prices and charge lines of `o` under the given member names (`""`: none).
+fn values(
+    r: &mut Reader,
+    o: Option<&Json>,
+    path: &str,
+    schedule: &str,
+    price: &str,
+    charges: &str,
+) -> Values {
+    let f = |k: &str| o.and_then(|o| o.get(k)).filter(|_| !k.is_empty());
+    let schedule_path = format!("{path}/{schedule}");
+    let charges_path = format!("{path}/{charges}");
+    Values {
+        delivery_schedule: r
+            .array(f(schedule), &schedule_path)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| delivery(r, d, &format!("{schedule_path}/{i}")))
+            .collect(),
+        prices: prices(r, f(price), &format!("{path}/{price}")),
+        charge_lines: r
+            .array(f(charges), &charges_path)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| charge_line(r, c, &format!("{charges_path}/{i}")))
+            .collect(),
+    }
+}
+
+fn charge_line(r: &mut Reader, c: &Json, path: &str) -> Option<ChargeLine> {
+    let c = r.object(Some(c), path)?;
+    let mut t = |k: &str| r.text(c.get(k), &format!("{path}/{k}"));
+    let (position, charge_type_code, charge_description, price_unit_of_measure_iso) = (
+        t("position"),
+        t("chargeTypeCode"),
+        t("chargeDescription"),
+        t("priceUnitOfMeasureIso"),
+    );
+    Some(ChargeLine {
+        position,
+        charge_type_code,
+        charge_description,
+        quantity: r.decimal(c.get("quantity"), &format!("{path}/quantity")),
+        price: price(r, c.get("price"), &format!("{path}/price")),
+        price_unit_of_measure_iso,
+    })
+}
+
+fn request(r: &mut Reader, v: Option<&Json>, path: &str) -> Option<Request> {
+    let q = r.object(v, path)?;
+    Some(Request {
+        values: values(
+            r,
+            Some(q),
+            path,
+            "deliverySchedule",
+            "prices",
+            "chargeLines",
+        ),
+        reason: r.text(q.get("reason"), &format!("{path}/reason")),
+        status: r.text(q.get("status"), &format!("{path}/status")),
+    })
+}
+
+fn delivery(r: &mut Reader, d: &Json, path: &str) -> Option<Delivery> {
+    let d = r.object(Some(d), path)?;
+    let mut t = |k: &str| r.text(d.get(k), &format!("{path}/{k}"));
+    let (position, date, status, etd, eta, transport_mode) = (
+        t("position"),
+        t("date"),
+        t("status"),
+        t("etd"),
+        t("eta"),
+        t("transportMode"),
+    );
+    Some(Delivery {
+        position,
+        date,
+        quantity: r.decimal(d.get("quantity"), &format!("{path}/quantity")),
+        status,
+        etd,
+        eta,
+        transport_mode,
+    })
+}
+
+fn prices(r: &mut Reader, v: Option<&Json>, path: &str) -> Option<Prices> {
+    let p = r.object(v, path)?;
+    Some(Prices {
+        gross_price: price(r, p.get("grossPrice"), &format!("{path}/grossPrice")),
+        discount_percentage: r.decimal(
+            p.get("discountPercentage"),
+            &format!("{path}/discountPercentage"),
+        ),
+        net_price: price(r, p.get("netPrice"), &format!("{path}/netPrice")),
+        price_unit_of_measure_iso: r.text(
+            p.get("priceUnitOfMeasureIso"),
+            &format!("{path}/priceUnitOfMeasureIso"),
+        ),
+        price_unit_quantity: r.decimal(
+            p.get("priceUnitQuantity"),
+            &format!("{path}/priceUnitQuantity"),
+        ),
+    })
+}
+
+fn price(r: &mut Reader, v: Option<&Json>, path: &str) -> Option<Price> {
+    let p = r.object(v, path)?;
+    Some(Price {
+        transaction_currency: money(
+            r,
+            p.get("priceInTransactionCurrency"),
+            &format!("{path}/priceInTransactionCurrency"),
+        ),
+        base_currency: money(
+            r,
+            p.get("priceInBaseCurrency"),
+            &format!("{path}/priceInBaseCurrency"),
+        ),
+    })
+}
+
+fn money(r: &mut Reader, v: Option<&Json>, path: &str) -> Option<Money> {
+    let m = r.object(v, path)?;
+    Some(Money {
+        value: r.decimal(m.get("value"), &format!("{path}/value")),
+        currency_iso: r.text(m.get("currencyIso"), &format!("{path}/currencyIso")),
+    })
+}
+
+/// A legacy (API v1) purchase order, as far as its body allows: Tradecloud's migration model
+/// names the requested and confirmed values of a line (`quantityRequested`,
+/// `netPurchasePriceConfirmed`, `deliveryDateTimeRequested`, ...); `current` is the confirmed
+/// values where there are any, else the requested ones (an assumption: the legacy model has no
+/// "current").
+fn legacy(r: &mut Reader, o: &Json) -> (HeaderV2, Vec<LineV2>) {
+    let party = |r: &mut Reader, k: &str| {
+        let p = r.object(o.get(k), &format!("/{k}"));
+        (
+            p.and_then(|p| r.text(p.get("companyId"), &format!("/{k}/companyId"))),
+            p.and_then(|p| r.text(p.get("code"), &format!("/{k}/code"))),
+        )
+    };
+    let (supplier_company, supplier_code) = party(r, "supplier");
+    let (customer_company, customer_code) = party(r, "customer");
+    let header = HeaderV2 {
+        purchase_order_number: r.text(o.get("code"), "/code"),
+        process_status: r.text(o.get("status"), "/status"),
+        buyer: PartyOrder {
+            company_id: customer_company,
+            account_number: supplier_code,
+            description: r.text(o.get("description"), "/description"),
+            delivery_address: pass(o.get("deliveryAddress")),
+            ..PartyOrder::default()
+        },
+        supplier: PartyOrder {
+            company_id: supplier_company,
+            account_number: customer_code,
+            description: r.text(o.get("supplierDescription"), "/supplierDescription"),
+            ..PartyOrder::default()
+        },
+        ..HeaderV2::default()
+    };
+    let lines = r
+        .array(o.get("lines"), "/lines")
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let path = format!("/lines/{i}");
+            let Some(l) = r.object(Some(l), &path) else {
+                return LineV2::default();
+            };
+            let mut t = |k: &str| r.text(l.get(k), &format!("{path}/{k}"));
+            let (id, position, status, description) =
+                (t("lineId"), t("row"), t("status"), t("description"));
+            let item = Item {
+                number: t("itemCode"),
+                revision: t("itemRevision"),
+                name: t("itemName"),
+                purchase_unit_of_measure_iso: t("purchaseUnit"),
+                supplier_item_number: t("supplierItemCode"),
+            };
+            let price_unit = t("priceUnit");
+            let requested = legacy_values(r, l, &path, "Requested", price_unit.clone());
+            let confirmed = legacy_values(r, l, &path, "Confirmed", price_unit);
+            LineV2 {
+                id,
+                position,
+                description,
+                item,
+                process_status: status,
+                properties: pass(l.get("properties")),
+                current: confirmed.clone().or(requested.clone()).unwrap_or_default(),
+                requested,
+                confirmed,
+                ..LineV2::default()
+            }
+        })
+        .collect();
+    (header, lines)
+}
+
+/// A legacy line's `...Requested` or `...Confirmed` values; none when it has none of them.
+fn legacy_values(
+    r: &mut Reader,
+    l: &Json,
+    path: &str,
+    which: &str,
+    price_unit: Option<String>,
+) -> Option<Values> {
+    let key = |k: &str| format!("{k}{which}");
+    let quantity = r.decimal(
+        l.get(&key("quantity")),
+        &format!("{path}/{}", key("quantity")),
+    );
+    let date = r
+        .text(
+            l.get(&key("deliveryDateTime")),
+            &format!("{path}/{}", key("deliveryDateTime")),
+        )
+        .map(|d| d.chars().take(10).collect());
+    let amount = |r: &mut Reader, k: &str| -> Option<Price> {
+        let m = money(r, l.get(&key(k)), &format!("{path}/{}", key(k)))?;
+        Some(Price {
+            transaction_currency: Some(m),
+            base_currency: None,
+        })
+    };
+    let gross = amount(r, "grossPurchasePrice");
+    let net = amount(r, "netPurchasePrice");
+    let discount = r.decimal(
+        l.get(&key("discountPercentage")),
+        &format!("{path}/{}", key("discountPercentage")),
+    );
+    let unit_quantity = r.decimal(
+        l.get(&key("priceUnitQuantity")),
+        &format!("{path}/{}", key("priceUnitQuantity")),
+    );
+    let schedule = (quantity.is_some() || date.is_some()).then(|| Delivery {
+        date,
+        quantity,
+        ..Delivery::default()
+    });
+    let has_prices = gross.is_some() || net.is_some() || discount.is_some();
+    let prices = has_prices.then_some(Prices {
+        gross_price: gross,
+        discount_percentage: discount,
+        net_price: net,
+        price_unit_of_measure_iso: price_unit,
+        price_unit_quantity: unit_quantity,
+    });
+    (schedule.is_some() || prices.is_some()).then(|| Values {
+        delivery_schedule: schedule.into_iter().collect(),
+        prices,
+        charge_lines: Vec::new(),
+    })
+}
+
+/// A value passed through as sent; nothing for absent or null.
+fn pass(v: Option<&Json>) -> Option<Json> {
+    v.filter(|v| !v.is_null()).cloned()
+}
+
+/// Reads fields with their documented types, noting each that has another.
+#[derive(Default)]
+struct Reader {
+    warnings: Vec<FieldWarning>,
+}
+
+impl Reader {
+    fn warn(&mut self, path: &str, expected: &str, found: &Json) {
+        self.warnings.push(FieldWarning {
+            path: path.to_owned(),
+            expected: expected.to_owned(),
+            found: found.kind().to_owned(),
+        });
+    }
+
+    fn object<'a>(&mut self, v: Option<&'a Json>, path: &str) -> Option<&'a Json> {
+        match v? {
+            Json::Null => None,
+            o @ Json::Object(_) => Some(o),
+            other => {
+                self.warn(path, "object", other);
+                None
+            }
+        }
+    }
+
+    fn array<'a>(&mut self, v: Option<&'a Json>, path: &str) -> &'a [Json] {
+        match v {
+            None | Some(Json::Null) => &[],
+            Some(Json::Array(items)) => items,
+            Some(other) => {
+                self.warn(path, "array", other);
+                &[]
+            }
+        }
+    }
+
+    /// A string; a number is taken as its text (ids and positions come as either).
+    fn text(&mut self, v: Option<&Json>, path: &str) -> Option<String> {
+        match v? {
+            Json::Null => None,
+            Json::String(s) => Some(s.clone()),
+            Json::Number(n) => Some(n.clone()),
+            other => {
+                self.warn(path, "string", other);
+                None
+            }
+        }
+    }
+
+    /// A decimal: a JSON number's text, or a string holding one (Tradecloud's 2020 format).
+    fn decimal(&mut self, v: Option<&Json>, path: &str) -> Option<DecimalText> {
+        match v? {
+            Json::Null => None,
+            Json::Number(n) => Some(DecimalText(n.clone())),
+            Json::String(s) if is_decimal(s.trim()) => Some(DecimalText(s.trim().to_owned())),
+            other => {
+                self.warn(path, "decimal", other);
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, v: Option<&Json>, path: &str) -> Option<i64> {
+        let parsed = match v? {
+            Json::Null => return None,
+            Json::Number(n) | Json::String(n) => n.trim().parse::<i64>().ok(),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.warn(path, "integer", v?);
+        }
+        parsed
+    }
+}
+
+/// Whether `s` is a decimal in JSON's number grammar (`78.90`, `-1`, `1e3`).
+fn is_decimal(s: &str) -> bool {
+    s.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        && serde_json::from_str::<&RawValue>(s).is_ok()
+        && !s.contains(|c: char| c.is_whitespace())
+}
