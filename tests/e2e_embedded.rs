@@ -852,7 +852,8 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
     // An event that can never make an order message: it ends as a dead letter.
     let bad = serde_json::json!({
         "eventName": "OrderLinesUpdatedByBuyer",
-        "orderEvent": {"orderId": "journal-bad", "lines": "no list"}
+        "orderEvent": {"orderId": "journal-bad", "lines": "no list",
+                       "buyerOrder": {"purchaseOrderNumber": "PO-JOURNAL-BAD"}}
     });
     let bad = sender
         .send(&Webhook::Post(serde_json::to_vec(&bad).unwrap()))
@@ -1083,7 +1084,20 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
                 .as_str()
                 .is_some_and(|m| !m.is_empty())
         );
+        // Where the broker stored the trigger and the output (the embedded queue's ids).
+        assert!(
+            published["detail"]["position"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("id ")),
+            "{published:#}"
+        );
         let accepted = &entries[0];
+        assert!(
+            accepted["detail"]["position"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("id ")),
+            "{accepted:#}"
+        );
         assert_eq!(accepted["detail"]["status"], 200);
         assert_eq!(accepted["detail"]["peer"], "127.0.0.1");
         // One trace through both processes.
@@ -1128,6 +1142,11 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
         "{entries:#?}"
     );
     assert_eq!(entries[3]["detail"]["kind"], "invalid_event");
+    // An event that never became a message is found by the PO number its body names.
+    assert_eq!(
+        stages(&trace("PO-JOURNAL-BAD"), &bad_id),
+        stages(&entries, &bad_id)
+    );
     // Text for people: a heading with the trace id, a line per stage.
     let text = std::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
         .args(["trace", "journal-ok", "--config"])

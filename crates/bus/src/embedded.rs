@@ -95,22 +95,23 @@ enum Op {
     Publish {
         topic: String,
         message: Message,
-        reply: oneshot::Sender<Result<(), BusError>>,
+        reply: oneshot::Sender<Result<i64, BusError>>,
     },
     Ack {
         group: String,
         topic: String,
         id: i64,
-        reply: oneshot::Sender<Result<(), BusError>>,
+        reply: oneshot::Sender<Result<i64, BusError>>,
     },
     /// Apply the retention now.
     Sweep {
-        reply: oneshot::Sender<Result<(), BusError>>,
+        reply: oneshot::Sender<Result<i64, BusError>>,
     },
 }
 
 impl Op {
-    fn reply(self, result: Result<(), BusError>) {
+    /// `result`: the new message's id for a publish, 0 otherwise.
+    fn reply(self, result: Result<i64, BusError>) {
         let reply = match self {
             Op::Publish { reply, .. } | Op::Ack { reply, .. } | Op::Sweep { reply } => reply,
         };
@@ -240,8 +241,8 @@ impl EmbeddedStore {
 
     async fn submit(
         &self,
-        op: impl FnOnce(oneshot::Sender<Result<(), BusError>>) -> Op,
-    ) -> Result<(), BusError> {
+        op: impl FnOnce(oneshot::Sender<Result<i64, BusError>>) -> Op,
+    ) -> Result<i64, BusError> {
         let (reply, rx) = oneshot::channel();
         match self.inner.tx.try_send(op(reply)) {
             Ok(()) => {}
@@ -336,8 +337,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Op>, notify: &Notify, retentio
                         Op::Publish { topic, message, .. } => {
                             match serde_json::to_string(&message.headers) {
                                 Ok(headers) => insert
-                                    .execute(params![topic, message.key, headers, message.payload])
-                                    .map(|_| ())
+                                    .insert(params![topic, message.key, headers, message.payload])
                                     .map_err(storage),
                                 Err(e) => Err(storage(e)),
                             }
@@ -347,9 +347,11 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Op>, notify: &Notify, retentio
                         } => ack
                             .execute(params![group, topic, id])
                             .and_then(|_| seen.execute(params![group, topic]))
-                            .map(|_| ())
+                            .map(|_| 0)
                             .map_err(storage),
-                        Op::Sweep { .. } => sweep(&txn, retention_hours).map_err(storage),
+                        Op::Sweep { .. } => {
+                            sweep(&txn, retention_hours).map(|()| 0).map_err(storage)
+                        }
                     };
                     results.push(result);
                 }
@@ -379,20 +381,26 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Op>, notify: &Notify, retentio
 impl EmbeddedStore {
     /// Applies the retention now (the writer also does every ten minutes).
     pub async fn sweep(&self) -> Result<(), BusError> {
-        self.submit(|reply| Op::Sweep { reply }).await
+        self.submit(|reply| Op::Sweep { reply }).await.map(|_| ())
     }
 }
 
 #[async_trait]
 impl Publisher for EmbeddedStore {
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
+        self.publish_at(topic, message).await.map(|_| ())
+    }
+
+    async fn publish_at(&self, topic: &str, message: Message) -> Result<String, BusError> {
         let topic = topic.to_owned();
-        self.submit(|reply| Op::Publish {
-            topic,
-            message,
-            reply,
-        })
-        .await
+        let id = self
+            .submit(|reply| Op::Publish {
+                topic,
+                message,
+                reply,
+            })
+            .await?;
+        Ok(format!("id {id}"))
     }
 
     async fn check_ready(&self) -> Result<(), BusError> {
@@ -670,5 +678,6 @@ impl Acker for EmbeddedAcker {
                 reply,
             })
             .await
+            .map(|_| ())
     }
 }

@@ -180,6 +180,12 @@ pub const LAG_INTERVAL: Duration = Duration::from_secs(5);
 pub trait Publisher: Send + Sync + 'static {
     /// Returns only once the broker holds the message durably.
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError>;
+    /// [`Publisher::publish`], saying where the broker stored the message: Kafka `partition 3
+    /// offset 17`, RabbitMQ `routing key tradecloud.orders.order`, embedded `id 42` (empty where
+    /// a backend cannot say).
+    async fn publish_at(&self, topic: &str, message: Message) -> Result<String, BusError> {
+        self.publish(topic, message).await.map(|()| String::new())
+    }
     /// `Ok` when the broker is reachable and publishes can succeed (readiness).
     async fn check_ready(&self) -> Result<(), BusError>;
     /// Closes connections cleanly at shutdown (after the last publish and ack).
@@ -209,17 +215,18 @@ pub fn publish_span(
 
 /// Publishes `message` inside `span` (from [`publish_span`]), within `timeout`: the message
 /// carries the span's context (`traceparent`, `tracestate`), so whoever reads it continues the
-/// trace from this publish; a failure marks the span.
+/// trace from this publish; a failure marks the span. `Ok`: where the broker stored it
+/// ([`Publisher::publish_at`]).
 pub async fn publish_traced(
     publisher: &dyn Publisher,
     span: &tracing::Span,
     topic: &str,
     mut message: Message,
     timeout: std::time::Duration,
-) -> Result<(), BusError> {
+) -> Result<String, BusError> {
     use tracing::Instrument;
     tcb_telemetry::otel::inject_headers(span, &mut message.headers);
-    let result = tokio::time::timeout(timeout, publisher.publish(topic, message))
+    let result = tokio::time::timeout(timeout, publisher.publish_at(topic, message))
         .instrument(span.clone())
         .await
         .unwrap_or(Err(BusError::Timeout(timeout)));

@@ -42,12 +42,32 @@ async fn one_keys_messages_arrive_in_order_with_headers() {
     let c = config(&unique(), &bootstrap());
     let bus = connect(&BusConfig::Kafka(c.clone())).await.unwrap();
     ready(&bus).await;
+    let mut stored = Vec::new();
     for n in 0..5 {
-        bus.publisher()
-            .publish(&c.topics.orders, msg("order-7", n))
-            .await
-            .unwrap();
+        stored.push(
+            bus.publisher()
+                .publish_at(&c.topics.orders, msg("order-7", n))
+                .await
+                .unwrap(),
+        );
     }
+    // One key, one partition: consecutive offsets, as the broker reports them.
+    let partition = stored[0].split(" offset ").next().unwrap().to_owned();
+    assert!(partition.starts_with("partition "), "{stored:?}");
+    let offsets: Vec<i64> = stored
+        .iter()
+        .map(|s| {
+            s.strip_prefix(&format!("{partition} offset "))
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        offsets,
+        (offsets[0]..offsets[0] + 5).collect::<Vec<_>>(),
+        "{stored:?}"
+    );
     let mut consumer = bus.consumer(&c.topics.orders, Some("g1")).await.unwrap();
     for n in 0..5 {
         let d = next(&mut consumer).await;

@@ -79,10 +79,13 @@ async fn publishes_with_confirms_and_consumes_with_headers_and_keys() {
         let mut consumer = bus.consumer(&c.topics.orders, Some("g")).await.unwrap();
         for n in 0..3 {
             let event = (n % 2 == 0).then_some("OrderIssuedByBuyer");
-            bus.publisher()
-                .publish(&c.topics.orders, event_msg("order-1", event, n))
+            let at = bus
+                .publisher()
+                .publish_at(&c.topics.orders, event_msg("order-1", event, n))
                 .await
                 .unwrap();
+            let word = event.unwrap_or("order");
+            assert_eq!(at, format!("routing key {}.{word}", c.topics.orders));
         }
         for n in 0..3 {
             let d = next(&mut consumer).await;

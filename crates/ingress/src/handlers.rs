@@ -391,7 +391,7 @@ async fn publish(
     )
     .await;
     match outcome {
-        Ok(()) => {
+        Ok(position) => {
             tcb_telemetry::metrics::ingress_acked(started.elapsed());
             journal(
                 tcb_journal::Stage::Accepted,
@@ -401,6 +401,7 @@ async fn publish(
                     "method": trigger.method().as_str(),
                     "event": trigger.event_name().map(|n| n.as_str()),
                     "topic": state.topic,
+                    "position": position,
                 }),
             );
             tracing::info!(

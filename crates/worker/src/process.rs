@@ -511,7 +511,14 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
                 Some(order.message_id.to_string()),
             )
         }
-        Err(_) => (None, None),
+        // An event that ends as a dead letter is still found by the PO number its body names.
+        Err(_) => match trigger.as_ref().map(|t| &t.trigger) {
+            Ok(tcb_model::Trigger::Event(event)) => (
+                tcb_model::webhook::order_hint(event.body.get().as_bytes()).1,
+                None,
+            ),
+            _ => (None, None),
+        },
     };
     let (mut message, mut dead) = match result {
         Ok(order) => match codec::encode_order(&order) {
@@ -527,7 +534,7 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
     let topics = &shared.bus.topics;
     let bus = &shared.health.bus;
     let mut backoff = shared.backoff.clone();
-    let topic = loop {
+    let (topic, position) = loop {
         let topic = if dead.is_some() {
             &topics.dead_letters
         } else {
@@ -547,9 +554,9 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
         .await;
         shared.health.progress.step();
         let e = match published {
-            Ok(()) => {
+            Ok(position) => {
                 bus.close();
-                break topic;
+                break (topic, position);
             }
             Err(e) => e,
         };
@@ -594,7 +601,7 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
             |e| {
                 e.po_number(po_number.as_deref())
                     .message(message_id.as_deref())
-                    .detail(serde_json::json!({"topic": topic, "key": message.key}))
+                    .detail(serde_json::json!({"topic": topic, "key": message.key, "position": position}))
             },
         ),
         Some((kind, reason)) => journal(
@@ -604,7 +611,7 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
             tcb_journal::Stage::DeadLettered,
             |e| {
                 e.po_number(po_number.as_deref()).detail(
-                    serde_json::json!({"topic": topic, "kind": kind.as_str(), "reason": reason}),
+                    serde_json::json!({"topic": topic, "kind": kind.as_str(), "reason": reason, "position": position}),
                 )
             },
         ),

@@ -79,6 +79,10 @@ impl Publisher for Kafka {
     }
 
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
+        self.publish_at(topic, message).await.map(|_| ())
+    }
+
+    async fn publish_at(&self, topic: &str, message: Message) -> Result<String, BusError> {
         let shared = &self.shared;
         let producer = shared.producer();
         if let Some((code, reason)) = producer.client().fatal_error() {
@@ -95,7 +99,10 @@ impl Publisher for Kafka {
             .payload(&message.payload)
             .headers(to_kafka_headers(&message.headers));
         match producer.send(record, Duration::ZERO).await {
-            Ok(_) => Ok(()),
+            Ok(stored) => Ok(format!(
+                "partition {} offset {}",
+                stored.partition, stored.offset
+            )),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(
                 BusError::Overloaded("the Kafka producer queue is full".to_owned()),
             ),

@@ -47,7 +47,12 @@ impl Publisher for RabbitMq {
     }
 
     async fn publish(&self, topic: &str, message: Message) -> Result<(), BusError> {
+        self.publish_at(topic, message).await.map(|_| ())
+    }
+
+    async fn publish_at(&self, topic: &str, message: Message) -> Result<String, BusError> {
         let link = self.current()?;
+        let key = routing_key(topic, message.routing_word.as_deref());
         let i = link.next.fetch_add(1, Ordering::Relaxed) % link.channels.len();
         let channel = &link.channels[i];
         let mut props = BasicProperties::default()
@@ -64,7 +69,7 @@ impl Publisher for RabbitMq {
             channel
                 .basic_publish(
                     self.inner.config.exchange.as_str().into(),
-                    routing_key(topic, message.routing_word.as_deref()).into(),
+                    key.as_str().into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()
@@ -77,7 +82,7 @@ impl Publisher for RabbitMq {
         }
         .await;
         match result {
-            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(None)) => Ok(format!("routing key {key}")),
             Ok(Confirmation::Ack(Some(returned))) => Err(BusError::Rejected {
                 context: format!(
                     "RabbitMQ returned the message as unroutable ({} {}): no queue is bound for topic {topic}",
