@@ -231,6 +231,13 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_counted_by_reason() {
     let world = World::new(1 << 20);
+    // A journal that cannot be opened (its folder would be inside a file): the bridge runs
+    // without it and answers webhooks as always.
+    std::fs::write(world.dir.path().join("not-a-dir"), b"").unwrap();
+    world.edit_config(
+        "[telemetry]\n",
+        "[journal]\npath = \"not-a-dir/journal.db\"\n\n[telemetry]\n",
+    );
     world.sim.fail_order("unknown-order", 404);
     world.sim.fail_order("refused-order", 400);
     let bridge = world.start_bridge();

@@ -60,10 +60,19 @@ impl Running {
         let mut journal =
             |process: &'static str| -> Result<Option<tcb_journal::Journal>, CliError> {
                 match &config.journal.path {
+                    // A journal that cannot be opened (a full or read-only disk, a damaged file)
+                    // must not keep webhooks from being answered: the bridge runs without it.
                     Some(path) => {
-                        let j = tcb_journal::Journal::open(&config.journal, path, process)?;
-                        journals.push(j.clone());
-                        Ok(Some(j))
+                        match tcb_journal::Journal::open(&config.journal, path, process) {
+                            Ok(j) => {
+                                journals.push(j.clone());
+                                Ok(Some(j))
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, process, "the order journal cannot be opened: running without it");
+                                Ok(None)
+                            }
+                        }
                     }
                     None => Ok(None),
                 }

@@ -32,6 +32,9 @@ pub struct JournalConfig {
     pub max_age_hours: u64,
     /// At most this many entries; the oldest go first (default 1,000,000, about 300 MB).
     pub max_entries: u64,
+    /// At most this much space (MiB) for the entries; past it the oldest go first (default
+    /// 1024). Freed space is reused, so the file stays about this large.
+    pub max_size_mb: u64,
 }
 
 impl Default for JournalConfig {
@@ -41,6 +44,7 @@ impl Default for JournalConfig {
             read_also: Vec::new(),
             max_age_hours: 24 * 7,
             max_entries: 1_000_000,
+            max_size_mb: 1024,
         }
     }
 }
@@ -59,6 +63,9 @@ impl JournalConfig {
         }
         if self.max_entries < 1000 {
             problems.push(("max_entries".to_owned(), "must be at least 1000".to_owned()));
+        }
+        if self.max_size_mb == 0 {
+            problems.push(("max_size_mb".to_owned(), "must be at least 1".to_owned()));
         }
         problems
     }
@@ -295,7 +302,7 @@ impl Journal {
         }
         let conn = open(path, true)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-        let limits = (config.max_age_hours, config.max_entries);
+        let limits = config.clone();
         let shown = path.display().to_string();
         std::thread::Builder::new()
             .name("journal-writer".to_owned())
@@ -330,12 +337,7 @@ impl Journal {
     }
 }
 
-fn writer(
-    mut conn: Connection,
-    rx: Receiver<Msg>,
-    (max_age_hours, max_entries): (u64, u64),
-    path: &str,
-) {
+fn writer(mut conn: Connection, rx: Receiver<Msg>, limits: JournalConfig, path: &str) {
     let mut swept = Instant::now()
         .checked_sub(SWEEP_EVERY)
         .unwrap_or_else(Instant::now);
@@ -372,7 +374,7 @@ fn writer(
         }
         if swept.elapsed() >= SWEEP_EVERY {
             swept = Instant::now();
-            if let Err(e) = sweep(&conn, max_age_hours, max_entries) {
+            if let Err(e) = sweep(&conn, &limits) {
                 tracing::warn!(error = %e, journal = path, "deleting old journal entries failed");
             }
         }
@@ -403,8 +405,9 @@ fn insert(conn: &mut Connection, batch: &[Entry]) -> Result<(), rusqlite::Error>
     tx.commit()
 }
 
-/// Deletes entries past the age and beyond the count (the oldest first).
-fn sweep(conn: &Connection, max_age_hours: u64, max_entries: u64) -> Result<(), rusqlite::Error> {
+/// Deletes entries past the age, beyond the count and beyond the size (the oldest first).
+fn sweep(conn: &Connection, limits: &JournalConfig) -> Result<(), rusqlite::Error> {
+    let (max_age_hours, max_entries) = (limits.max_age_hours, limits.max_entries);
     let cutoff = Utc::now() - chrono::Duration::hours(max_age_hours.min(1 << 20) as i64);
     conn.execute(
         "DELETE FROM journal WHERE at < ?1",
@@ -414,6 +417,19 @@ fn sweep(conn: &Connection, max_age_hours: u64, max_entries: u64) -> Result<(), 
         "DELETE FROM journal WHERE seq <= (SELECT max(seq) FROM journal) - ?1",
         params![max_entries as i64],
     )?;
+    // Size: the pages in use (freed pages are reused); past the limit, the oldest share of the
+    // entries that brings them under it goes, plus a twentieth so this does not run every sweep.
+    let pragma = |name: &str| conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0));
+    let used = (pragma("page_count")? - pragma("freelist_count")?) * pragma("page_size")?;
+    let max = (limits.max_size_mb.min(1 << 30) as i64) << 20;
+    if used > max {
+        let count: i64 = conn.query_row("SELECT count(*) FROM journal", [], |r| r.get(0))?;
+        let excess = (count as i128 * (used - max) as i128 / used as i128) as i64 + count / 20 + 1;
+        conn.execute(
+            "DELETE FROM journal WHERE seq <= (SELECT min(seq) FROM journal) + ?1",
+            params![excess - 1],
+        )?;
+    }
     Ok(())
 }
 
@@ -662,7 +678,12 @@ mod tests {
             .collect();
         insert(&mut conn, &[old]).unwrap();
         insert(&mut conn, &recent).unwrap();
-        sweep(&conn, 24, 1000).unwrap();
+        let limits = JournalConfig {
+            max_age_hours: 24,
+            max_entries: 1000,
+            ..JournalConfig::default()
+        };
+        sweep(&conn, &limits).unwrap();
         let count: i64 = conn
             .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
             .unwrap();
@@ -675,6 +696,52 @@ mod tests {
             )
             .unwrap();
         assert_eq!(oldest, "t-500", "the oldest go first");
+    }
+
+    #[test]
+    fn entries_beyond_the_size_limit_are_swept_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mut conn = open(&path, true).unwrap();
+        // About 4 MiB of entries against a 1 MiB limit.
+        let detail = serde_json::json!({"error": "x".repeat(400)});
+        let entries: Vec<Entry> = (0..8000)
+            .map(|i| Entry::new(format!("t-{i}"), Stage::Accepted).detail(detail.clone()))
+            .collect();
+        insert(&mut conn, &entries).unwrap();
+        let used = |conn: &Connection| -> i64 {
+            conn.query_row(
+                "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert!(used(&conn) > 3 << 20, "{}", used(&conn));
+        let limits = JournalConfig {
+            max_size_mb: 1,
+            ..JournalConfig::default()
+        };
+        sweep(&conn, &limits).unwrap();
+        assert!(used(&conn) <= 1 << 20, "{}", used(&conn));
+        let (oldest, newest): (String, String) = conn
+            .query_row(
+                "SELECT (SELECT trigger_id FROM journal ORDER BY seq LIMIT 1), (SELECT trigger_id FROM journal ORDER BY seq DESC LIMIT 1)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(newest, "t-7999", "the newest stay");
+        let first: u32 = oldest.trim_start_matches("t-").parse().unwrap();
+        assert!(first > 5000, "the oldest went first: {oldest}");
+        // Under the limit, nothing more goes.
+        let count = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+                .unwrap()
+        };
+        let before = count(&conn);
+        sweep(&conn, &limits).unwrap();
+        assert_eq!(count(&conn), before);
     }
 
     #[test]
