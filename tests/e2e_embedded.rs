@@ -964,6 +964,30 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // By time alone: every trigger in the window, none before it; credentials before all else.
+    let window =
+        get_json("/console/api/journal?since=2000-01-01T00:00:00Z&limit=200".to_owned()).await;
+    let seen: BTreeSet<&str> = window["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["trigger_id"].as_str().unwrap())
+        .collect();
+    for id in [&ok_id, &dead_id, &bad_id] {
+        assert!(seen.contains(id.as_str()), "{id}: {window:#}");
+    }
+    let before = get_json("/console/api/journal?until=2000-01-01T00:00:00Z".to_owned()).await;
+    assert_eq!(before["entries"], serde_json::json!([]), "{before:#}");
+    let anonymous_bad = admin
+        .get(url("/console/api/journal?limit=many"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous_bad.status(), 401);
+    assert_eq!(
+        get("/console/api/journal").send().await.unwrap().status(),
+        400
+    );
     // The charts add the other process's series; the one that is down is named.
     let overview = get_json("/console/api/overview".to_owned()).await;
     assert_eq!(overview["values"]["delivered"], 41.0, "{overview:#}");
@@ -1111,6 +1135,11 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
         assert_eq!(accepted["trace_id"], published["trace_id"]);
         assert_eq!(accepted["trace_id"].as_str().unwrap().len(), 32);
     }
+    let window = trace("--since=2000-01-01T00:00:00Z");
+    assert!(
+        window.iter().any(|e| e["trigger_id"] == ok_id.as_str()),
+        "{window:#?}"
+    );
     let refused = trace("journal-refused");
     assert_eq!(refused.len(), 1, "{refused:#?}");
     assert_eq!(refused[0]["stage"], "refused");

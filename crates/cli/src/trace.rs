@@ -14,7 +14,8 @@ use crate::config::Config;
 #[derive(clap::Args)]
 pub struct TraceArgs {
     /// A Tradecloud order id, a purchase order number, a trigger id or a message id (Tradecloud's
-    /// `meta.messageId`, or the output's).
+    /// `meta.messageId`, or the output's). Without it, every trigger seen in --since/--until.
+    #[arg(default_value = "")]
     query: String,
     /// The bridge's config file: its `[journal] path` is read.
     #[arg(long, short, env = "TCB_CONFIG")]
@@ -45,6 +46,12 @@ pub fn run(args: TraceArgs) -> Result<(), CliError> {
     if journals.is_empty() {
         return Err(CliError::Io(
             "no journal to read: give --config (with a [journal] path) or --journal FILE"
+                .to_owned(),
+        ));
+    }
+    if args.query.is_empty() && args.since.is_none() && args.until.is_none() {
+        return Err(CliError::Io(
+            "give what to look for (an order id, PO number, trigger id or message id) or a time window (--since, --until)"
                 .to_owned(),
         ));
     }

@@ -403,23 +403,37 @@ async fn dead_letters(req: HttpRequest, console: web::Data<Console>) -> HttpResp
 
 #[derive(Deserialize)]
 struct JournalQuery {
+    /// An order id, PO number, trigger id or message id; empty: every trigger in the window.
+    #[serde(default)]
     q: String,
     limit: Option<usize>,
+    /// RFC 3339 times bounding when the triggers were seen.
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-async fn journal(
-    req: HttpRequest,
-    console: web::Data<Console>,
-    query: web::Query<JournalQuery>,
-) -> HttpResponse {
+async fn journal(req: HttpRequest, console: web::Data<Console>) -> HttpResponse {
     if let Some(no) = refused(&req, &console).await {
         return no;
+    }
+    // Read after the credentials: an anonymous caller learns nothing, not even a 400.
+    let query = match web::Query::<JournalQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => {
+            return HttpResponse::BadRequest()
+                .json(json!({"error": "bad query", "reason": e.to_string()}));
+        }
+    };
+    if query.q.trim().is_empty() && query.since.is_none() && query.until.is_none() {
+        return HttpResponse::BadRequest()
+            .json(json!({"error": "give q (an id or PO number) or a time window (since, until)"}));
     }
     let journals = console.journals.clone();
     let q = tcb_journal::Query {
         text: query.q.trim().to_owned(),
         limit: query.limit.unwrap_or(20).min(200),
-        ..tcb_journal::Query::default()
+        since: query.since,
+        until: query.until,
     };
     match tokio::task::spawn_blocking(move || tcb_journal::search(&journals, &q)).await {
         Ok(Ok(entries)) => HttpResponse::Ok().json(json!({"entries": entries})),

@@ -433,8 +433,8 @@ fn sweep(conn: &Connection, limits: &JournalConfig) -> Result<(), rusqlite::Erro
     Ok(())
 }
 
-/// What to look for: an order id, a purchase order number, a trigger id or a message id, and an
-/// optional time window.
+/// What to look for: an order id, a purchase order number, a trigger id or a message id (empty:
+/// any trigger), and an optional time window.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
     pub text: String,
@@ -467,7 +467,7 @@ pub fn search(journals: &[PathBuf], query: &Query) -> Result<Vec<Entry>, Journal
         let mut stmt = conn
             .prepare(
                 "SELECT trigger_id, max(at) AS last FROM journal
-                 WHERE (trigger_id = ?1 OR order_id = ?1 OR po_number = ?1 OR message_id = ?1)
+                 WHERE (?1 = '' OR trigger_id = ?1 OR order_id = ?1 OR po_number = ?1 OR message_id = ?1)
                    AND at >= ?2 AND at <= ?3
                  GROUP BY trigger_id ORDER BY last DESC LIMIT ?4",
             )
