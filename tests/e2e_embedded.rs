@@ -1025,6 +1025,14 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 403, "replay = false: read-only");
+    let anonymous_replay = admin
+        .post(url("/console/api/replay"))
+        .header("x-console", "replay")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous_replay.status(), 401, "credentials come first");
 
     // The cause is fixed; the operator replays the dead letters (both: the bad event fails again,
     // the other is delivered).

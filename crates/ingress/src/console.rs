@@ -454,14 +454,33 @@ struct ReplayRequest {
     kind: Option<String>,
 }
 
-async fn replay(
-    req: HttpRequest,
-    console: web::Data<Console>,
-    body: web::Json<ReplayRequest>,
-) -> HttpResponse {
+async fn replay(req: HttpRequest, console: web::Data<Console>, raw: web::Bytes) -> HttpResponse {
     if let Some(no) = refused(&req, &console).await {
         return no;
     }
+    // Read after the credentials (an anonymous caller gets 401 whatever it sends); JSON only
+    // (with X-Console, a request a page on another site cannot send without a preflight).
+    let json_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|t| t.trim() == "application/json")
+        });
+    let body: ReplayRequest = match serde_json::from_slice(&raw) {
+        Ok(b) if json_type => b,
+        Ok(_) => {
+            return HttpResponse::BadRequest().json(
+                json!({"error": "bad_request", "reason": "send Content-Type: application/json"}),
+            );
+        }
+        Err(e) => {
+            return HttpResponse::BadRequest()
+                .json(json!({"error": "bad_request", "reason": e.to_string()}));
+        }
+    };
     if !console.replay {
         return HttpResponse::Forbidden().json(json!({
             "error": "read_only",
