@@ -228,15 +228,15 @@ def run(bridge, screenshots):
         expect(stages.last).to_have_attribute("data-stage", "published", timeout=10_000)
         expect(page.locator('#journal-results tr[data-stage="replayed"]')).to_have_count(1)
         expect(page.locator('#journal-results tr[data-stage="dead_lettered"]')).to_have_count(1)
+        if screenshots:
+            page.locator("#journal").scroll_into_view_if_needed()
+            page.screenshot(path=os.path.join(ROOT, "docs", "console-journal.png"), full_page=True)
         # By time alone: every trigger since then (the delivered one among them).
         page.locator("#q").fill("")
         page.locator("#since").fill("2000-01-01T00:00")
         page.locator("#search-form button").click()
         expect(page.locator(f'#journal-results td:text-is("{delivered}")').first).to_be_visible(timeout=10_000)
         page.locator("#since").fill("")
-        if screenshots:
-            page.locator("#journal").scroll_into_view_if_needed()
-            page.screenshot(path=os.path.join(ROOT, "docs", "console-journal.png"), full_page=True)
         assert not errors, errors
         browser.close()
 
