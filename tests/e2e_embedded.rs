@@ -1216,3 +1216,94 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
     assert_eq!(none.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&none.stderr).contains("no trigger"));
 }
+
+/// `[worker] message_version = "v2"`: events (a documented proposal, one with badly typed fields)
+/// and a fetched order arrive as order messages v2 that validate against the published schema,
+/// decimals exact, type problems as warnings on a delivered message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_publishes_order_messages_v2_when_configured() {
+    let world = World::new(1 << 20);
+    world.edit_config("[worker]\n", "[worker]\nmessage_version = \"v2\"\n");
+    let bridge = world.start_bridge();
+    let sender = world.sender(&bridge, 1);
+    let bus = world.bus().await;
+    let mut out = bus.consumer(&bus.topics.orders, Some("e2e")).await.unwrap();
+    let fixture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../model/tests/fixtures/v2/proposal.json"
+    ))
+    .unwrap();
+    let badly_typed = fixture
+        .replace("2b7f4c1d-6e8a-4b3c-9d0e-1f2a3b4c5d01", "bad-types-1")
+        .replacen("\"quantity\": 100.000", "\"quantity\": \"\"", 1);
+    let calls = [
+        Webhook::Post(fixture.clone().into_bytes()),
+        Webhook::Post(badly_typed.into_bytes()),
+        Webhook::GetPath("order-v2-get".to_owned()),
+    ];
+    for call in &calls {
+        assert!(sender.send(call).await.accepted(), "{call:?}");
+    }
+    let got = collect_until(&mut out, Duration::from_secs(60), |d| d.len() >= 3).await;
+    assert_eq!(got.len(), 3);
+    let schema: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/schemas/order-message.v2.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let mut by_message: HashMap<String, serde_json::Value> = HashMap::new();
+    for d in &got {
+        assert_eq!(
+            d.message.headers[headers::SCHEMA_VERSION],
+            "order-message.v2"
+        );
+        let decoded = tcb_model::codec::decode_order(&d.message).unwrap();
+        assert!(matches!(decoded, tcb_model::Output::V2(_)));
+        let json: serde_json::Value = serde_json::from_slice(&d.message.payload).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let key = json["trigger"]["tradecloudMessageId"]
+            .as_str()
+            .unwrap_or("fetched")
+            .to_owned();
+        by_message.insert(key, json);
+    }
+    let proposal = &by_message["2b7f4c1d-6e8a-4b3c-9d0e-1f2a3b4c5d01"];
+    let line = &proposal["lines"][0];
+    assert_eq!(
+        line["current"]["prices"]["netPrice"]["transactionCurrency"]["value"],
+        "78.90"
+    );
+    assert_eq!(line["proposed"]["status"], "Open");
+    assert_eq!(
+        line["proposed"]["deliverySchedule"][1]["quantity"],
+        "40.000"
+    );
+    assert_eq!(proposal["warnings"], serde_json::json!([]));
+    let bad = &by_message["bad-types-1"];
+    assert_eq!(
+        bad["warnings"][0]["path"],
+        "/orderEvent/lines/0/buyerLine/deliverySchedule/0/quantity"
+    );
+    assert!(bad["lines"][0]["requested"]["deliverySchedule"][0]["quantity"].is_null());
+    let fetched = &by_message["fetched"];
+    assert_eq!(fetched["scope"], "full-order");
+    assert_eq!(fetched["orderId"], "order-v2-get");
+    assert!(
+        !fetched["lines"].as_array().unwrap().is_empty(),
+        "{fetched:#}"
+    );
+    assert_eq!(
+        bridge
+            .metric("tcb_worker_triggers_total{outcome=\"delivered\"}")
+            .await,
+        3.0
+    );
+}

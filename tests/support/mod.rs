@@ -853,7 +853,7 @@ pub async fn assert_all_settled(
             d = orders.next() => {
                 let d = d.unwrap();
                 let order = tcb_model::codec::decode_order(&d.message).unwrap();
-                delivered.insert(order.trigger.id.to_string());
+                delivered.insert(order.trigger_id().to_string());
                 d.ack().await.unwrap();
             }
             d = dead.next() => {

@@ -284,6 +284,15 @@ impl Config {
                 k.message_timeout_ms, i.ack_timeout_ms
             ));
         }
+        if let Some(worker) = &self.worker
+            && worker.message_version == tcb_model::MessageVersion::V1
+        {
+            w.push(
+                "worker.message_version is v1 (deprecated; the default when the key is missing): \
+                 set message_version = \"v2\" once the ERP reads v2 (docs/message.md)"
+                    .to_owned(),
+            );
+        }
         #[cfg(feature = "rabbitmq")]
         if let (BusConfig::Rabbitmq(_), Some(worker)) = (&self.bus, &self.worker)
             && worker.max_retry_seconds >= 1800

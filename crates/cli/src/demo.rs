@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tcb_model::OrderMessage;
+use tcb_model::Output;
 use tcb_simulator::{Sender, SenderAuth, SenderConfig, orders};
 use tokio::sync::Mutex;
 
@@ -169,10 +169,10 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
                 let Ok(message) = tcb_model::codec::decode_order(&delivery.message) else {
                     continue;
                 };
-                if message.trigger.received_at < started_at {
+                if message.trigger().received_at < started_at {
                     continue;
                 }
-                let id = message.trigger.id.to_string();
+                let id = message.trigger_id().to_string();
                 let begun = loop {
                     if let Some(t) = sent_at.lock().await.get(&id).copied() {
                         break Some(t);
@@ -249,30 +249,26 @@ fn accepted(outcomes: &[(&str, tcb_simulator::Outcome)]) -> usize {
     outcomes.iter().filter(|(_, o)| o.accepted()).count()
 }
 
-fn print_message(m: &OrderMessage, latency: Duration, json: bool) {
+fn print_message(m: &Output, latency: Duration, json: bool) {
     if json {
-        if let Ok(s) = serde_json::to_string(m) {
-            println!("{s}");
+        if let Ok(s) = m.to_json() {
+            println!("{}", String::from_utf8_lossy(&s));
         }
         return;
     }
-    let order = m
-        .order_id
-        .as_deref()
-        .or(m.legacy_order_id.as_deref())
-        .unwrap_or("-");
+    let order = m.order_id().or(m.legacy_order_id()).unwrap_or("-");
     println!(
         "orders <- {:<6} {:<20} {:<13} {:<32} v{:<3} lines={} po={} {:>7.1} ms",
-        m.trigger.method,
+        m.trigger().method,
         order,
-        match m.scope {
+        match m.scope() {
             tcb_model::message::Scope::FullOrder => "full-order",
             tcb_model::message::Scope::PartialEvent => "partial-event",
         },
-        m.event_name.as_deref().unwrap_or("(fetched)"),
-        m.order_version.map_or("-".to_owned(), |v| v.to_string()),
-        m.lines.len(),
-        m.header.purchase_order_number.as_deref().unwrap_or("-"),
+        m.event_name().unwrap_or("(fetched)"),
+        m.version().map_or("-".to_owned(), |v| v.to_string()),
+        m.line_count(),
+        m.purchase_order_number().unwrap_or("-"),
         latency.as_secs_f64() * 1000.0,
     );
 }

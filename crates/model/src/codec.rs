@@ -17,7 +17,8 @@ use serde_json::value::RawValue;
 use tcb_bus::{CLOUDEVENTS_PREFIX, Headers, Message};
 use uuid::Uuid;
 
-use crate::message::{ORDER_MESSAGE_SCHEMA_VERSION, OrderMessage, Scope};
+use crate::message::Scope;
+use crate::output::Output;
 use crate::trigger::{
     EventMethod, EventName, EventTrigger, Method, OrderId, OrderRef, Trigger, TriggerEnvelope,
     TriggerError, TriggerKind,
@@ -298,50 +299,61 @@ pub fn decode_trigger(message: &Message) -> Result<TriggerEnvelope, CodecError> 
 
 /// An order message as a bus message: key = order id, headers incl. CloudEvents, JSON payload.
 /// The trace context is added by the publish.
-pub fn encode_order(order: &OrderMessage) -> Result<Message, CodecError> {
-    let payload = serde_json::to_vec(order).map_err(CodecError::Serialize)?;
+pub fn encode_order(order: &Output) -> Result<Message, CodecError> {
+    let payload = order.to_json().map_err(CodecError::Serialize)?;
     let key = order
-        .order_id
-        .clone()
-        .or_else(|| order.legacy_order_id.clone())
-        .unwrap_or_else(|| order.trigger.id.to_string());
+        .order_id()
+        .or(order.legacy_order_id())
+        .map(str::to_owned)
+        .unwrap_or_else(|| order.trigger_id().to_string());
     let mut m = message(
         key,
         payload,
-        &order.trigger.id,
-        order.message_id.to_string(),
-        ORDER_MESSAGE_SCHEMA_VERSION,
-        order.event_name.as_deref(),
+        &order.trigger_id(),
+        order.message_id().to_string(),
+        order.schema_version(),
+        order.event_name(),
     );
-    m.headers
-        .insert(header::MESSAGE_ID.to_owned(), order.message_id.to_string());
+    m.headers.insert(
+        header::MESSAGE_ID.to_owned(),
+        order.message_id().to_string(),
+    );
     m.headers.extend(cloud_events(order));
     Ok(m)
 }
 
-/// The order message a bus message carries.
-pub fn decode_order(message: &Message) -> Result<OrderMessage, serde_json::Error> {
-    serde_json::from_slice(&message.payload)
+/// The order message a bus message carries, of the version its schema header names.
+pub fn decode_order(message: &Message) -> Result<Output, serde_json::Error> {
+    let v2 = message
+        .headers
+        .get(header::SCHEMA_VERSION)
+        .map(String::as_str)
+        == Some(crate::message_v2::ORDER_MESSAGE_V2);
+    Ok(if v2 {
+        Output::V2(Box::new(serde_json::from_slice(&message.payload)?))
+    } else {
+        Output::V1(Box::new(serde_json::from_slice(&message.payload)?))
+    })
 }
 
 /// CloudEvents 1.0 attributes of an order message, in the Kafka binding's `ce_` form (the
 /// RabbitMQ backend maps them to the AMQP binding's `cloudEvents:`).
-fn cloud_events(order: &OrderMessage) -> Vec<(String, String)> {
-    let kind = match order.scope {
+fn cloud_events(order: &Output) -> Vec<(String, String)> {
+    let kind = match order.scope() {
         Scope::FullOrder => "com.tradecloud.order.full",
         Scope::PartialEvent => "com.tradecloud.order.event",
     };
     let ce = |attr: &str, value: String| (format!("{CLOUDEVENTS_PREFIX}{attr}"), value);
     let mut attrs = vec![
         ce("specversion", "1.0".to_owned()),
-        ce("id", order.message_id.to_string()),
+        ce("id", order.message_id().to_string()),
         ce("source", "tradecloud-bridge".to_owned()),
         ce("type", kind.to_owned()),
-        ce("time", order.processed_at.to_rfc3339()),
-        ce("dataschema", ORDER_MESSAGE_SCHEMA_VERSION.to_owned()),
+        ce("time", order.processed_at().to_rfc3339()),
+        ce("dataschema", order.schema_version().to_owned()),
     ];
-    if let Some(subject) = order.order_id.as_ref().or(order.legacy_order_id.as_ref()) {
-        attrs.push(ce("subject", subject.clone()));
+    if let Some(subject) = order.order_id().or(order.legacy_order_id()) {
+        attrs.push(ce("subject", subject.to_owned()));
     }
     attrs
 }

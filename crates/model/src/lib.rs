@@ -23,6 +23,7 @@ pub mod message_v2;
 pub mod normalize;
 pub mod normalize_v2;
 pub mod order;
+pub mod output;
 pub mod trigger;
 pub mod txml;
 pub mod webhook;
@@ -33,6 +34,7 @@ pub use message::OrderMessage;
 pub use message_v2::OrderMessageV2;
 pub use normalize::{NormalizeError, normalize_event, normalize_fetched_order};
 pub use normalize_v2::{normalize_event_v2, normalize_fetched_order_v2};
+pub use output::{MessageVersion, Output};
 pub use trigger::{
     EventMethod, EventName, IdKind, Method, OrderId, OrderRef, Trigger, TriggerEnvelope,
     TriggerError, TriggerKind,

@@ -65,6 +65,11 @@ pub struct WorkerConfig {
     /// Triggers held with nothing moving for this long make `/healthz` fail (a wedged worker).
     #[serde(default = "default_stall_timeout")]
     pub stall_timeout_seconds: u64,
+    /// The order message published to the orders topic: `"v2"` (requested, current, confirmed
+    /// and proposed values apart; docs/message.md) or `"v1"` (deprecated, kept for existing
+    /// consumers; what a config without this key gets, with a warning at start).
+    #[serde(default)]
+    pub message_version: tcb_model::MessageVersion,
     pub tradecloud: TradecloudConfig,
 }
 
@@ -83,6 +88,7 @@ impl WorkerConfig {
             not_found_delay_ms: default_not_found_delay(),
             publish_timeout_ms: default_publish_timeout(),
             stall_timeout_seconds: default_stall_timeout(),
+            message_version: tcb_model::MessageVersion::default(),
             tradecloud,
         }
     }

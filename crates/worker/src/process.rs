@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tcb_model::codec::{self, DeadLetter, DeadLetterKind};
-use tcb_model::{
-    OrderMessage, OrderRef, Trigger, TriggerEnvelope, normalize_event, normalize_fetched_order,
-};
+use tcb_model::{OrderRef, Output, Trigger, TriggerEnvelope};
 use tcb_telemetry::{otel, spans};
 use tcb_tradecloud::TradecloudError;
 use tokio::time::Instant;
@@ -26,6 +24,8 @@ pub(crate) struct Limits {
     pub not_found_attempts: u32,
     pub not_found_delay: Duration,
     pub publish_timeout: Duration,
+    /// The order message version published.
+    pub version: tcb_model::MessageVersion,
 }
 
 impl From<&WorkerConfig> for Limits {
@@ -37,6 +37,7 @@ impl From<&WorkerConfig> for Limits {
             not_found_attempts: c.not_found_attempts,
             not_found_delay: Duration::from_millis(c.not_found_delay_ms),
             publish_timeout: Duration::from_millis(c.publish_timeout_ms),
+            version: c.message_version,
         }
     }
 }
@@ -221,8 +222,8 @@ fn process_span(shared: &Shared, item: &Item) -> Span {
 fn normalize(
     source: &'static str,
     kind: DeadLetterKind,
-    f: impl FnOnce() -> Result<OrderMessage, tcb_model::NormalizeError>,
-) -> Result<OrderMessage, Failure> {
+    f: impl FnOnce() -> Result<Output, tcb_model::NormalizeError>,
+) -> Result<Output, Failure> {
     let span = spans::normalize(source);
     let _entered = span.enter();
     f().map_err(|e| {
@@ -249,7 +250,7 @@ pub(crate) async fn process(shared: &Shared, work: Work) {
                         reason.clone(),
                     ))),
                     Ok(trigger) => normalize("event", DeadLetterKind::InvalidEvent, || {
-                        normalize_event(trigger, Utc::now())
+                        Output::event(shared.limits.version, trigger, Utc::now())
                     }),
                 };
                 settle(shared, item, result).await;
@@ -296,7 +297,7 @@ pub(crate) async fn process(shared: &Shared, work: Work) {
                     let result = match (&fetched, &item.trigger) {
                         (Ok(bytes), Ok(trigger)) => {
                             normalize("order", DeadLetterKind::InvalidOrder, || {
-                                normalize_fetched_order(trigger, bytes, Utc::now())
+                                Output::fetched(shared.limits.version, trigger, bytes, Utc::now())
                             })
                         }
                         (Err(Failure::Dead(why)), _) => Err(Failure::Dead(why.clone())),
@@ -467,7 +468,7 @@ async fn fetch(
 /// never take (too large, not authorized, ...) is dead-lettered with that reason. While the bus
 /// fails transiently the bus breaker is open (readiness red, fetching paused) and the publish is
 /// retried until the bus is back: no trigger is dead-lettered for the bus being down.
-async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failure>) {
+async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
     let Item {
         delivery, trigger, ..
     } = item;
@@ -490,25 +491,27 @@ async fn settle(shared: &Shared, item: Item, result: Result<OrderMessage, Failur
     let (po_number, message_id) = match &result {
         Ok(order) => {
             // A full order comes only from Tradecloud's API (a GET trigger).
-            let fetched = order.scope == tcb_model::message::Scope::FullOrder;
+            let fetched = order.scope() == tcb_model::message::Scope::FullOrder;
             journal(
                 shared,
                 trigger.as_ref().ok(),
                 &trigger_id,
                 tcb_journal::Stage::Fetched,
                 |e| {
-                    e.po_number(order.header.purchase_order_number.as_deref())
+                    e.po_number(order.purchase_order_number())
                         .detail(serde_json::json!({
                             "source": if fetched { "tradecloud" } else { "event" },
                             "status": if fetched { Some(200) } else { None },
-                            "version": order.order_version,
-                            "event": order.event_name,
+                            "version": order.version(),
+                            "event": order.event_name(),
+                            "message": order.schema_version(),
+                            "warnings": order.warnings(),
                         }))
                 },
             );
             (
-                order.header.purchase_order_number.clone(),
-                Some(order.message_id.to_string()),
+                order.purchase_order_number().map(str::to_owned),
+                Some(order.message_id().to_string()),
             )
         }
         // An event that ends as a dead letter is still found by the PO number its body names.
