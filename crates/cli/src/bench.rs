@@ -167,11 +167,24 @@ async fn compare(name: &str, args: LoadArgs, variants: Vec<Variant>) -> Result<(
             let text = std::fs::read_to_string(path).map_err(io("--bus-config"))?;
             let table: toml::Table =
                 toml::from_str(&text).map_err(|e| CliError::Io(format!("--bus-config: {e}")))?;
-            let bus = table
+            let mut bus = table
                 .get("bus")
+                .and_then(toml::Value::as_table)
+                .cloned()
                 .ok_or_else(|| CliError::Io("--bus-config has no [bus] section".to_owned()))?;
+            // Topics of the bench's own: the triggers it publishes (and nobody consumes) must
+            // not land in a real bridge's triggers topic on a shared broker.
+            let topics: toml::Table = [
+                ("triggers", "tcb-bench.triggers"),
+                ("orders", "tcb-bench.orders"),
+                ("dead_letters", "tcb-bench.dead-letters"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), toml::Value::String(v.to_owned())))
+            .collect();
+            bus.insert("topics".to_owned(), toml::Value::Table(topics));
             let mut wrapped = toml::Table::new();
-            wrapped.insert("bus".to_owned(), bus.clone());
+            wrapped.insert("bus".to_owned(), toml::Value::Table(bus));
             toml::to_string(&wrapped).map_err(|e| CliError::Io(e.to_string()))?
         }
         None => String::new(),
