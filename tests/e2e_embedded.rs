@@ -1307,3 +1307,92 @@ async fn the_worker_publishes_order_messages_v2_when_configured() {
         3.0
     );
 }
+
+/// Tradecloud delivers one message (`meta.messageId`) three times, the last after the bridge
+/// restarted: one order message is published, the repeats are counted and journaled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_tradecloud_delivers_three_times_is_published_once_across_a_restart() {
+    let world = World::new(1 << 20);
+    world.edit_config(
+        "[worker]\n",
+        "[worker]\ndedupe_path = \"state/dedupe.db\"\n",
+    );
+    world.edit_config(
+        "[telemetry]\n",
+        "[journal]\npath = \"journal/bridge.db\"\n\n[telemetry]\n",
+    );
+    let body = serde_json::to_vec(&orders::event(
+        "order-dup",
+        4,
+        "OrderLinesConfirmedBySupplier",
+        "tc-message-dup-1",
+    ))
+    .unwrap();
+    let other = serde_json::to_vec(&orders::event(
+        "order-dup",
+        5,
+        "OrderLinesConfirmedBySupplier",
+        "tc-message-dup-2",
+    ))
+    .unwrap();
+    let mut bridge = world.start_bridge();
+    let sender = world.sender(&bridge, 1);
+    for b in [&body, &body] {
+        assert!(sender.send(&Webhook::Post(b.clone())).await.accepted());
+    }
+    wait_for_metrics(
+        &bridge,
+        &[
+            "tcb_worker_triggers_total{outcome=\"delivered\"} 1",
+            "tcb_worker_duplicates_total 1",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(bridge.terminate());
+    // After a restart the id is still known; another message of the same order is not a repeat.
+    let bridge = world.start_bridge();
+    let sender = world.sender(&bridge, 1);
+    for b in [&body, &other] {
+        assert!(sender.send(&Webhook::Post(b.clone())).await.accepted());
+    }
+    wait_for_metrics(
+        &bridge,
+        &[
+            "tcb_worker_triggers_total{outcome=\"delivered\"} 1",
+            "tcb_worker_duplicates_total 1",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    let bus = world.bus().await;
+    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
+    let got = collect_until(&mut out, Duration::from_secs(5), |d| d.len() >= 3).await;
+    let ids: Vec<Option<String>> = got
+        .iter()
+        .map(|d| message(d).trigger.tradecloud_message_id)
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            Some("tc-message-dup-1".to_owned()),
+            Some("tc-message-dup-2".to_owned())
+        ],
+        "one message per Tradecloud message"
+    );
+    // The journal says what became of the repeats.
+    let journal = tcb_journal::search(
+        &[world.dir.path().join("journal/bridge.db")],
+        &tcb_journal::Query {
+            text: "order-dup".to_owned(),
+            ..tcb_journal::Query::default()
+        },
+    );
+    drop(bridge);
+    let duplicates = journal
+        .unwrap()
+        .iter()
+        .filter(|e| e.stage == tcb_journal::Stage::Duplicate)
+        .count();
+    assert_eq!(duplicates, 2);
+}

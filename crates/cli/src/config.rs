@@ -211,7 +211,8 @@ impl Config {
             rebase(key);
         }
         if let Some(w) = &mut self.worker {
-            w.tradecloud.ca_file.iter_mut().for_each(rebase);
+            w.tradecloud.ca_file.iter_mut().for_each(&rebase);
+            w.dedupe_path.iter_mut().for_each(&rebase);
         }
         self.journal.path.iter_mut().for_each(&rebase);
         self.journal.read_also.iter_mut().for_each(rebase);

@@ -74,7 +74,7 @@ pub fn setup(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Dev, C
             password: SecretString::from(credentials.password.clone()),
         },
     );
-    let worker = WorkerConfig::new(TradecloudConfig {
+    let mut worker = WorkerConfig::new(TradecloudConfig {
         base_url: simulator.base_url(),
         email: sim_config.email,
         password: SecretString::from(sim_config.password),
@@ -86,6 +86,8 @@ pub fn setup(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Dev, C
         request_timeout_ms: 10_000,
         ca_file: None,
     });
+    // A message Tradecloud (or the demo's sender) delivers again is published once.
+    worker.dedupe_path = Some(dir.join("dedupe.db"));
     let config = Config {
         bus: BusConfig::Embedded(EmbeddedConfig::at(dir.join("bridge.db"))),
         ingress: Some(ingress),

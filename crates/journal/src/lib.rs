@@ -108,6 +108,8 @@ pub enum Stage {
     DeadLettered,
     /// An operator moved the dead letter back to the triggers topic.
     Replayed,
+    /// Tradecloud delivered a message the worker had published already: acked, not published.
+    Duplicate,
 }
 
 impl Stage {
@@ -121,6 +123,7 @@ impl Stage {
             Stage::Published => "published",
             Stage::DeadLettered => "dead_lettered",
             Stage::Replayed => "replayed",
+            Stage::Duplicate => "duplicate",
         }
     }
 
@@ -134,6 +137,7 @@ impl Stage {
             Stage::Published,
             Stage::DeadLettered,
             Stage::Replayed,
+            Stage::Duplicate,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -578,7 +582,7 @@ fn stage_rank(s: Stage) -> u8 {
         Stage::Replayed => 1,
         Stage::FetchFailed => 2,
         Stage::Fetched => 3,
-        Stage::Published | Stage::DeadLettered => 4,
+        Stage::Published | Stage::DeadLettered | Stage::Duplicate => 4,
     }
 }
 

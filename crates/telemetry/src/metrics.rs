@@ -40,6 +40,9 @@ pub const WORKER_LAST_PROGRESS: &str = "tcb_worker_last_progress_timestamp_secon
 /// Triggers dead-lettered, by `reason` (the class: `undecodable`, `invalid_event`,
 /// `invalid_order`, `not_found`, `rejected`, `retries_exhausted`, `output_refused`).
 pub const WORKER_DEAD_LETTERS: &str = "tcb_worker_dead_letters_total";
+/// Triggers that repeated a Tradecloud message (`meta.messageId`) already published: acked
+/// without publishing.
+pub const WORKER_DUPLICATES: &str = "tcb_worker_duplicates_total";
 /// Triggers being worked on now (taken from the queue, not yet settled or abandoned).
 pub const WORKER_IN_FLIGHT: &str = "tcb_worker_in_flight_triggers";
 /// Triggers waiting out a back-off before their next attempt.
@@ -195,11 +198,17 @@ pub fn worker_registered(reasons: &[&'static str]) {
         metrics::gauge!(WORKER_PAUSED, "breaker" => breaker).increment(0.0);
     }
     metrics::gauge!(WORKER_IN_FLIGHT).increment(0.0);
+    metrics::counter!(WORKER_DUPLICATES).increment(0);
     metrics::gauge!(WORKER_WAITING_FOR_RETRY).increment(0.0);
     metrics::gauge!(WORKER_HELD).increment(0.0);
     let _ = metrics::histogram!(WORKER_END_TO_END_SECONDS);
     // Starting counts as progress: the stall alert measures from here.
     worker_progress();
+}
+
+/// A trigger repeated a Tradecloud message already published: acked, not published again.
+pub fn worker_duplicate() {
+    metrics::counter!(WORKER_DUPLICATES).increment(1);
 }
 
 /// A trigger was settled: delivered, or dead-lettered for `dead_letter_reason`; `end_to_end` is

@@ -23,6 +23,7 @@ use tcb_model::codec;
 use tcb_tradecloud::{TradecloudClient, TradecloudConfig, TradecloudError};
 use tokio_util::sync::CancellationToken;
 
+mod dedupe;
 mod dispatch;
 pub mod health;
 mod process;
@@ -70,7 +71,19 @@ pub struct WorkerConfig {
     /// consumers; what a config without this key gets, with a warning at start).
     #[serde(default)]
     pub message_version: tcb_model::MessageVersion,
+    /// Where the worker remembers the Tradecloud message ids (`meta.messageId`) it published,
+    /// so a message Tradecloud delivers again is published once (a SQLite file, relative to the
+    /// config file; on a volume in containers). Unset: every delivery is published.
+    #[serde(default)]
+    pub dedupe_path: Option<std::path::PathBuf>,
+    /// How long a published message id is remembered (hours; default 72).
+    #[serde(default = "default_dedupe_window")]
+    pub dedupe_window_hours: u64,
     pub tradecloud: TradecloudConfig,
+}
+
+fn default_dedupe_window() -> u64 {
+    72
 }
 
 impl WorkerConfig {
@@ -89,6 +102,8 @@ impl WorkerConfig {
             publish_timeout_ms: default_publish_timeout(),
             stall_timeout_seconds: default_stall_timeout(),
             message_version: tcb_model::MessageVersion::default(),
+            dedupe_path: None,
+            dedupe_window_hours: default_dedupe_window(),
             tradecloud,
         }
     }
@@ -142,6 +157,11 @@ impl WorkerConfig {
             self.stall_timeout_seconds * 1000 > self.retry_max_ms,
             "stall_timeout_seconds",
             "must be longer than retry_max_ms",
+        );
+        check(
+            self.dedupe_window_hours >= 1,
+            "dedupe_window_hours",
+            "must be at least 1",
         );
         problems.extend(
             self.tradecloud
@@ -207,6 +227,8 @@ pub enum WorkerError {
     Consume(#[source] BusError),
     #[error("a task of the worker panicked: {0}")]
     Panicked(String),
+    #[error("worker.dedupe_path: {0}")]
+    Dedupe(String),
 }
 
 /// What every task of the worker shares.
@@ -225,6 +247,8 @@ struct Shared {
     group: String,
     /// What happened to each trigger, for `trace` (unset without `[journal]`).
     journal: std::sync::OnceLock<tcb_journal::Journal>,
+    /// The Tradecloud message ids published (unset without `dedupe_path`).
+    dedupe: Option<dedupe::Dedupe>,
 }
 
 /// A worker, built and validated; [`Worker::run`] consumes.
@@ -261,6 +285,16 @@ impl Worker {
             cancel,
             group: config.group.clone(),
             journal: std::sync::OnceLock::new(),
+            dedupe: match &config.dedupe_path {
+                Some(path) => Some(
+                    dedupe::Dedupe::open(
+                        path,
+                        Duration::from_secs(config.dedupe_window_hours.min(1 << 20) * 3600),
+                    )
+                    .map_err(WorkerError::Dedupe)?,
+                ),
+                None => None,
+            },
         });
         Ok(Self {
             shared,

@@ -486,6 +486,39 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
             Some((why.kind, why.reason.clone())),
         )
     };
+    // A Tradecloud message already published (Tradecloud delivered it again): acked, not
+    // published twice.
+    let tradecloud_id = trigger
+        .as_ref()
+        .ok()
+        .and_then(|t| t.tradecloud_message_id())
+        .filter(|_| result.is_ok())
+        .map(str::to_owned);
+    if let (Some(dedupe), Some(id)) = (&shared.dedupe, &tradecloud_id) {
+        match dedupe.seen(id).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tcb_telemetry::metrics::worker_duplicate();
+                tracing::info!(trigger_id = %trigger_id, tradecloud_message_id = %id, "a message Tradecloud delivered again: not published twice");
+                journal(
+                    shared,
+                    trigger.as_ref().ok(),
+                    &trigger_id,
+                    tcb_journal::Stage::Duplicate,
+                    |e| e.detail(serde_json::json!({"tradecloud_message_id": id})),
+                );
+                if let Err(e) = delivery.ack().await {
+                    tracing::warn!(trigger_id = %trigger_id, error = %e.chain(), "ack failed; the trigger will be delivered again");
+                }
+                return;
+            }
+            // Publishing once more is the safe side (at least once): the ERP de-duplicates on
+            // the message's messageId.
+            Err(e) => {
+                tracing::warn!(trigger_id = %trigger_id, error = %e, "the duplicates file is unreadable: publishing")
+            }
+        }
+    }
     // `dead`: why the message is a dead letter (`None` for the output).
     // What the output will say, for the journal.
     let (po_number, message_id) = match &result {
@@ -618,6 +651,11 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
                 )
             },
         ),
+    }
+    if let (Some(dedupe), Some(id), None) = (&shared.dedupe, &tradecloud_id, &dead)
+        && let Err(e) = dedupe.remember(id).await
+    {
+        tracing::warn!(trigger_id = %trigger_id, error = %e, "the duplicates file is not writable: a repeat of this message would be published again");
     }
     let position = delivery.position.clone();
     match delivery.ack().await {
