@@ -496,11 +496,47 @@ listen = "127.0.0.1:8443"
 tls = { mode = "off" }
 auth = { kind = "basic", username = "tc", password = "${PW}" }
 
+[worker]
+message_version = "v2"
+
 [worker.tradecloud]
 base_url = "http://127.0.0.1:1"
 email = "a@b.c"
 password = "p"
 "#;
+
+    #[test]
+    fn a_config_without_message_version_gets_v1_with_a_warning() {
+        let v1 = BASE.replace("message_version = \"v2\"\n", "");
+        let c = load(&v1, &[("PW", "webhook-password-0123456789")]).unwrap();
+        assert_eq!(
+            c.worker().unwrap().message_version,
+            tcb_model::MessageVersion::V1
+        );
+        assert!(
+            c.warnings()
+                .iter()
+                .any(|w| w.starts_with("worker.message_version is v1 (deprecated")),
+            "{:?}",
+            c.warnings()
+        );
+        let c = load(BASE, &[("PW", "webhook-password-0123456789")]).unwrap();
+        assert_eq!(
+            c.worker().unwrap().message_version,
+            tcb_model::MessageVersion::V2
+        );
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        let e = load(
+            &BASE.replace("\"v2\"", "\"v3\""),
+            &[("PW", "webhook-password-0123456789")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("v3") && e.contains("v1") && e.contains("v2"),
+            "{e}"
+        );
+    }
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_toml(
@@ -613,8 +649,8 @@ password = "p"
     fn every_problem_is_reported_with_its_key() {
         let text = BASE
             .replace(
-                "[worker.tradecloud]",
-                "[worker]\nlanes = 0\nretry_max_ms = 0\n[worker.tradecloud]",
+                "message_version = \"v2\"",
+                "message_version = \"v2\"\nlanes = 0\nretry_max_ms = 0",
             )
             .replace(
                 "password = \"p\"",
