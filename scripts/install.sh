@@ -12,6 +12,8 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # Headless Chromium and Firefox ESR for the console's browser test (tests/console.py).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
+# Node.js runs AsyncAPI's parser (tests/asyncapi_check.cjs).
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if ((${#missing[@]} > 0)); then
   echo "install: apt-get install ${missing[*]}"
   apt-get update -qq
@@ -45,6 +47,15 @@ fi
 if ! command -v geckodriver >/dev/null 2>&1; then
   echo "install: cargo install geckodriver (about 3 minutes)"
   cargo install geckodriver --version 0.37.1 --locked
+fi
+
+# AsyncAPI's own parser checks docs/asyncapi.yaml and real messages against it
+# (tests/asyncapi_check.cjs), from npm into /opt/tcb-node.
+if [ ! -d /opt/tcb-node/node_modules/@asyncapi/parser ]; then
+  
+  echo "install: npm install @asyncapi/parser"
+  mkdir -p /opt/tcb-node
+  npm install --silent --no-audit --no-fund --prefix /opt/tcb-node @asyncapi/parser@3.6.3
 fi
 
 # sslyze scans the webhook listener's TLS (tests/e2e_connector.rs).

@@ -19,6 +19,11 @@ cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 # environments and mounted files), against the brokers started above.
 echo "== deploy/ as deployed"
 python3 tests/deploy.py target/debug/tradecloud-bridge 2>&1 | tee -a "$log" || status=$?
+# The AsyncAPI document, and the messages the end-to-end tests saw on every channel, checked with
+# AsyncAPI's own parser.
+echo "== AsyncAPI"
+NODE_PATH=/opt/tcb-node/node_modules node tests/asyncapi_check.cjs docs/asyncapi.yaml target/asyncapi-examples \
+  2>&1 | tee -a "$log" || status=$?
 # The operator console in headless Chromium (Playwright) and Firefox ESR (Selenium, geckodriver),
 # against development mode.
 echo "== console in a browser"

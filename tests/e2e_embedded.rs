@@ -1224,6 +1224,7 @@ async fn trace_finds_each_order_by_id_and_po_number_with_its_stages() {
 async fn the_worker_publishes_order_messages_v2_when_configured() {
     let world = World::new(1 << 20);
     world.edit_config("[worker]\n", "[worker]\nmessage_version = \"v2\"\n");
+    world.sim.fail_order("order-v2-refused", 400);
     let bridge = world.start_bridge();
     let sender = world.sender(&bridge, 1);
     let bus = world.bus().await;
@@ -1240,12 +1241,19 @@ async fn the_worker_publishes_order_messages_v2_when_configured() {
         Webhook::Post(fixture.clone().into_bytes()),
         Webhook::Post(badly_typed.into_bytes()),
         Webhook::GetPath("order-v2-get".to_owned()),
+        Webhook::GetPath("order-v2-refused".to_owned()),
     ];
     for call in &calls {
         assert!(sender.send(call).await.accepted(), "{call:?}");
     }
     let got = collect_until(&mut out, Duration::from_secs(60), |d| d.len() >= 3).await;
     assert_eq!(got.len(), 3);
+    wait_for_metrics(
+        &bridge,
+        &["tcb_worker_triggers_total{outcome=\"dead_lettered\"} 1"],
+        Duration::from_secs(30),
+    )
+    .await;
     let schema: serde_json::Value = serde_json::from_slice(
         &std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -1306,6 +1314,38 @@ async fn the_worker_publishes_order_messages_v2_when_configured() {
             .await,
         3.0
     );
+    // Real messages of every channel, for tests/asyncapi_check.cjs (scripts/test.sh) to check
+    // against docs/asyncapi.yaml.
+    let mut dead = bus
+        .consumer(&bus.topics.dead_letters, Some("ops"))
+        .await
+        .unwrap();
+    let dead = collect_until(&mut dead, Duration::from_secs(30), |d| !d.is_empty()).await;
+    let mut triggers = bus.consumer(&bus.topics.triggers, None).await.unwrap();
+    let triggers = collect_until(&mut triggers, Duration::from_secs(10), |d| d.len() >= 4).await;
+    assert_eq!((dead.len(), triggers.len()), (1, 4));
+    let examples =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/asyncapi-examples");
+    let _ = std::fs::remove_dir_all(&examples);
+    std::fs::create_dir_all(&examples).unwrap();
+    for (channel, received) in [
+        ("orders", &got),
+        ("deadLetters", &dead),
+        ("triggers", &triggers),
+    ] {
+        for (i, d) in received.iter().enumerate() {
+            let example = serde_json::json!({
+                "channel": channel,
+                "headers": d.message.headers,
+                "payload": serde_json::from_slice::<serde_json::Value>(&d.message.payload).unwrap(),
+            });
+            std::fs::write(
+                examples.join(format!("{channel}-{i}.json")),
+                serde_json::to_vec_pretty(&example).unwrap(),
+            )
+            .unwrap();
+        }
+    }
 }
 
 /// Tradecloud delivers one message (`meta.messageId`) three times, the last after the bridge
