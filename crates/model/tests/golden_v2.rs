@@ -287,3 +287,62 @@ fn published_schema_matches_the_types() {
         "docs/schemas/order-message.v2.json is stale: run `UPDATE_SCHEMA=1 cargo test -p tcb-model --test golden_v2`"
     );
 }
+
+/// A legacy (API v1) order, in the closest public shape of one (Tradecloud's migration model,
+/// `tradecloud/tradecloud-sdk-dotnet` `migration/purchaseOrder/purchaseOrder.json`, verbatim):
+/// requested and confirmed values apart, the v2 `orderId` kept.
+#[test]
+fn a_legacy_order_maps_its_requested_and_confirmed_values() {
+    let body = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/v2-fetched/legacy-migration-purchase-order.json"),
+    )
+    .unwrap();
+    let at = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
+    let t = TriggerEnvelope::get(tcb_model::IdKind::LegacyOrderId, "4711", at).unwrap();
+    let m = tcb_model::normalize_fetched_order_v2(&t, &body, at).unwrap();
+    assert_valid(&m);
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    let got: Value = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+    assert_eq!(got["legacyOrderId"], "4711");
+    assert_eq!(got["orderId"], "3fa85f64-5717-4562-b3fc-2c963f66afa6");
+    assert_eq!(got["header"]["purchaseOrderNumber"], "PO0123456789");
+    assert_eq!(
+        got["header"]["processStatus"],
+        "legacy_purchase_order_status_open"
+    );
+    assert_eq!(
+        got["header"]["buyer"]["companyId"],
+        "f56aa4ce-8ec8-5197-bc26-77716a58add7"
+    );
+    assert_eq!(got["header"]["buyer"]["accountNumber"], "540830");
+    assert_eq!(got["header"]["supplier"]["accountNumber"], "Agrifac");
+    let line = &got["lines"][0];
+    assert_eq!(line["id"], "3fa85f64-5717-4562-b3fc-2c963f66afa7");
+    assert_eq!(line["position"], "10");
+    assert_eq!(line["item"]["number"], "itemCode");
+    assert_eq!(line["item"]["supplierItemNumber"], "supplierItemCode");
+    let view = |v: &Value| {
+        json!({
+            "date": v["deliverySchedule"][0]["date"],
+            "quantity": v["deliverySchedule"][0]["quantity"],
+            "net": v["prices"]["netPrice"]["transactionCurrency"]["value"],
+            "gross": v["prices"]["grossPrice"]["transactionCurrency"]["value"],
+            "discount": v["prices"]["discountPercentage"],
+        })
+    };
+    assert_eq!(
+        view(&line["requested"]),
+        json!({"date": "2022-08-31", "quantity": "2", "net": "10", "gross": "20", "discount": "50"})
+    );
+    assert_eq!(
+        view(&line["confirmed"]),
+        json!({"date": "2022-09-01", "quantity": "1", "net": "7.5", "gross": "10", "discount": "25"})
+    );
+    assert_eq!(
+        line["current"], line["confirmed"],
+        "confirmed values, where there are any"
+    );
+    assert_eq!(got["scope"], "full-order");
+    assert!(m.original.get().contains("\"code\": \"PO0123456789\""));
+}
