@@ -1436,3 +1436,106 @@ async fn a_message_tradecloud_delivers_three_times_is_published_once_across_a_re
         .count();
     assert_eq!(duplicates, 2);
 }
+
+/// `enrichment = "full-order"`: POSTed events are published as full orders naming the event;
+/// events of one order arriving while its fetch is retried share the next fetch (one fetch per
+/// order at a time). `"when-partial"` fetches only for an event without lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posted_events_are_published_as_full_orders_with_enrichment() {
+    let world = World::new(1 << 20);
+    world.edit_config(
+        "[worker]\n",
+        "[worker]\nmessage_version = \"v2\"\nenrichment = \"full-order\"\n",
+    );
+    world.sim.fail_order("order-enrich", 503);
+    let bridge = world.start_bridge();
+    let sender = world.sender(&bridge, 1);
+    let bus = world.bus().await;
+    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
+    let first = serde_json::to_vec(&orders::event(
+        "order-enrich",
+        1,
+        "OrderLinesConfirmedBySupplier",
+        "enrich-0",
+    ))
+    .unwrap();
+    assert!(sender.send(&Webhook::Post(first)).await.accepted());
+    // The first fetch fails and waits to retry; four more events of the order arrive.
+    wait_for_metrics(
+        &bridge,
+        &["tcb_worker_waiting_for_retry_triggers 1"],
+        Duration::from_secs(20),
+    )
+    .await;
+    for i in 1..5 {
+        let body = serde_json::to_vec(&orders::event(
+            "order-enrich",
+            1,
+            "OrderChangesProposedBySupplier",
+            &format!("enrich-{i}"),
+        ))
+        .unwrap();
+        assert!(sender.send(&Webhook::Post(body)).await.accepted());
+    }
+    world.sim.heal_order("order-enrich");
+    let got = collect_until(&mut out, Duration::from_secs(60), |d| d.len() >= 5).await;
+    assert_eq!(got.len(), 5);
+    for d in &got {
+        let m: serde_json::Value = serde_json::from_slice(&d.message.payload).unwrap();
+        assert_eq!(m["scope"], "full-order", "{m:#}");
+        assert_eq!(m["orderId"], "order-enrich");
+        assert!(m["event"]["name"].as_str().unwrap().starts_with("Order"));
+        assert!(m["originalEvent"]["orderEvent"].is_object(), "{m:#}");
+        assert_eq!(m["affectedLineIds"].as_array().unwrap().len(), 1);
+        assert!(!m["lines"].as_array().unwrap().is_empty());
+        assert_eq!(m["original"]["id"], "order-enrich", "the fetched order");
+    }
+    // One fetch for the first event, one for the four that waited behind it.
+    assert_eq!(world.sim.stats().order_fetches, 2);
+    drop(bridge);
+
+    // when-partial: an event with lines as it came, one without fetched.
+    let world = World::new(1 << 20);
+    world.edit_config(
+        "[worker]\n",
+        "[worker]\nmessage_version = \"v2\"\nenrichment = \"when-partial\"\n",
+    );
+    let bridge = world.start_bridge();
+    let sender = world.sender(&bridge, 1);
+    let bus = world.bus().await;
+    let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
+    let with_lines = orders::event("order-partial", 1, "OrderLinesConfirmedBySupplier", "p-1");
+    let mut documents = orders::event("order-partial", 1, "OrderDocumentsAttachedByBuyer", "p-2");
+    documents["orderDocumentsEvent"] = documents["orderEvent"].take();
+    documents["orderDocumentsEvent"]["lines"] = serde_json::json!([]);
+    documents.as_object_mut().unwrap().remove("orderEvent");
+    for body in [with_lines, documents] {
+        let body = serde_json::to_vec(&body).unwrap();
+        assert!(sender.send(&Webhook::Post(body)).await.accepted());
+    }
+    let got = collect_until(&mut out, Duration::from_secs(30), |d| d.len() >= 2).await;
+    let scopes: Vec<(String, String)> = got
+        .iter()
+        .map(|d| {
+            let m: serde_json::Value = serde_json::from_slice(&d.message.payload).unwrap();
+            (
+                m["event"]["name"].as_str().unwrap().to_owned(),
+                m["scope"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        scopes,
+        [
+            (
+                "OrderLinesConfirmedBySupplier".to_owned(),
+                "partial-event".to_owned()
+            ),
+            (
+                "OrderDocumentsAttachedByBuyer".to_owned(),
+                "full-order".to_owned()
+            ),
+        ]
+    );
+    assert_eq!(world.sim.stats().order_fetches, 1);
+}

@@ -536,6 +536,23 @@ password = "p"
             e.contains("v3") && e.contains("v1") && e.contains("v2"),
             "{e}"
         );
+        // Fetching the order for events needs v2.
+        let e = load(
+            &v1.replace("[worker]\n", "[worker]\nenrichment = \"full-order\"\n"),
+            &[("PW", "webhook-password-0123456789")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("worker.enrichment: fetching the order"), "{e}");
+        let c = load(
+            &BASE.replace("[worker]\n", "[worker]\nenrichment = \"when-partial\"\n"),
+            &[("PW", "webhook-password-0123456789")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.worker().unwrap().enrichment,
+            tcb_model::Enrichment::WhenPartial
+        );
     }
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {

@@ -34,7 +34,7 @@ pub use message::OrderMessage;
 pub use message_v2::OrderMessageV2;
 pub use normalize::{NormalizeError, normalize_event, normalize_fetched_order};
 pub use normalize_v2::{normalize_event_v2, normalize_fetched_order_v2};
-pub use output::{MessageVersion, Output};
+pub use output::{Enrichment, MessageVersion, Output};
 pub use trigger::{
     EventMethod, EventName, IdKind, Method, OrderId, OrderRef, Trigger, TriggerEnvelope,
     TriggerError, TriggerKind,

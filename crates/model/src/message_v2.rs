@@ -89,6 +89,10 @@ pub struct OrderMessageV2 {
     /// the JSON it renders), or the fetched order.
     #[schemars(with = "Json")]
     pub original: Box<RawValue>,
+    /// For an event enriched with the full order (`[worker] enrichment`): the event body, byte
+    /// for byte (`original` is then the fetched order). Null otherwise.
+    #[schemars(with = "Option<Json>")]
+    pub original_event: Option<Box<RawValue>>,
 }
 
 /// The event a message answers.

@@ -103,7 +103,36 @@ pub fn normalize_event_v2(
         trigger: trigger_info(trigger),
         processed_at,
         original,
+        original_event: None,
     })
+}
+
+/// A POST/PUT trigger's event plus the order fetched after it -> a `full-order` message v2 that
+/// names the event (its name, actor, `meta`, affected lines and message id) and keeps the event
+/// body in `originalEvent`.
+pub fn normalize_enriched_event_v2(
+    trigger: &TriggerEnvelope,
+    fetched: &[u8],
+    processed_at: DateTime<Utc>,
+) -> Result<OrderMessageV2, NormalizeError> {
+    let Trigger::Event(event) = &trigger.trigger else {
+        return Err(NormalizeError::WrongKind);
+    };
+    let order_ref = event
+        .order_id
+        .clone()
+        .map(OrderRef::V2)
+        .or_else(|| event.legacy_order_id.clone().map(OrderRef::Legacy))
+        .ok_or_else(|| NormalizeError::EventBody("the event names no order to fetch".to_owned()))?;
+    let from_event = normalize_event_v2(trigger, processed_at)?;
+    let mut message = fetched_v2(trigger, &order_ref, fetched, processed_at)?;
+    message.event = from_event.event;
+    message.affected_line_ids = from_event.affected_line_ids;
+    message.message_id = from_event.message_id;
+    // The event's own type problems (their paths point into the event body).
+    message.warnings.extend(from_event.warnings);
+    message.original_event = Some(event.body.clone());
+    Ok(message)
 }
 
 /// A GET trigger plus the order fetched for it (API v2, or legacy API v1 when the trigger names
@@ -116,6 +145,16 @@ pub fn normalize_fetched_order_v2(
     let Trigger::Order(order_ref) = &trigger.trigger else {
         return Err(NormalizeError::WrongKind);
     };
+    fetched_v2(trigger, order_ref, fetched, processed_at)
+}
+
+/// The order fetched for `order_ref` as a `full-order` message v2 answering `trigger`.
+fn fetched_v2(
+    trigger: &TriggerEnvelope,
+    order_ref: &OrderRef,
+    fetched: &[u8],
+    processed_at: DateTime<Utc>,
+) -> Result<OrderMessageV2, NormalizeError> {
     let text = std::str::from_utf8(fetched)
         .map_err(|e| NormalizeError::FetchedOrder(format!("not UTF-8: {e}")))?;
     let order = Json::parse(text).map_err(|e| NormalizeError::FetchedOrder(e.to_string()))?;
@@ -146,6 +185,7 @@ pub fn normalize_fetched_order_v2(
                 trigger: trigger_info(trigger),
                 processed_at,
                 original,
+                original_event: None,
             }
         }
         OrderRef::V2(requested) => {
@@ -184,6 +224,7 @@ pub fn normalize_fetched_order_v2(
                 trigger: trigger_info(trigger),
                 processed_at,
                 original,
+                original_event: None,
             }
         }
     };

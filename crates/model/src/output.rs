@@ -22,6 +22,21 @@ pub enum MessageVersion {
     V2,
 }
 
+/// What the worker does with a POST/PUT event (`[worker] enrichment`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Enrichment {
+    /// Publish the event as it came (only the lines it affected).
+    #[default]
+    Event,
+    /// Fetch the order after every event (through the GET triggers' coalescing, rate limit and
+    /// token flow) and publish the full order, naming the event.
+    FullOrder,
+    /// Fetch the order only for an event that carries no lines (a documents event, a contact or
+    /// label change); publish the others as they came.
+    WhenPartial,
+}
+
 /// An order message of either version.
 #[derive(Debug, Clone)]
 pub enum Output {
@@ -57,6 +72,24 @@ impl Output {
                 trigger, fetched, at,
             )?)),
         })
+    }
+
+    /// A POST/PUT trigger's event plus the order fetched after it (message v2 only: the
+    /// config refuses enrichment with v1).
+    pub fn enriched(
+        version: MessageVersion,
+        trigger: &TriggerEnvelope,
+        fetched: &[u8],
+        at: DateTime<Utc>,
+    ) -> Result<Output, NormalizeError> {
+        match version {
+            MessageVersion::V2 => Ok(Output::V2(Box::new(
+                crate::normalize_v2::normalize_enriched_event_v2(trigger, fetched, at)?,
+            ))),
+            MessageVersion::V1 => Err(NormalizeError::EventBody(
+                "enrichment needs message_version v2".to_owned(),
+            )),
+        }
     }
 
     pub fn message_id(&self) -> Uuid {

@@ -200,6 +200,24 @@ pub struct EventTrigger {
     pub body: Box<RawValue>,
 }
 
+impl EventTrigger {
+    /// Whether the event object holds any line (an event holds only the lines it affected; a
+    /// documents event, a contact or label change holds none). A tXML body counts as none.
+    pub fn carries_lines(&self) -> bool {
+        let Ok(body) = serde_json::from_str::<serde_json::Value>(self.body.get()) else {
+            return false;
+        };
+        WEBHOOK_EVENT_MEMBERS
+            .iter()
+            .filter_map(|m| body.get(*m))
+            .any(|e| {
+                e.get("lines")
+                    .and_then(serde_json::Value::as_array)
+                    .is_some_and(|l| !l.is_empty())
+            })
+    }
+}
+
 impl PartialEq for EventTrigger {
     fn eq(&self, other: &Self) -> bool {
         self.method == other.method

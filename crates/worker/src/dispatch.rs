@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tcb_bus::{Consumer, Delivery};
-use tcb_model::{OrderRef, Trigger, TriggerEnvelope, codec};
+use tcb_model::{Enrichment, OrderRef, Trigger, TriggerEnvelope, codec};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
@@ -19,6 +19,8 @@ pub(crate) const MAX_COALESCE: usize = 64;
 pub(crate) struct Item {
     pub delivery: Delivery,
     pub trigger: Result<TriggerEnvelope, String>,
+    /// The order to fetch for it: a GET trigger's, or an event's when it is enriched.
+    fetch: Option<OrderRef>,
     _held: Option<Held>,
 }
 
@@ -36,28 +38,43 @@ impl Drop for Held {
 }
 
 impl Item {
-    pub fn new(delivery: Delivery) -> Self {
+    pub fn new(delivery: Delivery, enrichment: Enrichment) -> Self {
         let trigger = codec::decode_trigger(&delivery.message).map_err(|e| e.to_string());
+        let fetch = match &trigger {
+            Ok(TriggerEnvelope {
+                trigger: Trigger::Order(order),
+                ..
+            }) => Some(order.clone()),
+            Ok(TriggerEnvelope {
+                trigger: Trigger::Event(event),
+                ..
+            }) if enrichment == Enrichment::FullOrder
+                || (enrichment == Enrichment::WhenPartial && !event.carries_lines()) =>
+            {
+                event
+                    .order_id
+                    .clone()
+                    .map(OrderRef::V2)
+                    .or_else(|| event.legacy_order_id.clone().map(OrderRef::Legacy))
+            }
+            _ => None,
+        };
         Self {
             delivery,
             trigger,
+            fetch,
             _held: None,
         }
     }
 
+    /// Whether the order is fetched for it (a GET trigger, or an enriched event).
     pub fn is_get(&self) -> bool {
-        self.order_ref().is_some()
+        self.fetch.is_some()
     }
 
-    /// The order a GET trigger names (`None` for anything else).
-    fn order_ref(&self) -> Option<&OrderRef> {
-        match &self.trigger {
-            Ok(TriggerEnvelope {
-                trigger: Trigger::Order(order),
-                ..
-            }) => Some(order),
-            _ => None,
-        }
+    /// The order fetched for it (`None` for an event published as it came).
+    pub fn order_ref(&self) -> Option<&OrderRef> {
+        self.fetch.as_ref()
     }
 }
 
@@ -183,7 +200,7 @@ pub(crate) async fn run(
         backoff.reset();
         shared.health.progress.hold();
         tcb_telemetry::metrics::worker_held(shared.health.progress.held());
-        let mut item = Item::new(delivery);
+        let mut item = Item::new(delivery, shared.limits.enrichment);
         item._held = Some(Held {
             _permit: permit,
             shared: shared.clone(),
@@ -278,12 +295,15 @@ mod tests {
 
     fn item(t: &TriggerEnvelope) -> Item {
         let message = codec::encode_trigger(t).unwrap();
-        Item::new(Delivery::new(
-            "triggers".to_owned(),
-            t.id.to_string(),
-            message,
-            Box::new(NoAck),
-        ))
+        Item::new(
+            Delivery::new(
+                "triggers".to_owned(),
+                t.id.to_string(),
+                message,
+                Box::new(NoAck),
+            ),
+            Enrichment::Event,
+        )
     }
 
     fn get(order: &str) -> Item {
@@ -404,7 +424,7 @@ mod tests {
             },
             Box::new(NoAck),
         );
-        let i = Item::new(d);
+        let i = Item::new(d, Enrichment::FullOrder);
         assert!(!i.is_get());
         assert!(i.trigger.is_err());
     }

@@ -71,6 +71,13 @@ pub struct WorkerConfig {
     /// consumers; what a config without this key gets, with a warning at start).
     #[serde(default)]
     pub message_version: tcb_model::MessageVersion,
+    /// What becomes of a POST/PUT event: `"event"` (published as it came: only the lines it
+    /// affected), `"full-order"` (the order is fetched after it, through the same coalescing,
+    /// rate limit and token flow as GET triggers, and published whole, naming the event) or
+    /// `"when-partial"` (fetched only for an event that carries no lines). Fetching needs
+    /// `message_version = "v2"`.
+    #[serde(default)]
+    pub enrichment: tcb_model::Enrichment,
     /// Where the worker remembers the Tradecloud message ids (`meta.messageId`) it published,
     /// so a message Tradecloud delivers again is published once (a SQLite file, relative to the
     /// config file; on a volume in containers). Unset: every delivery is published.
@@ -102,6 +109,7 @@ impl WorkerConfig {
             publish_timeout_ms: default_publish_timeout(),
             stall_timeout_seconds: default_stall_timeout(),
             message_version: tcb_model::MessageVersion::default(),
+            enrichment: tcb_model::Enrichment::default(),
             dedupe_path: None,
             dedupe_window_hours: default_dedupe_window(),
             tradecloud,
@@ -162,6 +170,12 @@ impl WorkerConfig {
             self.dedupe_window_hours >= 1,
             "dedupe_window_hours",
             "must be at least 1",
+        );
+        check(
+            self.enrichment == tcb_model::Enrichment::Event
+                || self.message_version == tcb_model::MessageVersion::V2,
+            "enrichment",
+            "fetching the order for events needs message_version = \"v2\"",
         );
         problems.extend(
             self.tradecloud
@@ -249,6 +263,9 @@ struct Shared {
     journal: std::sync::OnceLock<tcb_journal::Journal>,
     /// The Tradecloud message ids published (unset without `dedupe_path`).
     dedupe: Option<dedupe::Dedupe>,
+    /// The highest version of each order published whole (this process's), so an older
+    /// fetched order is not published after a newer one.
+    published_versions: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 /// A worker, built and validated; [`Worker::run`] consumes.
@@ -295,6 +312,7 @@ impl Worker {
                 ),
                 None => None,
             },
+            published_versions: std::sync::Mutex::default(),
         });
         Ok(Self {
             shared,

@@ -26,6 +26,8 @@ pub(crate) struct Limits {
     pub publish_timeout: Duration,
     /// The order message version published.
     pub version: tcb_model::MessageVersion,
+    /// Which events are published with the full order.
+    pub enrichment: tcb_model::Enrichment,
 }
 
 impl From<&WorkerConfig> for Limits {
@@ -38,9 +40,35 @@ impl From<&WorkerConfig> for Limits {
             not_found_delay: Duration::from_millis(c.not_found_delay_ms),
             publish_timeout: Duration::from_millis(c.publish_timeout_ms),
             version: c.message_version,
+            enrichment: c.enrichment,
         }
     }
 }
+
+/// A trigger whose output was published already (a repeat, or an older version): counted,
+/// journaled as `duplicate`, acked.
+async fn not_published(
+    shared: &Shared,
+    delivery: tcb_bus::Delivery,
+    trigger: Option<&TriggerEnvelope>,
+    trigger_id: &str,
+    detail: serde_json::Value,
+) {
+    tcb_telemetry::metrics::worker_duplicate();
+    journal(
+        shared,
+        trigger,
+        trigger_id,
+        tcb_journal::Stage::Duplicate,
+        |e| e.detail(detail),
+    );
+    if let Err(e) = delivery.ack().await {
+        tracing::warn!(trigger_id = %trigger_id, error = %e.chain(), "ack failed; the trigger will be delivered again");
+    }
+}
+
+/// Orders whose last published version is kept (then the memory starts over).
+const MAX_VERSIONS_KEPT: usize = 100_000;
 
 /// Why a trigger did not become an output message.
 pub(crate) enum Failure {
@@ -277,13 +305,17 @@ pub(crate) async fn process(shared: &Shared, work: Work) {
                 first_span.record("tcb.coalesced", (rest.len() + 1) as i64);
                 tracing::debug!(parent: &first_span, order = %first.delivery.message.key, coalesced = rest.len() + 1, "one fetch for several GET triggers");
             }
-            let fetched = match &first.trigger {
-                Ok(trigger) => {
-                    fetch(shared, trigger, &mut lane)
+            let fetched = match (&first.trigger, first.order_ref()) {
+                (Ok(trigger), Some(order)) => {
+                    fetch(shared, trigger, order, &mut lane)
                         .instrument(fetch_span.clone())
                         .await
                 }
-                Err(reason) => Err(Failure::Dead(DeadLetter::poison(
+                (Ok(_), None) => Err(Failure::Dead(DeadLetter::poison(
+                    DeadLetterKind::Undecodable,
+                    "no order to fetch for this trigger".to_owned(),
+                ))),
+                (Err(reason), _) => Err(Failure::Dead(DeadLetter::poison(
                     DeadLetterKind::Undecodable,
                     reason.clone(),
                 ))),
@@ -295,6 +327,18 @@ pub(crate) async fn process(shared: &Shared, work: Work) {
             for (item, span) in std::iter::once((first, first_span)).chain(rest) {
                 async {
                     let result = match (&fetched, &item.trigger) {
+                        // An enriched event: the full order, naming the event.
+                        (
+                            Ok(bytes),
+                            Ok(
+                                trigger @ TriggerEnvelope {
+                                    trigger: Trigger::Event(_),
+                                    ..
+                                },
+                            ),
+                        ) => normalize("order", DeadLetterKind::InvalidOrder, || {
+                            Output::enriched(shared.limits.version, trigger, bytes, Utc::now())
+                        }),
                         (Ok(bytes), Ok(trigger)) => {
                             normalize("order", DeadLetterKind::InvalidOrder, || {
                                 Output::fetched(shared.limits.version, trigger, bytes, Utc::now())
@@ -321,14 +365,9 @@ pub(crate) async fn process(shared: &Shared, work: Work) {
 async fn fetch(
     shared: &Shared,
     trigger: &TriggerEnvelope,
+    order: &OrderRef,
     lane: &mut Lane<'_>,
 ) -> Result<Vec<u8>, Failure> {
-    let Trigger::Order(order) = &trigger.trigger else {
-        return Err(Failure::Dead(DeadLetter::poison(
-            DeadLetterKind::Undecodable,
-            "an event trigger cannot be fetched",
-        )));
-    };
     let key = format!("{order:?}");
     let limits = &shared.limits;
     let breaker = &shared.health.tradecloud;
@@ -498,25 +537,40 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
         match dedupe.seen(id).await {
             Ok(false) => {}
             Ok(true) => {
-                tcb_telemetry::metrics::worker_duplicate();
                 tracing::info!(trigger_id = %trigger_id, tradecloud_message_id = %id, "a message Tradecloud delivered again: not published twice");
-                journal(
-                    shared,
-                    trigger.as_ref().ok(),
-                    &trigger_id,
-                    tcb_journal::Stage::Duplicate,
-                    |e| e.detail(serde_json::json!({"tradecloud_message_id": id})),
-                );
-                if let Err(e) = delivery.ack().await {
-                    tracing::warn!(trigger_id = %trigger_id, error = %e.chain(), "ack failed; the trigger will be delivered again");
-                }
-                return;
+                let detail = serde_json::json!({"tradecloud_message_id": id});
+                return not_published(shared, delivery, trigger.as_ref().ok(), &trigger_id, detail)
+                    .await;
             }
             // Publishing once more is the safe side (at least once): the ERP de-duplicates on
             // the message's messageId.
             Err(e) => {
                 tracing::warn!(trigger_id = %trigger_id, error = %e, "the duplicates file is unreadable: publishing")
             }
+        }
+    }
+    // A full order older than one already published for it (fetches of one order can finish
+    // out of order across a retry): acked, not published over the newer one.
+    let full = match &result {
+        Ok(out) if out.scope() == tcb_model::message::Scope::FullOrder => out
+            .order_id()
+            .zip(out.version())
+            .map(|(id, v)| (id.to_owned(), v)),
+        _ => None,
+    };
+    if let Some((order_id, version)) = &full {
+        let newer = shared
+            .published_versions
+            .lock()
+            .ok()
+            .and_then(|m| m.get(order_id).copied())
+            .filter(|published| published > version);
+        if let Some(published) = newer {
+            tracing::info!(trigger_id = %trigger_id, order_id = %order_id, version, published, "an older version of the order than one published: not published");
+            let detail =
+                serde_json::json!({"stale_version": version, "published_version": published});
+            return not_published(shared, delivery, trigger.as_ref().ok(), &trigger_id, detail)
+                .await;
         }
     }
     // `dead`: why the message is a dead letter (`None` for the output).
@@ -651,6 +705,16 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
                 )
             },
         ),
+    }
+    if let (Some((order_id, version)), None) = (&full, &dead)
+        && let Ok(mut published) = shared.published_versions.lock()
+    {
+        // Bounded: what matters is fetches of one order that finish close together.
+        if published.len() >= MAX_VERSIONS_KEPT && !published.contains_key(order_id) {
+            published.clear();
+        }
+        let v = published.entry(order_id.clone()).or_insert(*version);
+        *v = (*v).max(*version);
     }
     if let (Some(dedupe), Some(id), None) = (&shared.dedupe, &tradecloud_id, &dead)
         && let Err(e) = dedupe.remember(id).await
