@@ -4,9 +4,9 @@ Playwright, and headless Firefox ESR (Debian's package) driven by Selenium throu
 (WebDriver BiDi), against `tradecloud-bridge run` in development mode (embedded queue, the
 Tradecloud simulator, the console on with the development credentials and replay on).
 
-It makes one delivered trigger and three dead letters: two events that do not parse
-(`invalid_event`) and one order Tradecloud refuses for now (`rejected`, a 400 the simulator answers
-until healed). Then, in the browser: the console shows the live charts and the dead letters
+It makes one delivered trigger and three dead letters: three orders Tradecloud refuses for now
+(`rejected`, a 400 the simulator answers until healed; development mode publishes order messages
+v2, which deliver a badly typed event with warnings rather than dead-letter it). Then, in the browser: the console shows the live charts and the dead letters
 grouped by reason; the operator heals the order, replays its dead letter (confirming the dialog)
 and sees it marked replayed; the journal search shows that trigger delivered after the replay.
 The console's JSON API is checked for the same. Firefox then does the same with a dead letter of
@@ -159,14 +159,16 @@ def run(bridge, screenshots):
             assert e.headers["WWW-Authenticate"].startswith("Basic "), path
 
     delivered = bridge.webhook("/console-ok-order")
-    bad = [bridge.webhook("", {"eventName": "OrderLinesUpdatedByBuyer",
-                               "orderEvent": {"orderId": f"console-bad-{i}", "lines": "not a list"}})
-           for i in range(2)]
+    # Orders Tradecloud refuses (400, until healed): each GET ends as a `rejected` dead letter.
+    bad = []
+    for i in range(2):
+        bridge.simulate(f"/sim/orders/console-bad-{i}/fail/400")
+        bad.append(bridge.webhook(f"/console-bad-{i}"))
     bridge.simulate("/sim/orders/console-refused/fail/400")
     refused = bridge.webhook("/console-refused")
     kinds = wait("three dead letters", lambda: (lambda k: k if sum(g["count"] for g in k.values()) == 3 else None)(dead_letter_kinds(bridge)))
-    assert kinds["invalid_event"]["count"] == 2 and kinds["rejected"]["count"] == 1, kinds
-    assert kinds["rejected"]["letters"][0]["trigger_id"] == refused
+    assert list(kinds) == ["rejected"] and kinds["rejected"]["count"] == 3, kinds
+    assert refused in [l["trigger_id"] for l in kinds["rejected"]["letters"]], kinds
     wait("the delivered trigger", lambda: journal_stages(bridge, "console-ok-order", delivered)[-1:] == ["published"])
 
     with sync_playwright() as p:
@@ -196,7 +198,7 @@ def run(bridge, screenshots):
         expect(page.locator('.chart[data-series="refused"] .reasons')).to_have_text(
             "unauthorized 1", timeout=10_000)
         # Dead letters grouped by reason, with payload and error history.
-        expect(page.locator('details.group[data-kind="invalid_event"] tbody tr')).to_have_count(2)
+        expect(page.locator('details.group[data-kind="rejected"] tbody tr')).to_have_count(3)
         row = page.locator(f'tr[data-trigger="{refused}"]')
         expect(row).to_contain_text("console-refused")
         row.locator("summary").click()
@@ -248,7 +250,7 @@ def run(bridge, screenshots):
     assert journal_stages(bridge, po, refused) == got, journal_stages(bridge, po, refused)
     assert journal_stages(bridge, "PO-EOKORDER", delivered) == ["accepted", "fetched", "published"]
     # Replay without the console's header is refused (no cross-site form can send it).
-    req = urllib.request.Request(bridge.admin + "/console/api/replay", data=b'{"kind":"invalid_event"}',
+    req = urllib.request.Request(bridge.admin + "/console/api/replay", data=b'{"kind":"rejected"}',
                                  headers={"Authorization": bridge.auth, "Content-Type": "application/json"},
                                  method="POST")
     try:

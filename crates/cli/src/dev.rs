@@ -88,6 +88,8 @@ pub fn setup(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Dev, C
     });
     // A message Tradecloud (or the demo's sender) delivers again is published once.
     worker.dedupe_path = Some(dir.join("dedupe.db"));
+    // What new configs use: the order message v2.
+    worker.message_version = tcb_model::MessageVersion::V2;
     let config = Config {
         bus: BusConfig::Embedded(EmbeddedConfig::at(dir.join("bridge.db"))),
         ingress: Some(ingress),
