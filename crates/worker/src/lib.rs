@@ -265,7 +265,7 @@ struct Shared {
     dedupe: Option<dedupe::Dedupe>,
     /// The highest version of each order published whole (this process's), so an older
     /// fetched order is not published after a newer one.
-    published_versions: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    published_versions: process::Versions,
 }
 
 /// A worker, built and validated; [`Worker::run`] consumes.

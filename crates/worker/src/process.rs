@@ -67,6 +67,30 @@ async fn not_published(
     }
 }
 
+pub(crate) type Versions = std::sync::Mutex<std::collections::HashMap<String, i64>>;
+
+/// The version of `order_id` already published, when it is newer than `version`.
+fn newer_published(published: &Versions, order_id: &str, version: i64) -> Option<i64> {
+    published
+        .lock()
+        .ok()
+        .and_then(|m| m.get(order_id).copied())
+        .filter(|p| *p > version)
+}
+
+/// Remembers that `version` of `order_id` was published (the highest one stays).
+fn note_published(published: &Versions, order_id: &str, version: i64) {
+    let Ok(mut published) = published.lock() else {
+        return;
+    };
+    // Bounded: what matters is fetches of one order that finish close together.
+    if published.len() >= MAX_VERSIONS_KEPT && !published.contains_key(order_id) {
+        published.clear();
+    }
+    let v = published.entry(order_id.to_owned()).or_insert(version);
+    *v = (*v).max(version);
+}
+
 /// Orders whose last published version is kept (then the memory starts over).
 const MAX_VERSIONS_KEPT: usize = 100_000;
 
@@ -559,12 +583,7 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
         _ => None,
     };
     if let Some((order_id, version)) = &full {
-        let newer = shared
-            .published_versions
-            .lock()
-            .ok()
-            .and_then(|m| m.get(order_id).copied())
-            .filter(|published| published > version);
+        let newer = newer_published(&shared.published_versions, order_id, *version);
         if let Some(published) = newer {
             tracing::info!(trigger_id = %trigger_id, order_id = %order_id, version, published, "an older version of the order than one published: not published");
             let detail =
@@ -706,15 +725,8 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
             },
         ),
     }
-    if let (Some((order_id, version)), None) = (&full, &dead)
-        && let Ok(mut published) = shared.published_versions.lock()
-    {
-        // Bounded: what matters is fetches of one order that finish close together.
-        if published.len() >= MAX_VERSIONS_KEPT && !published.contains_key(order_id) {
-            published.clear();
-        }
-        let v = published.entry(order_id.clone()).or_insert(*version);
-        *v = (*v).max(*version);
+    if let (Some((order_id, version)), None) = (&full, &dead) {
+        note_published(&shared.published_versions, order_id, *version);
     }
     if let (Some(dedupe), Some(id), None) = (&shared.dedupe, &tradecloud_id, &dead)
         && let Err(e) = dedupe.remember(id).await
@@ -742,6 +754,36 @@ mod tests {
             what: "GET order".to_owned(),
             retry_after: retry_after.map(Duration::from_secs),
         }
+    }
+
+    #[test]
+    fn an_order_version_older_than_one_published_is_held_back() {
+        let published = Versions::default();
+        assert_eq!(newer_published(&published, "o-1", 3), None);
+        note_published(&published, "o-1", 5);
+        assert_eq!(
+            newer_published(&published, "o-1", 3),
+            Some(5),
+            "older: held back"
+        );
+        assert_eq!(
+            newer_published(&published, "o-1", 5),
+            None,
+            "the same version again"
+        );
+        assert_eq!(newer_published(&published, "o-1", 6), None, "newer");
+        note_published(&published, "o-1", 4);
+        assert_eq!(
+            newer_published(&published, "o-1", 4),
+            Some(5),
+            "the highest stays"
+        );
+        assert_eq!(newer_published(&published, "o-2", 1), None, "per order");
+        // Bounded: past the limit the memory starts over.
+        for i in 0..MAX_VERSIONS_KEPT {
+            note_published(&published, &format!("x-{i}"), 1);
+        }
+        assert!(published.lock().unwrap().len() <= MAX_VERSIONS_KEPT);
     }
 
     #[test]
