@@ -1375,36 +1375,31 @@ async fn a_message_tradecloud_delivers_three_times_is_published_once_across_a_re
         "tc-message-dup-2",
     ))
     .unwrap();
-    let mut bridge = world.start_bridge();
-    let sender = world.sender(&bridge, 1);
-    for b in [&body, &body] {
-        assert!(sender.send(&Webhook::Post(b.clone())).await.accepted());
-    }
-    wait_for_metrics(
-        &bridge,
-        &[
-            "tcb_worker_triggers_total{outcome=\"delivered\"} 1",
-            "tcb_worker_duplicates_total 1",
-        ],
-        Duration::from_secs(30),
-    )
-    .await;
+    // Starts a bridge, POSTs `bodies`: one is delivered, one is a repeat.
+    let run = |bodies: [&Vec<u8>; 2]| {
+        let bridge = world.start_bridge();
+        let sender = world.sender(&bridge, 1);
+        let bodies = bodies.map(Clone::clone);
+        async move {
+            for b in bodies {
+                assert!(sender.send(&Webhook::Post(b)).await.accepted());
+            }
+            wait_for_metrics(
+                &bridge,
+                &[
+                    "tcb_worker_triggers_total{outcome=\"delivered\"} 1",
+                    "tcb_worker_duplicates_total 1",
+                ],
+                Duration::from_secs(30),
+            )
+            .await;
+            bridge
+        }
+    };
+    let mut bridge = run([&body, &body]).await;
     assert!(bridge.terminate());
     // After a restart the id is still known; another message of the same order is not a repeat.
-    let bridge = world.start_bridge();
-    let sender = world.sender(&bridge, 1);
-    for b in [&body, &other] {
-        assert!(sender.send(&Webhook::Post(b.clone())).await.accepted());
-    }
-    wait_for_metrics(
-        &bridge,
-        &[
-            "tcb_worker_triggers_total{outcome=\"delivered\"} 1",
-            "tcb_worker_duplicates_total 1",
-        ],
-        Duration::from_secs(30),
-    )
-    .await;
+    let bridge = run([&body, &other]).await;
     let bus = world.bus().await;
     let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
     let got = collect_until(&mut out, Duration::from_secs(5), |d| d.len() >= 3).await;

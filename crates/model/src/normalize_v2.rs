@@ -164,73 +164,63 @@ fn fetched_v2(
     let original: Box<RawValue> =
         serde_json::from_str(text).map_err(|e| NormalizeError::FetchedOrder(e.to_string()))?;
     let mut r = Reader::default();
-    let message = match order_ref {
-        OrderRef::Legacy(legacy_id) => {
-            let (header, lines) = legacy(&mut r, &order);
-            let order_id = r.text(order.get("orderId"), "/orderId");
-            OrderMessageV2 {
-                schema_version: ORDER_MESSAGE_V2.to_owned(),
-                message_id: order_identity(order_ref, None, None, None, fetched),
-                scope: Scope::FullOrder,
-                event: None,
-                order_id,
-                legacy_order_id: Some(legacy_id.as_str().to_owned()),
-                version: None,
-                last_updated_at: None,
-                portal_url: None,
-                header,
-                lines,
-                affected_line_ids: None,
-                warnings: Vec::new(),
-                trigger: trigger_info(trigger),
-                processed_at,
-                original,
-                original_event: None,
+    // The legacy and the v2 order differ in what they carry, not in the message made of them.
+    let (order_id, legacy_order_id, version, last_updated_at, portal_url, header, lines) =
+        match order_ref {
+            OrderRef::Legacy(legacy_id) => {
+                let (header, lines) = legacy(&mut r, &order);
+                let order_id = r.text(order.get("orderId"), "/orderId");
+                let legacy_id = Some(legacy_id.as_str().to_owned());
+                (order_id, legacy_id, None, None, None, header, lines)
             }
-        }
-        OrderRef::V2(requested) => {
-            let order_id = r
-                .text(order.get("id").or(order.get("orderId")), "/id")
-                .or_else(|| Some(requested.as_str().to_owned()));
-            let legacy_order_id = r.text(order.get("legacyOrderId"), "/legacyOrderId");
-            let lines = r
-                .array(order.get("lines"), "/lines")
-                .iter()
-                .enumerate()
-                .map(|(i, l)| line(&mut r, l, &format!("/lines/{i}")))
-                .collect();
-            let (version, last_updated_at, portal_url, header) =
-                order_facts(&mut r, Some(&order), "");
-            OrderMessageV2 {
-                schema_version: ORDER_MESSAGE_V2.to_owned(),
-                message_id: order_identity(
-                    order_ref,
-                    order_id.as_deref(),
+            OrderRef::V2(requested) => {
+                let order_id = r
+                    .text(order.get("id").or(order.get("orderId")), "/id")
+                    .or_else(|| Some(requested.as_str().to_owned()));
+                let legacy_order_id = r.text(order.get("legacyOrderId"), "/legacyOrderId");
+                let lines = r
+                    .array(order.get("lines"), "/lines")
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| line(&mut r, l, &format!("/lines/{i}")))
+                    .collect();
+                let (version, last_updated_at, portal_url, header) =
+                    order_facts(&mut r, Some(&order), "");
+                (
+                    order_id,
+                    legacy_order_id,
                     version,
-                    last_updated_at.as_deref(),
-                    fetched,
-                ),
-                scope: Scope::FullOrder,
-                event: None,
-                order_id,
-                legacy_order_id,
-                version,
-                last_updated_at,
-                portal_url,
-                header,
-                lines,
-                affected_line_ids: None,
-                warnings: Vec::new(),
-                trigger: trigger_info(trigger),
-                processed_at,
-                original,
-                original_event: None,
+                    last_updated_at,
+                    portal_url,
+                    header,
+                    lines,
+                )
             }
-        }
-    };
+        };
     Ok(OrderMessageV2 {
+        schema_version: ORDER_MESSAGE_V2.to_owned(),
+        message_id: order_identity(
+            order_ref,
+            order_id.as_deref(),
+            version,
+            last_updated_at.as_deref(),
+            fetched,
+        ),
+        scope: Scope::FullOrder,
+        event: None,
+        order_id,
+        legacy_order_id,
+        version,
+        last_updated_at,
+        portal_url,
+        header,
+        lines,
+        affected_line_ids: None,
         warnings: r.warnings,
-        ..message
+        trigger: trigger_info(trigger),
+        processed_at,
+        original,
+        original_event: None,
     })
 }
 
