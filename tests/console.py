@@ -69,6 +69,8 @@ class Bridge:
         self.user, self.password = creds["username"], creds["password"]
         self.auth = "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         self.tls = ssl.create_default_context(cafile=os.path.join(data, "dev-ca.pem"))
+        # Development mode's Tradecloud simulator serves HTTPS with a CA of its own.
+        self.sim_tls = ssl.create_default_context(cafile=os.path.join(data, "simulator-ca.pem"))
 
     def _ready(self):
         if self.proc.poll() is not None:
@@ -110,7 +112,7 @@ class Bridge:
 
     def simulate(self, path):
         req = urllib.request.Request(self.simulator + path, data=b"", method="POST")
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10, context=self.sim_tls) as r:
             assert r.status == 200
 
     def stop(self):

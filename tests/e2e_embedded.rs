@@ -9,7 +9,7 @@ mod support;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use support::{PASSWORD, USER, World, collect_until, message, wait_for_metrics};
+use support::{PASSWORD, USER, World, collect_until, message, order_message_v2, wait_for_metrics};
 use tcb_model::codec::header as headers;
 use tcb_model::message::Scope;
 use tcb_model::{OrderMessage, TriggerEnvelope, normalize_event, normalize_fetched_order};
@@ -173,7 +173,9 @@ async fn every_trigger_kind_arrives_as_the_exact_normalized_message() {
             .quantity
             .map(|q| q.to_string())
             .as_deref(),
-        Some("13.50")
+        // The documented confirmation's `100.000`: message v1 drops the scale (v2 keeps it;
+        // see the v2 tests).
+        Some("100")
     );
 
     // Metrics on the admin port count what happened (the worker counts right after publishing,
@@ -696,18 +698,11 @@ async fn faults_lose_nothing() {
 /// two ways (journal off and on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn benches_print_a_row_per_setting() {
-    let bench = |what: &'static str| async move {
+    /// `tradecloud-bridge bench ARGS`: what it printed, after checking it succeeded.
+    async fn run_bench(args: &[&str]) -> String {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
-            .args([
-                "bench",
-                what,
-                "--requests",
-                "60",
-                "--concurrency",
-                "4",
-                "--rounds",
-                "1",
-            ])
+            .arg("bench")
+            .args(args)
             .env_remove("RUST_LOG")
             .output()
             .await
@@ -718,6 +713,19 @@ async fn benches_print_a_row_per_setting() {
             "{text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        text
+    }
+    let bench = |what: &'static str| async move {
+        let text = run_bench(&[
+            what,
+            "--requests",
+            "60",
+            "--concurrency",
+            "4",
+            "--rounds",
+            "1",
+        ])
+        .await;
         let rows: Vec<Vec<String>> = text
             .lines()
             .filter(|l| l.starts_with(&format!("| {what} o")))
@@ -749,6 +757,56 @@ async fn benches_print_a_row_per_setting() {
     let (text, rows) = bench("journal").await;
     let labels: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
     assert_eq!(labels, ["journal off", "journal on"], "{text}");
+
+    // The pipeline bench on the embedded queue: the ceiling, the ingress (closed and open loop,
+    // by wrk), end to end through the worker, a GET burst; every trigger published.
+    let text = run_bench(&[
+        "pipeline",
+        "--seconds",
+        "1",
+        "--requests",
+        "60",
+        "--concurrency",
+        "4",
+        "--get-burst",
+        "12",
+        "--get-orders",
+        "3",
+        "--open-loop-secs",
+        "1",
+    ])
+    .await;
+    let rows: Vec<Vec<String>> = text
+        .lines()
+        .filter(|l| l.starts_with("| embedded |"))
+        .map(|l| l.split('|').map(|c| c.trim().to_owned()).collect())
+        .collect();
+    let runs: Vec<&str> = rows.iter().map(|r| r[2].as_str()).collect();
+    assert_eq!(runs.len(), 5, "{text}");
+    assert_eq!(runs[0], "HTTP only (ceiling)");
+    assert_eq!(runs[1], "bridge ingress");
+    assert!(
+        runs[2].starts_with("bridge ingress, open loop at "),
+        "{text}"
+    );
+    for row in &rows[..2] {
+        let rate: f64 = row[3].parse().unwrap();
+        assert!(rate > 0.0, "{text}");
+        assert_eq!(row[10], "", "every wrk call answered 2xx: {text}");
+    }
+    assert!(rows[3][10].starts_with("60 of 60 published"), "{text}");
+    assert!(rows[4][10].starts_with("12 of 12 published"), "{text}");
+    // Coalescing: fewer fetches than GET triggers.
+    let fetches: usize = rows[4][10]
+        .split(" from ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(fetches < 12, "{text}");
 }
 
 /// Every series `docs/metrics.md` lists is on `/metrics` before the first request (Kafka's
@@ -1229,16 +1287,12 @@ async fn the_worker_publishes_order_messages_v2_when_configured() {
     let sender = world.sender(&bridge, 1);
     let bus = world.bus().await;
     let mut out = bus.consumer(&bus.topics.orders, Some("e2e")).await.unwrap();
-    let fixture = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../model/tests/fixtures/v2/proposal.json"
-    ))
-    .unwrap();
+    let fixture = tcb_simulator::documents::PROPOSAL;
     let badly_typed = fixture
         .replace("2b7f4c1d-6e8a-4b3c-9d0e-1f2a3b4c5d01", "bad-types-1")
         .replacen("\"quantity\": 100.000", "\"quantity\": \"\"", 1);
     let calls = [
-        Webhook::Post(fixture.clone().into_bytes()),
+        Webhook::Post(fixture.as_bytes().to_vec()),
         Webhook::Post(badly_typed.into_bytes()),
         Webhook::GetPath("order-v2-get".to_owned()),
         Webhook::GetPath("order-v2-refused".to_owned()),
@@ -1254,15 +1308,6 @@ async fn the_worker_publishes_order_messages_v2_when_configured() {
         Duration::from_secs(30),
     )
     .await;
-    let schema: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/schemas/order-message.v2.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
     let mut by_message: HashMap<String, serde_json::Value> = HashMap::new();
     for d in &got {
         assert_eq!(
@@ -1271,12 +1316,7 @@ async fn the_worker_publishes_order_messages_v2_when_configured() {
         );
         let decoded = tcb_model::codec::decode_order(&d.message).unwrap();
         assert!(matches!(decoded, tcb_model::Output::V2(_)));
-        let json: serde_json::Value = serde_json::from_slice(&d.message.payload).unwrap();
-        let errors: Vec<String> = validator
-            .iter_errors(&json)
-            .map(|e| e.to_string())
-            .collect();
-        assert!(errors.is_empty(), "{errors:?}");
+        let json = order_message_v2(&d.message.payload);
         let key = json["trigger"]["tradecloudMessageId"]
             .as_str()
             .unwrap_or("fetched")
@@ -1304,10 +1344,20 @@ async fn the_worker_publishes_order_messages_v2_when_configured() {
     let fetched = &by_message["fetched"];
     assert_eq!(fetched["scope"], "full-order");
     assert_eq!(fetched["orderId"], "order-v2-get");
-    assert!(
-        !fetched["lines"].as_array().unwrap().is_empty(),
-        "{fetched:#}"
+    // Fetched over HTTPS from the simulator's documented order at version 1: both lines
+    // issued, the decimals as the documents write them, nothing confirmed yet.
+    assert_eq!(fetched["lines"].as_array().unwrap().len(), 2, "{fetched:#}");
+    let first = &fetched["lines"][0];
+    assert_eq!(
+        first["current"]["deliverySchedule"][0]["quantity"],
+        "100.000"
     );
+    assert_eq!(
+        first["requested"]["prices"]["netPrice"]["transactionCurrency"]["value"],
+        "78.90"
+    );
+    assert!(first["confirmed"].is_null(), "{first:#}");
+    assert_eq!(first["processStatus"], "Issued", "{first:#}");
     assert_eq!(
         bridge
             .metric("tcb_worker_triggers_total{outcome=\"delivered\"}")
@@ -1476,7 +1526,7 @@ async fn posted_events_are_published_as_full_orders_with_enrichment() {
     let got = collect_until(&mut out, Duration::from_secs(60), |d| d.len() >= 5).await;
     assert_eq!(got.len(), 5);
     for d in &got {
-        let m: serde_json::Value = serde_json::from_slice(&d.message.payload).unwrap();
+        let m = order_message_v2(&d.message.payload);
         assert_eq!(m["scope"], "full-order", "{m:#}");
         assert_eq!(m["orderId"], "order-enrich");
         assert!(m["event"]["name"].as_str().unwrap().starts_with("Order"));
@@ -1501,9 +1551,11 @@ async fn posted_events_are_published_as_full_orders_with_enrichment() {
     let mut out = bus.consumer(&bus.topics.orders, Some("erp")).await.unwrap();
     let with_lines = orders::event("order-partial", 1, "OrderLinesConfirmedBySupplier", "p-1");
     let mut documents = orders::event("order-partial", 1, "OrderDocumentsAttachedByBuyer", "p-2");
-    documents["orderDocumentsEvent"] = documents["orderEvent"].take();
-    documents["orderDocumentsEvent"]["lines"] = serde_json::json!([]);
-    documents.as_object_mut().unwrap().remove("orderEvent");
+    // Order documents only: no line.
+    documents
+        .get_mut("orderDocumentsEvent")
+        .unwrap()
+        .set("lines", tcb_model::json::Json::Array(vec![]));
     for body in [with_lines, documents] {
         let body = serde_json::to_vec(&body).unwrap();
         assert!(sender.send(&Webhook::Post(body)).await.accepted());
@@ -1512,7 +1564,7 @@ async fn posted_events_are_published_as_full_orders_with_enrichment() {
     let scopes: Vec<(String, String)> = got
         .iter()
         .map(|d| {
-            let m: serde_json::Value = serde_json::from_slice(&d.message.payload).unwrap();
+            let m = order_message_v2(&d.message.payload);
             (
                 m["event"]["name"].as_str().unwrap().to_owned(),
                 m["scope"].as_str().unwrap().to_owned(),

@@ -227,7 +227,13 @@ async fn a_900_kb_event_is_delivered() {
     let bridge = world.start_bridge();
     wait_ready(&bridge, 200, Duration::from_secs(30)).await;
     let mut body = orders::event("kafka-big", 2, "OrderLinesUpdatedByBuyer", "big-1");
-    body["orderEvent"]["buyerOrder"]["description"] = serde_json::json!("x".repeat(900_000));
+    body.get_mut("orderEvent")
+        .and_then(|e| e.get_mut("buyerOrder"))
+        .unwrap()
+        .set(
+            "description",
+            tcb_model::json::Json::String("x".repeat(900_000)),
+        );
     let body = serde_json::to_vec(&body).unwrap();
     assert!(body.len() > 900_000, "{}", body.len());
     let o = world.sender(&bridge, 1).send(&Webhook::Post(body)).await;

@@ -118,11 +118,15 @@ impl World {
     }
 
     pub fn with(backend: Backend, max_body_bytes: usize, ack_timeout_ms: u64) -> Self {
+        // Tradecloud serves only HTTPS: so does the simulator.
         Self::with_simulator(
             backend,
             max_body_bytes,
             ack_timeout_ms,
-            SimConfig::default(),
+            SimConfig {
+                tls: true,
+                ..SimConfig::default()
+            },
         )
     }
 
@@ -137,6 +141,15 @@ impl World {
         let sim =
             Simulator::start(sim_config.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         let cert = ensure_dev_certificate(&dir.path().join("tls"), &[]).unwrap();
+        // The simulator's CA, when it serves HTTPS.
+        let api_ca = match sim.ca_pem() {
+            Some(pem) => {
+                let file = dir.path().join("tradecloud-ca.pem");
+                std::fs::write(&file, pem).unwrap();
+                format!("ca_file = \"{}\"\n", file.display())
+            }
+            None => String::new(),
+        };
         let config = dir.path().join("bridge.toml");
         let group = unique("tcb-e2e-worker");
         let text = format!(
@@ -168,7 +181,7 @@ password = "${{E2E_TRADECLOUD_PASSWORD}}"
 legacy_base_url = "{api}"
 legacy_username = "{legacy_user}"
 legacy_password = "{legacy_pw}"
-
+{api_ca}
 [admin]
 listen = "127.0.0.1:0"
 
@@ -980,4 +993,28 @@ pub async fn faults_lose_nothing(world: &World, down: Duration) {
     let api = world.sim.stats();
     assert_eq!(api.rate_limited, 0, "{api:?}");
     eprintln!("faults: Tradecloud saw {api:?}");
+}
+
+/// An order message v2 as JSON, after checking it against the published JSON Schema
+/// (`docs/schemas/order-message.v2.json`); panics with the schema's complaints.
+pub fn order_message_v2(payload: &[u8]) -> serde_json::Value {
+    static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| {
+        let schema: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../docs/schemas/order-message.v2.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        jsonschema::validator_for(&schema).unwrap()
+    });
+    let json: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "schema errors: {errors:?}");
+    json
 }

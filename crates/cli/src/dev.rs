@@ -63,9 +63,22 @@ pub fn setup(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Dev, C
         .map_err(|e| CliError::Io(format!("cannot create {}: {e}", dir.display())))?;
     let certificate = ensure_dev_certificate(dir, &[])?;
     let (credentials, credentials_file) = credentials(dir)?;
-    let sim_config = SimConfig::default();
+    // Tradecloud serves only HTTPS: so does the simulator, with a CA of its own.
+    let sim_config = SimConfig {
+        tls: true,
+        ..SimConfig::default()
+    };
     let simulator = Simulator::start(sim_config.clone(), SocketAddr::from(([127, 0, 0, 1], 0)))
         .map_err(|e| CliError::Io(format!("cannot start the Tradecloud simulator: {e}")))?;
+    let simulator_ca = match simulator.ca_pem() {
+        Some(pem) => {
+            let file = dir.join("simulator-ca.pem");
+            std::fs::write(&file, pem)
+                .map_err(|e| CliError::Io(format!("cannot write {}: {e}", file.display())))?;
+            Some(file)
+        }
+        None => None,
+    };
     let ingress = IngressConfig::new(
         listen,
         certificate.tls_config(),
@@ -84,7 +97,7 @@ pub fn setup(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Dev, C
         max_requests_per_second: 10,
         max_concurrent_requests: 1,
         request_timeout_ms: 10_000,
-        ca_file: None,
+        ca_file: simulator_ca,
     });
     // A message Tradecloud (or the demo's sender) delivers again is published once.
     worker.dedupe_path = Some(dir.join("dedupe.db"));

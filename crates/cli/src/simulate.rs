@@ -11,7 +11,7 @@ use crate::CliError;
 
 #[derive(clap::Args)]
 pub struct SimulateArgs {
-    /// Where the Tradecloud API stand-in listens (plain HTTP).
+    /// Where the Tradecloud API stand-in listens (HTTP, or HTTPS with `--tls-ca-out`).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Login e-mail the API accepts (the bridge's worker.tradecloud.email).
@@ -38,6 +38,10 @@ pub struct SimulateArgs {
     /// CA certificate (PEM) to trust for the bridge, e.g. a development CA.
     #[arg(long)]
     cacert: Option<PathBuf>,
+    /// Serve HTTPS, as Tradecloud does, with a CA made at start whose certificate (PEM) is
+    /// written to this file (for `worker.tradecloud.ca_file`).
+    #[arg(long)]
+    tls_ca_out: Option<PathBuf>,
     /// How many triggers to fire.
     #[arg(long, default_value_t = 20)]
     triggers: usize,
@@ -62,10 +66,15 @@ pub async fn run(args: SimulateArgs) -> Result<(), CliError> {
     let config = SimConfig {
         email: args.email.clone(),
         password: secret(args.password_file.as_ref(), &args.password_env)?,
+        tls: args.tls_ca_out.is_some(),
         ..SimConfig::default()
     };
     let sim = Simulator::start(config, args.listen)
         .map_err(|e| CliError::Io(format!("cannot listen on {}: {e}", args.listen)))?;
+    if let (Some(file), Some(pem)) = (&args.tls_ca_out, sim.ca_pem()) {
+        std::fs::write(file, pem)
+            .map_err(|e| CliError::Io(format!("cannot write {}: {e}", file.display())))?;
+    }
     tracing::info!(addr = %sim.addr, "Tradecloud API stand-in listening");
     if let Some(url) = &args.bridge_url {
         let ca_pem = match &args.cacert {

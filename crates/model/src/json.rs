@@ -74,6 +74,35 @@ impl Json {
         }
     }
 
+    /// The member `key` of an object, to change in place.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Json> {
+        match self {
+            Json::Object(members) => members
+                .iter_mut()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// Sets the member `key` of an object (replacing it where it is, else appending it); does
+    /// nothing to anything but an object.
+    pub fn set(&mut self, key: &str, value: Json) {
+        if let Some(slot) = self.get_mut(key) {
+            *slot = value;
+        } else if let Json::Object(members) = self {
+            members.push((key.to_owned(), value));
+        }
+    }
+
+    /// Removes every member `key` of an object.
+    pub fn remove(&mut self, key: &str) {
+        if let Json::Object(members) = self {
+            members.retain(|(k, _)| k != key);
+        }
+    }
+
     /// The items of an array; nothing for anything else.
     pub fn items(&self) -> &[Json] {
         match self {
@@ -96,6 +125,14 @@ impl Json {
             Json::Array(_) => "array",
             Json::Object(_) => "object",
         }
+    }
+}
+
+/// Compact JSON text, numbers as written.
+impl std::fmt::Display for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(&text)
     }
 }
 

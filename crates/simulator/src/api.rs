@@ -1,8 +1,8 @@
 //! The Tradecloud API stand-in.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,16 @@ pub struct SimConfig {
     pub legacy_password: String,
     /// Requests per rolling second before 429 (Tradecloud: 10).
     pub rate_limit_per_second: usize,
+    /// The `Retry-After` (seconds) of a 429 for exceeding that limit. Tradecloud's documents do
+    /// not say whether it sends one, so by default none; injected 429s can carry one.
+    pub rate_limit_retry_after: Option<u64>,
     /// Lifetime of an access token (Tradecloud: 1 hour).
     pub access_token_ttl: Duration,
+    /// Lifetime of a refresh token (Tradecloud: 24 hours); a refresh with an older one is 401.
+    pub refresh_token_ttl: Duration,
+    /// Serve HTTPS (TLS 1.2 and 1.3) with a certificate of a CA made at start
+    /// ([`Simulator::ca_pem`]), as Tradecloud serves only HTTPS.
+    pub tls: bool,
     /// The customer's identity provider (OAuth webhook auth), served beside the API.
     pub idp: crate::idp::IdpConfig,
 }
@@ -41,7 +49,10 @@ impl Default for SimConfig {
             legacy_username: "legacy-user".to_owned(),
             legacy_password: "legacy-password".to_owned(),
             rate_limit_per_second: 10,
+            rate_limit_retry_after: None,
             access_token_ttl: Duration::from_secs(3600),
+            refresh_token_ttl: Duration::from_secs(24 * 3600),
+            tls: false,
             idp: crate::idp::IdpConfig::default(),
         }
     }
@@ -68,6 +79,10 @@ pub struct Stats {
     pub rate_limited: u64,
     pub unauthorized: u64,
     pub injected_failures: u64,
+    /// Answers held back by an injected delay.
+    pub slow_answers: u64,
+    /// Refreshes refused because the refresh token had expired.
+    pub expired_refreshes: u64,
     /// The most requests (of any kind) in any rolling second, including refused ones.
     pub max_per_second: u64,
 }
@@ -81,17 +96,36 @@ struct Counters {
     rate_limited: AtomicU64,
     unauthorized: AtomicU64,
     injected_failures: AtomicU64,
+    slow_answers: AtomicU64,
+    expired_refreshes: AtomicU64,
     max_per_second: AtomicU64,
+}
+
+/// Something the real API does now and then, injected into the next order requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fault {
+    /// An error answer: 500, 502, 503, 504 (Tradecloud's gateway and service errors), 403 (the
+    /// integration role is missing), 429 (over the rate limit), each with `Retry-After`
+    /// (seconds) when given.
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+    },
+    /// The answer comes, but only after this long (Tradecloud times requests out after 5 s on
+    /// its side; a client timeout shorter than that sees a timeout).
+    Slow(Duration),
 }
 
 struct State {
     config: SimConfig,
     idp: crate::idp::Idp,
     access: Mutex<HashMap<String, Instant>>,
-    refresh: Mutex<HashSet<String>>,
+    /// Refresh tokens and when each expires.
+    refresh: Mutex<HashMap<String, Instant>>,
     versions: Mutex<HashMap<String, u64>>,
     window: Mutex<VecDeque<Instant>>,
-    fail_next: AtomicU32,
+    /// Faults for the next order requests, in order, each with how many requests it has left.
+    faults: Mutex<VecDeque<(Fault, u32)>>,
     /// Orders that answer this status for ever (until healed).
     failing: Mutex<HashMap<String, u16>>,
     /// Every request answers 503 (Tradecloud is down).
@@ -109,6 +143,8 @@ struct State {
 /// A running stand-in. Dropping it does not stop it; call [`Simulator::stop`].
 pub struct Simulator {
     pub addr: SocketAddr,
+    /// The PEM of the CA whose certificate the API serves, when it serves HTTPS.
+    ca_pem: Option<String>,
     state: Arc<State>,
     handle: ServerHandle,
 }
@@ -120,10 +156,10 @@ impl Simulator {
             idp: crate::idp::Idp::new(config.idp.clone()),
             config,
             access: Mutex::new(HashMap::new()),
-            refresh: Mutex::new(HashSet::new()),
+            refresh: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
             window: Mutex::new(VecDeque::new()),
-            fail_next: AtomicU32::new(0),
+            faults: Mutex::new(VecDeque::new()),
             failing: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
             revoked: AtomicBool::new(false),
@@ -132,6 +168,11 @@ impl Simulator {
             traceparents: Mutex::new(VecDeque::new()),
             counters: Counters::default(),
         });
+        let tls = if state.config.tls {
+            Some(tls_config().map_err(std::io::Error::other)?)
+        } else {
+            None
+        };
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -148,26 +189,39 @@ impl Simulator {
                 .route("/sim/orders/{id}/fail/{status}", web::post().to(fail))
                 .route("/sim/orders/{id}/heal", web::post().to(heal))
                 .route("/sim/stats", web::get().to(stats))
+                .route("/sim/faults", web::post().to(inject))
                 .route("/{tenant}/discovery/v2.0/keys", web::get().to(idp_keys))
                 .route("/{tenant}/oauth2/v2.0/token", web::post().to(idp_token))
         })
         .workers(2)
-        .disable_signals()
-        .bind(addr)?;
+        .disable_signals();
+        let (server, ca_pem) = match tls {
+            Some((config, ca_pem)) => (server.bind_rustls_0_23(addr, config)?, Some(ca_pem)),
+            None => (server.bind(addr)?, None),
+        };
         let addr = server.addrs().first().copied().unwrap_or(addr);
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
         Ok(Self {
             addr,
+            ca_pem,
             state,
             handle,
         })
     }
 
-    /// `http://addr`, the API base URL.
+    /// `http://addr`, or `https://127.0.0.1:port` when it serves HTTPS: the API base URL.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.ca_pem {
+            Some(_) => format!("https://127.0.0.1:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    /// The PEM of the CA to trust for HTTPS (`worker.tradecloud.ca_file`), when it serves HTTPS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// The identity provider (keys, rotation, minting tokens for tests).
@@ -208,9 +262,39 @@ impl Simulator {
         self.state.version(order_id)
     }
 
-    /// The next `n` order requests answer 503.
+    /// The next `n` order requests answer 503 (replacing any fault injected before).
     pub fn fail_next(&self, n: u32) {
-        self.state.fail_next.store(n, Ordering::SeqCst);
+        self.clear_faults();
+        self.inject(
+            Fault::Status {
+                status: 503,
+                retry_after: None,
+            },
+            n,
+        );
+    }
+
+    /// The next `n` order requests meet `fault` (after any injected before).
+    pub fn inject(&self, fault: Fault, n: u32) {
+        self.state.inject(fault, n);
+    }
+
+    /// No injected fault is left.
+    pub fn clear_faults(&self) {
+        self.state
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Every refresh token expires now (the next refresh gets 401, as after 24 hours).
+    pub fn expire_refresh_tokens(&self) {
+        if let Ok(mut r) = self.state.refresh.lock() {
+            for expiry in r.values_mut() {
+                *expiry = Instant::now();
+            }
+        }
     }
 
     /// `GET /v2/order/{order_id}` answers `status` for ever (until [`Simulator::heal_order`]).
@@ -271,6 +355,25 @@ impl Simulator {
 }
 
 impl State {
+    fn inject(&self, fault: Fault, n: u32) {
+        if n > 0 {
+            let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+            faults.push_back((fault, n));
+        }
+    }
+
+    /// The fault the next order request meets, if any.
+    fn next_fault(&self) -> Option<Fault> {
+        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let (fault, left) = faults.front_mut()?;
+        let fault = fault.clone();
+        *left -= 1;
+        if *left == 0 {
+            faults.pop_front();
+        }
+        Some(fault)
+    }
+
     fn bump(&self, order_id: &str) -> u64 {
         let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
         let e = v.entry(order_id.to_owned()).or_insert(1);
@@ -293,6 +396,8 @@ impl State {
             rate_limited: c.rate_limited.load(Ordering::SeqCst),
             unauthorized: c.unauthorized.load(Ordering::SeqCst),
             injected_failures: c.injected_failures.load(Ordering::SeqCst),
+            slow_answers: c.slow_answers.load(Ordering::SeqCst),
+            expired_refreshes: c.expired_refreshes.load(Ordering::SeqCst),
             max_per_second: c.max_per_second.load(Ordering::SeqCst),
         }
     }
@@ -345,7 +450,10 @@ impl State {
         self.refresh
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(refresh.clone());
+            .insert(
+                refresh.clone(),
+                Instant::now() + self.config.refresh_token_ttl,
+            );
         HttpResponse::Ok()
             .insert_header(("Set-Authorization", access))
             .insert_header(("Set-Refresh-Token", refresh))
@@ -378,7 +486,7 @@ fn basic_matches(req: &HttpRequest, user: &str, password: &str) -> bool {
 /// The rate limit, then the credentials: the answer that refuses the request, if any.
 fn gate(state: &State, authorized: bool) -> Option<HttpResponse> {
     if !state.admit() {
-        Some(too_many())
+        Some(too_many(state))
     } else if state.down.load(Ordering::SeqCst) {
         Some(HttpResponse::ServiceUnavailable().json(json!({"message": "down for maintenance"})))
     } else if !authorized || state.revoked.load(Ordering::SeqCst) {
@@ -388,8 +496,12 @@ fn gate(state: &State, authorized: bool) -> Option<HttpResponse> {
     }
 }
 
-fn too_many() -> HttpResponse {
-    HttpResponse::TooManyRequests().json(json!({"message": "rate limit exceeded"}))
+fn too_many(state: &State) -> HttpResponse {
+    let mut answer = HttpResponse::TooManyRequests();
+    if let Some(seconds) = state.config.rate_limit_retry_after {
+        answer.insert_header((header::RETRY_AFTER, seconds.to_string()));
+    }
+    answer.json(json!({"message": "rate limit exceeded"}))
 }
 
 fn unauthorized(state: &State) -> HttpResponse {
@@ -399,7 +511,7 @@ fn unauthorized(state: &State) -> HttpResponse {
 
 async fn login(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     if !state.admit() {
-        return too_many();
+        return too_many(&state);
     }
     if state.down.load(Ordering::SeqCst) {
         return HttpResponse::ServiceUnavailable().json(json!({"message": "down for maintenance"}));
@@ -415,7 +527,7 @@ async fn login(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
 
 async fn refresh(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     if !state.admit() {
-        return too_many();
+        return too_many(&state);
     }
     if req.headers().contains_key(header::AUTHORIZATION) {
         return HttpResponse::BadRequest()
@@ -430,13 +542,21 @@ async fn refresh(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     // Single use: a refresh token is gone once used.
-    let known = state
+    let expiry = state
         .refresh
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(token);
-    if !known {
-        return unauthorized(&state);
+    match expiry {
+        None => return unauthorized(&state),
+        Some(expiry) if expiry <= Instant::now() => {
+            state
+                .counters
+                .expired_refreshes
+                .fetch_add(1, Ordering::SeqCst);
+            return unauthorized(&state);
+        }
+        Some(_) => {}
     }
     state.counters.refreshes.fetch_add(1, Ordering::SeqCst);
     state.issue_tokens()
@@ -483,16 +603,28 @@ async fn get_order(
     if let Some(refused) = gate(&state, state.bearer_valid(&req)) {
         return refused;
     }
-    if state
-        .fail_next
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
-        state
-            .counters
-            .injected_failures
-            .fetch_add(1, Ordering::SeqCst);
-        return HttpResponse::ServiceUnavailable().json(json!({"message": "injected failure"}));
+    match state.next_fault() {
+        Some(Fault::Status {
+            status,
+            retry_after,
+        }) => {
+            state
+                .counters
+                .injected_failures
+                .fetch_add(1, Ordering::SeqCst);
+            let status = actix_web::http::StatusCode::from_u16(status)
+                .unwrap_or(actix_web::http::StatusCode::SERVICE_UNAVAILABLE);
+            let mut answer = HttpResponse::build(status);
+            if let Some(seconds) = retry_after {
+                answer.insert_header((header::RETRY_AFTER, seconds.to_string()));
+            }
+            return answer.json(json!({"message": "injected failure"}));
+        }
+        Some(Fault::Slow(delay)) => {
+            state.counters.slow_answers.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+        }
+        None => {}
     }
     if state.forbidden.load(Ordering::SeqCst) {
         return HttpResponse::Forbidden()
@@ -517,7 +649,7 @@ async fn get_order(
         return HttpResponse::NotFound().json(json!({"message": "order not found"}));
     }
     state.counters.order_fetches.fetch_add(1, Ordering::SeqCst);
-    HttpResponse::Ok().json(orders::order(&id, state.version(&id)))
+    json_answer(&orders::order(&id, state.version(&id)))
 }
 
 async fn get_legacy_order(
@@ -537,7 +669,7 @@ async fn get_legacy_order(
         return HttpResponse::NotFound().json(json!({"message": "purchase order not found"}));
     }
     state.counters.legacy_fetches.fetch_add(1, Ordering::SeqCst);
-    HttpResponse::Ok().json(orders::legacy_order(&id))
+    json_answer(&orders::legacy_order(&id))
 }
 
 async fn bump(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
@@ -565,6 +697,75 @@ async fn heal(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"id": id.as_str(), "fails_with": null}))
 }
 
+/// A documented body as JSON text, decimals as the documents write them.
+fn json_answer(body: &tcb_model::json::Json) -> HttpResponse {
+    match serde_json::to_string(body) {
+        Ok(text) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(text),
+        Err(e) => HttpResponse::InternalServerError().json(json!({"message": e.to_string()})),
+    }
+}
+
+/// `POST /sim/faults?count=N&status=S&retry_after=SECONDS` or `?count=N&delay_ms=MS`: the next
+/// `N` order requests meet the fault (for a separate simulator process).
+async fn inject(state: web::Data<State>, query: web::Query<FaultQuery>) -> HttpResponse {
+    let fault = match (query.status, query.delay_ms) {
+        (Some(status), None) if (400..600).contains(&status) => Fault::Status {
+            status,
+            retry_after: query.retry_after,
+        },
+        (None, Some(ms)) => Fault::Slow(Duration::from_millis(ms)),
+        _ => {
+            return HttpResponse::BadRequest()
+                .json(json!({"error": "give either status (400 to 599) or delay_ms, and count"}));
+        }
+    };
+    let count = query.count.unwrap_or(1);
+    if count == 0 {
+        return HttpResponse::BadRequest().json(json!({"error": "count must be at least 1"}));
+    }
+    state.inject(fault.clone(), count);
+    HttpResponse::Ok().json(json!({"injected": fault, "count": count}))
+}
+
+#[derive(Debug, Deserialize)]
+struct FaultQuery {
+    count: Option<u32>,
+    status: Option<u16>,
+    retry_after: Option<u64>,
+    delay_ms: Option<u64>,
+}
+
+/// A CA made now and a certificate for `127.0.0.1` and `localhost` it signs: the server's
+/// rustls config and the CA's PEM.
+fn tls_config() -> Result<(rustls::ServerConfig, String), String> {
+    let err = |e: rcgen::Error| format!("simulator certificate: {e}");
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Tradecloud simulator CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).map_err(err)?;
+    let leaf_key = rcgen::KeyPair::generate().map_err(err)?;
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .map_err(err)?
+        .signed_by(&leaf_key, &ca)
+        .map_err(err)?;
+    let key = rustls_pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der())
+        .map_err(|e| format!("simulator key: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .map_err(|e| format!("simulator TLS: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .map_err(|e| format!("simulator TLS: {e}"))?;
+    Ok((config, ca.pem()))
+}
+
 async fn stats(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().json(state.stats())
 }
@@ -589,7 +790,8 @@ async fn idp_token(
     if !tenant_known(&state, &tenant) {
         return HttpResponse::NotFound().json(json!({"error": "unknown tenant"}));
     }
-    let base = format!("http://{}", req.connection_info().host());
+    let scheme = if state.config.tls { "https" } else { "http" };
+    let base = format!("{scheme}://{}", req.connection_info().host());
     match state.idp.token_response(&base, &form) {
         Ok(token) => HttpResponse::Ok().json(token),
         Err(error) => HttpResponse::Unauthorized().json(error),

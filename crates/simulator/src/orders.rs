@@ -1,10 +1,19 @@
-//! Deterministic orders and events in Tradecloud's shapes: the same id and version always give
-//! the same JSON, so tests can compute what the bridge must publish.
+//! Orders and webhook bodies built from Tradecloud's documented examples ([`crate::documents`]),
+//! with their ids, order number and version made the simulator's: the same id and version always
+//! give the same JSON, so tests can compute what the bridge must publish. Decimals keep the text
+//! the documents give them (`100.000`, `78.90`).
+//!
+//! A simulated order has two lines. As its version grows, line 1 goes through the documented
+//! stages in turn ([`Stage`]: issued, proposed, confirmed, reopen requested, rejected,
+//! cancelled); line 2 is issued at versions 1 and 2 and confirmed from version 3. An event holds
+//! only line 1, the line whose change it reports (Tradecloud: "an event holds only the lines
+//! affected by it"); a fetched order holds both.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use serde_json::{Value, json};
+use tcb_model::json::Json;
 
 use crate::Webhook;
+use crate::documents::{self, event_object, parse};
 
 /// The base of all generated timestamps.
 fn epoch() -> DateTime<Utc> {
@@ -29,127 +38,322 @@ pub fn last_updated_at(version: u64) -> String {
         .to_string()
 }
 
-fn line(order_id: &str, n: u64, version: u64) -> Value {
-    let qty = format!("{}.50", 10 * n + version);
-    json!({
-        "id": format!("{order_id}-line-{n}"),
-        "lineType": "Item",
-        "buyerLine": {
-            "position": format!("{n:04}"),
-            "description": format!("Line {n} of {order_id}"),
-            "item": {
-                "number": format!("ITEM-{n}"),
-                "revision": "A",
-                "name": "Round tube ø60x45",
-                "purchaseUnitOfMeasureIso": "PCE",
-                "supplierItemNumber": format!("SUP-{n}")
-            },
-            "properties": [{"key": "color", "value": "red"}]
-        },
-        "supplierLine": {"salesOrderNumber": format!("SO-{}", short(order_id)), "salesOrderPosition": format!("{}", n * 10)},
-        "deliverySchedule": [
-            {"position": "0001", "date": "2026-12-24", "quantity": qty, "status": "Open", "transportMode": "Road"}
-        ],
-        "prices": {
-            "grossPrice": {"priceInTransactionCurrency": {"value": 19.99, "currencyIso": "EUR"}},
-            "discountPercentage": 0,
-            "netPrice": {"priceInTransactionCurrency": {"value": "19.99", "currencyIso": "EUR"}},
-            "priceUnitOfMeasureIso": "PCE",
-            "priceUnitQuantity": 1
-        },
-        "indicators": {"deliveryOverdue": false},
-        "status": {
-            "processStatus": if version > 1 { "Confirmed" } else { "Issued" },
-            "inProgressStatus": null,
-            "logisticsStatus": "Open"
-        },
-        "lastUpdatedAt": last_updated_at(version)
-    })
+/// The purchase order number of a simulated order.
+pub fn purchase_order_number(order_id: &str) -> String {
+    format!("PO-{}", short(order_id))
+}
+
+/// The id of line `n` (1-based) of a simulated order.
+pub fn line_id(order_id: &str, n: usize) -> String {
+    format!("{order_id}-line-{n}")
+}
+
+/// Where line 1 of a simulated order is at a version, each a documented state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Issued by the buyer: current = requested values, no confirmed line.
+    Issued,
+    /// The supplier proposed other values (`supplierLine.requests.proposal`, `OpenSupplierProposal`).
+    Proposed,
+    /// Confirmed (`confirmedLine`, with charge lines).
+    Confirmed,
+    /// The supplier asks to reopen the confirmed line (`requests.reopenRequest`).
+    ReopenRequested,
+    /// Rejected by the supplier (processStatus `Rejected`).
+    Rejected,
+    /// Cancelled by the buyer.
+    Cancelled,
+}
+
+const STAGES: [Stage; 6] = [
+    Stage::Issued,
+    Stage::Proposed,
+    Stage::Confirmed,
+    Stage::ReopenRequested,
+    Stage::Rejected,
+    Stage::Cancelled,
+];
+
+/// The stage of line 1 at `version` (1 issued, 2 proposed, ... 6 cancelled; 7 the cancellation
+/// reverted, `RevertedCancelledLine`, and issued again, and so on).
+pub fn stage(version: u64) -> Stage {
+    STAGES[((version.max(1) - 1) % STAGES.len() as u64) as usize]
+}
+
+/// The documented event that brings line 1 to its stage at `version`.
+pub fn stage_event_name(version: u64) -> &'static str {
+    match stage(version) {
+        Stage::Issued if version <= 1 => "OrderIssuedByBuyer",
+        Stage::Issued => "CancelledOrderLinesRevertedByBuyer",
+        Stage::Proposed => "OrderChangesProposedBySupplier",
+        Stage::Confirmed => "OrderLinesConfirmedBySupplier",
+        Stage::ReopenRequested => "OrderLinesReopenRequestedBySupplier",
+        Stage::Rejected => "OrderLinesRejectedBySupplier",
+        Stage::Cancelled => "OrderLinesCancelledByBuyer",
+    }
+}
+
+fn string(text: impl Into<String>) -> Json {
+    Json::String(text.into())
+}
+
+/// Line `k` (0-based) of a documented body's event object.
+fn documented_line(text: &str, k: usize) -> Json {
+    event_object(&parse(text))
+        .get("lines")
+        .and_then(|l| l.items().get(k))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A line's `status` object.
+fn status(process: &str, logistics: &str) -> Json {
+    Json::Object(vec![
+        ("processStatus".to_owned(), string(process)),
+        ("logisticsStatus".to_owned(), string(logistics)),
+    ])
+}
+
+/// Confirmation line `k` as issued: the current and planned values are the buyer's requested
+/// ones, there is no confirmed line yet.
+fn issued_line(k: usize) -> Json {
+    let mut line = documented_line(documents::CONFIRMATION, k);
+    let requested = line.get("buyerLine").cloned().unwrap_or_default();
+    line.remove("confirmedLine");
+    for (current, from) in [
+        ("deliverySchedule", "deliverySchedule"),
+        ("deliveryScheduleIncludingRequests", "deliverySchedule"),
+        ("prices", "prices"),
+        ("pricesIncludingRequests", "prices"),
+    ] {
+        line.set(current, requested.get(from).cloned().unwrap_or_default());
+    }
+    line.set("status", status("Issued", "Open"));
+    line
+}
+
+/// Line 1 at `stage`, from the document that shows that stage.
+fn first_line(stage: Stage) -> Json {
+    match stage {
+        Stage::Issued => issued_line(0),
+        Stage::Proposed => documented_line(documents::PROPOSAL, 0),
+        Stage::Confirmed => documented_line(documents::CONFIRMATION, 0),
+        Stage::ReopenRequested => documented_line(documents::REOPEN_REQUEST, 0),
+        Stage::Rejected => {
+            let mut line = issued_line(0);
+            line.set("status", status("Rejected", "Open"));
+            line
+        }
+        Stage::Cancelled => documented_line(documents::CANCELLATION, 0),
+    }
+}
+
+/// Line `n` (1-based) of the order at `version`, with the simulator's id and timestamp.
+fn line(order_id: &str, n: usize, version: u64) -> Json {
+    let mut line = match (n, version) {
+        (1, _) => first_line(stage(version)),
+        (_, 1 | 2) => issued_line(1),
+        _ => documented_line(documents::CONFIRMATION, 1),
+    };
+    line.set("id", string(line_id(order_id, n)));
+    line.set("lastUpdatedAt", string(last_updated_at(version)));
+    line
+}
+
+/// The order status: line 1's (the line that changes).
+fn order_status(version: u64) -> Json {
+    first_line(stage(version))
+        .get("status")
+        .and_then(|s| s.get("processStatus"))
+        .map(|p| {
+            let logistics = if p == &string("Cancelled") {
+                "Cancelled"
+            } else {
+                "Open"
+            };
+            Json::Object(vec![
+                ("processStatus".to_owned(), p.clone()),
+                ("logisticsStatus".to_owned(), string(logistics)),
+            ])
+        })
+        .unwrap_or_default()
+}
+
+/// The order header members of the documented confirmation, made this order's.
+fn header(order_id: &str, version: u64) -> Vec<(String, Json)> {
+    let documented = event_object(&parse(documents::CONFIRMATION));
+    let mut buyer_order = documented.get("buyerOrder").cloned().unwrap_or_default();
+    buyer_order.set(
+        "purchaseOrderNumber",
+        string(purchase_order_number(order_id)),
+    );
+    vec![
+        ("buyerOrder".to_owned(), buyer_order),
+        (
+            "supplierOrder".to_owned(),
+            documented.get("supplierOrder").cloned().unwrap_or_default(),
+        ),
+        (
+            "indicators".to_owned(),
+            documented.get("indicators").cloned().unwrap_or_default(),
+        ),
+        ("status".to_owned(), order_status(version)),
+        ("version".to_owned(), Json::Number(version.to_string())),
+    ]
 }
 
 /// A fetched API v2 order (`GET /v2/order/{id}`), with all its lines.
-pub fn order(order_id: &str, version: u64) -> Value {
-    json!({
-        "id": order_id,
-        "version": version,
-        "buyerOrder": {
-            "companyId": "b1c0ffee-0000-4000-8000-000000000001",
-            "supplierAccountNumber": "540830",
-            "purchaseOrderNumber": format!("PO-{}", short(order_id)),
-            "description": "Generated by the tradecloud-bridge simulator",
-            "orderType": "Purchase",
-            "contact": {"email": "buyer@example.com"},
-            "notes": [],
-            "labels": ["simulated"]
-        },
-        "supplierOrder": {
-            "companyId": "5e1ec7ed-0000-4000-8000-000000000002",
-            "buyerAccountNumber": "123456",
-            "salesOrderNumber": format!("SO-{}", short(order_id)),
-            "description": null
-        },
-        "indicators": {"deliveryOverdue": false},
-        "status": {
-            "processStatus": if version > 1 { "Confirmed" } else { "Issued" },
-            "logisticsStatus": "Open"
-        },
-        "lines": [line(order_id, 1, version), line(order_id, 2, version)],
-        "eventDates": {"issuedAt": last_updated_at(0)},
-        "lastUpdatedAt": last_updated_at(version),
-        "portalUrl": format!("https://portal.example/order/{order_id}")
-    })
+pub fn order(order_id: &str, version: u64) -> Json {
+    let mut members = vec![("id".to_owned(), string(order_id))];
+    members.extend(header(order_id, version));
+    members.push((
+        "lines".to_owned(),
+        Json::Array(vec![line(order_id, 1, version), line(order_id, 2, version)]),
+    ));
+    members.push(("lastUpdatedAt".to_owned(), string(last_updated_at(version))));
+    Json::Object(members)
 }
 
-/// A webhook body: `eventName`, an `orderEvent` holding only the first line (the affected one),
-/// and `meta`.
-pub fn event(order_id: &str, version: u64, event_name: &str, message_id: &str) -> Value {
-    let mut event = order(order_id, version);
-    if let Some(obj) = event.as_object_mut() {
-        obj.remove("id");
-        obj.insert("orderId".to_owned(), json!(order_id));
-        obj.insert("lines".to_owned(), json!([line(order_id, 1, version)]));
+/// The documented `meta` of an event object, with this message's id and time.
+fn meta(documented: &Json, message_id: &str, version: u64) -> Json {
+    let mut meta = documented.get("meta").cloned().unwrap_or_default();
+    meta.set("messageId", string(message_id));
+    if let Some(source) = meta.get_mut("source") {
+        source.set("traceId", string(message_id));
     }
-    json!({
-        "eventName": event_name,
-        "orderEvent": event,
-        "meta": {
-            "messageId": message_id,
-            "source": {"traceId": message_id, "userId": "simulator", "companyId": "b1c0ffee-0000-4000-8000-000000000001"},
-            "createdDateTime": last_updated_at(version)
+    meta.set("createdDateTime", string(last_updated_at(version)));
+    meta
+}
+
+/// A webhook body: `eventName` and one event object (`meta` inside it, as Tradecloud documents
+/// it). An `OrderDocumentsAttachedBy…` name gives an `orderDocumentsEvent`
+/// ([`documents_event`]); any other an `orderEvent` holding line 1 at `version`.
+pub fn event(order_id: &str, version: u64, event_name: &str, message_id: &str) -> Json {
+    if event_name.starts_with("OrderDocumentsAttached") {
+        return documents_event(order_id, version, event_name, message_id);
+    }
+    let documented = event_object(&parse(documents::CONFIRMATION));
+    let mut members = vec![("orderId".to_owned(), string(order_id))];
+    members.extend(header(order_id, version));
+    members.push((
+        "lines".to_owned(),
+        Json::Array(vec![line(order_id, 1, version)]),
+    ));
+    members.push(("meta".to_owned(), meta(&documented, message_id, version)));
+    members.push(("lastUpdatedAt".to_owned(), string(last_updated_at(version))));
+    webhook_body(event_name, "orderEvent", Json::Object(members))
+}
+
+fn webhook_body(event_name: &str, key: &str, event: Json) -> Json {
+    Json::Object(vec![
+        ("eventName".to_owned(), string(event_name)),
+        (key.to_owned(), event),
+    ])
+}
+
+/// A documented body made this order's: its order id, purchase order number, line ids (in
+/// order, `line_ids`), message id and timestamps.
+fn documented_event(
+    text: &str,
+    key: &str,
+    order_id: &str,
+    version: u64,
+    event_name: &str,
+    message_id: &str,
+    line_ids: &[String],
+) -> Json {
+    let mut event = event_object(&parse(text));
+    event.set("orderId", string(order_id));
+    if let Some(buyer_order) = event.get_mut("buyerOrder") {
+        buyer_order.set(
+            "purchaseOrderNumber",
+            string(purchase_order_number(order_id)),
+        );
+    }
+    if event.get("version").is_some() {
+        event.set("version", Json::Number(version.to_string()));
+    }
+    if let Some(Json::Array(lines)) = event.get_mut("lines") {
+        for (line, id) in lines.iter_mut().zip(line_ids) {
+            line.set("id", string(id.clone()));
+            if line.get("lastUpdatedAt").is_some() {
+                line.set("lastUpdatedAt", string(last_updated_at(version)));
+            }
         }
-    })
+    }
+    let documented_meta = event.clone();
+    event.set("meta", meta(&documented_meta, message_id, version));
+    event.set("lastUpdatedAt", string(last_updated_at(version)));
+    webhook_body(event_name, key, event)
 }
 
-/// A legacy (API v1) purchase order, shaped like Tradecloud's migration model.
-pub fn legacy_order(legacy_id: &str) -> Value {
-    json!({
-        "id": legacy_id,
-        "code": format!("PO-L-{legacy_id}"),
-        "supplier": {"code": "540830", "name": "Supplier B.V."},
-        "customer": {"code": "123456", "name": "Buyer B.V."},
-        "status": "confirmed",
-        "lines": [
-            {"lineId": format!("{legacy_id}-10"), "code": format!("PO-L-{legacy_id}-10"), "row": 10, "status": "confirmed"}
-        ]
-    })
+/// An `orderDocumentsEvent` (the documents webhook): order and line documents of line 1.
+pub fn documents_event(order_id: &str, version: u64, event_name: &str, message_id: &str) -> Json {
+    documented_event(
+        documents::DOCUMENTS,
+        "orderDocumentsEvent",
+        order_id,
+        version,
+        event_name,
+        message_id,
+        &[line_id(order_id, 1)],
+    )
 }
 
-const EVENT_NAMES: [&str; 5] = [
-    "OrderIssuedByBuyer",
-    "OrderLinesConfirmedBySupplier",
-    "OrderChangesProposedBySupplier",
-    "OrderLinesShippedByBuyer",
-    "OrderLinesTeleportedByRobot",
-];
+/// A `singleDeliveryOrderEvent` (the simple delivery-schedule style): while line 1 is proposed,
+/// the documented proposal; otherwise the documented split, line 1 confirmed with part of its
+/// quantity and a new line 3 (position null) with the rest.
+pub fn single_delivery_event(
+    order_id: &str,
+    version: u64,
+    event_name: &str,
+    message_id: &str,
+) -> Json {
+    let (text, lines) = if stage(version) == Stage::Proposed {
+        (documents::SINGLE_DELIVERY, vec![line_id(order_id, 1)])
+    } else {
+        (
+            documents::SPLIT_LINE,
+            vec![line_id(order_id, 1), line_id(order_id, 3)],
+        )
+    };
+    documented_event(
+        text,
+        "singleDeliveryOrderEvent",
+        order_id,
+        version,
+        event_name,
+        message_id,
+        &lines,
+    )
+}
 
-/// The i-th webhook of a sample burst (`demo`, `simulate`): GET (path, query, legacy query), POST and PUT in turn.
+/// A legacy (API v1) purchase order: Tradecloud's migration model, with `code` (the purchase
+/// order number) `PO-L-{legacy_id}`.
+pub fn legacy_order(legacy_id: &str) -> Json {
+    let mut order = parse(documents::LEGACY_PURCHASE_ORDER);
+    order.set("code", string(format!("PO-L-{legacy_id}")));
+    order
+}
+
+fn body(json: &Json) -> Vec<u8> {
+    json.to_string().into_bytes()
+}
+
+/// The i-th webhook of a sample burst (`demo`, `simulate`): GET (path, query, legacy query),
+/// POST and PUT order events, documents and single-delivery events, in turn.
 pub fn burst_webhook(
     i: usize,
     sim: &crate::Simulator,
     events_only: bool,
 ) -> (&'static str, Webhook) {
     let order = format!("demo-order-{:03}", i % 12);
-    let kind = if events_only { 2 + i % 2 } else { i % 5 };
+    let kind = if events_only {
+        [2, 3, 5, 6][i % 4]
+    } else {
+        i % 7
+    };
+    let message_id = || uuid::Uuid::new_v4().to_string();
     match kind {
         0 => {
             sim.bump(&order);
@@ -160,20 +364,40 @@ pub fn burst_webhook(
             ("GET query", Webhook::GetQuery(order))
         }
         2 | 3 => {
-            let name = EVENT_NAMES[i % EVENT_NAMES.len()];
-            let body = event(
-                &order,
-                sim.bump(&order),
-                name,
-                &uuid::Uuid::new_v4().to_string(),
-            );
-            // A JSON value's text is its serialization (which cannot fail).
-            let body = body.to_string().into_bytes();
-            if i % 5 == 2 {
-                ("POST", Webhook::Post(body))
+            let version = sim.bump(&order);
+            // The event of the order's new stage (by the buyer or by the supplier, so both
+            // roles' webhooks), now and then a name Tradecloud may add later.
+            let name = if i % 11 == 3 {
+                "OrderLinesTeleportedByRobot"
             } else {
-                ("PUT", Webhook::Put(body))
+                stage_event_name(version)
+            };
+            let json = event(&order, version, name, &message_id());
+            if kind == 2 {
+                ("POST", Webhook::Post(body(&json)))
+            } else {
+                ("PUT", Webhook::Put(body(&json)))
             }
+        }
+        5 => {
+            let name = if i.is_multiple_of(2) {
+                "OrderDocumentsAttachedByBuyer"
+            } else {
+                "OrderDocumentsAttachedBySupplier"
+            };
+            let json = documents_event(&order, sim.version(&order), name, &message_id());
+            ("POST documents", Webhook::Post(body(&json)))
+        }
+        6 => {
+            let version = sim.bump(&order);
+            let name = if stage(version) == Stage::Proposed {
+                "OrderChangesProposedBySupplier"
+            } else {
+                // The documented split is a confirmation.
+                "OrderLinesConfirmedBySupplier"
+            };
+            let json = single_delivery_event(&order, version, name, &message_id());
+            ("POST single delivery", Webhook::Post(body(&json)))
         }
         _ => (
             "GET legacy",
@@ -186,8 +410,8 @@ pub fn burst_webhook(
 /// `docs/connector.md` assumes: a `<webhook>` root, members as elements, scalars as text (numbers
 /// as written in the JSON), `null` as an empty element; arrays as the element repeated, or with
 /// `wrap_arrays` as a wrapper holding one element per item, named in the singular.
-pub fn to_txml(body: &serde_json::Value, wrap_arrays: bool) -> String {
-    use serde_json::Value;
+pub fn to_txml(body: &Json, wrap_arrays: bool) -> String {
+    use tcb_model::json::Json as Value;
     fn escape(text: &str, out: &mut String) {
         for c in text.chars() {
             match c {
@@ -235,7 +459,9 @@ pub fn to_txml(body: &serde_json::Value, wrap_arrays: bool) -> String {
                 escape(s, out);
                 out.push_str(&format!("</{name}>"));
             }
-            other => out.push_str(&format!("<{name}>{other}</{name}>")),
+            // Numbers as the text they were written as.
+            Value::Number(text) => out.push_str(&format!("<{name}>{text}</{name}>")),
+            Value::Bool(b) => out.push_str(&format!("<{name}>{b}</{name}>")),
         }
     }
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");

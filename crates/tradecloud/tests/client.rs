@@ -224,3 +224,152 @@ async fn a_share_of_zero_holds_requests_until_it_is_lifted() {
         .expect("goes on once the share is lifted")
         .unwrap();
 }
+
+/// A client of an HTTPS simulator, trusting its CA, with a request timeout of `timeout_ms`.
+fn https_client(sim: &Simulator, timeout_ms: u64) -> TradecloudClient {
+    let ca = std::env::temp_dir().join(format!("tcb-sim-ca-{}.pem", uuid_like()));
+    std::fs::write(&ca, sim.ca_pem().unwrap()).unwrap();
+    https_client_trusting(sim, timeout_ms, Some(ca))
+}
+
+/// A client of an HTTPS simulator trusting `ca_file` besides the system's roots.
+fn https_client_trusting(
+    sim: &Simulator,
+    timeout_ms: u64,
+    ca_file: Option<std::path::PathBuf>,
+) -> TradecloudClient {
+    let c = SimConfig::default();
+    TradecloudClient::new(&TradecloudConfig {
+        base_url: sim.base_url(),
+        email: c.email,
+        password: SecretString::from(c.password),
+        legacy_base_url: None,
+        legacy_username: None,
+        legacy_password: None,
+        max_requests_per_second: 100,
+        max_concurrent_requests: 1,
+        request_timeout_ms: timeout_ms,
+        ca_file,
+    })
+    .unwrap()
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// Over HTTPS, each fault the real API shows comes out as the error the worker classifies:
+/// 500/502/503/504 and 429 (with its `Retry-After`) transient, 403 forbidden, a slow answer a
+/// timeout; the order itself arrives with the documented decimals as written.
+#[tokio::test]
+async fn over_https_every_fault_of_the_real_api_is_told_apart() {
+    use tcb_simulator::Fault;
+    let sim = sim(SimConfig {
+        tls: true,
+        ..SimConfig::default()
+    });
+    assert!(sim.base_url().starts_with("https://"));
+    let c = https_client(&sim, 1_000);
+    for status in [500, 502, 503, 504] {
+        sim.inject(
+            Fault::Status {
+                status,
+                retry_after: None,
+            },
+            1,
+        );
+        let e = c.get_order("o-1").await.unwrap_err();
+        assert!(
+            matches!(&e, TradecloudError::Status { status: s, retry_after: None, .. } if *s == status),
+            "{e}"
+        );
+        assert!(e.is_transient(), "{status}");
+    }
+    sim.inject(
+        Fault::Status {
+            status: 429,
+            retry_after: Some(3),
+        },
+        1,
+    );
+    match c.get_order("o-1").await.unwrap_err() {
+        e @ TradecloudError::Status {
+            status: 429,
+            retry_after,
+            ..
+        } => {
+            assert_eq!(retry_after, Some(Duration::from_secs(3)));
+            assert!(e.is_transient());
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.inject(
+        Fault::Status {
+            status: 403,
+            retry_after: None,
+        },
+        1,
+    );
+    let e = c.get_order("o-1").await.unwrap_err();
+    assert!(matches!(e, TradecloudError::Forbidden(_)), "{e}");
+    sim.inject(Fault::Slow(Duration::from_millis(2_500)), 1);
+    let e = c.get_order("o-1").await.unwrap_err();
+    assert!(
+        matches!(&e, TradecloudError::Request { context, .. } if context.contains("timeout")),
+        "{e}"
+    );
+    assert!(e.is_transient());
+    // No fault left: the documented order, its decimals as Tradecloud writes them.
+    let body = String::from_utf8(c.get_order("o-1").await.unwrap()).unwrap();
+    assert!(body.contains(r#""quantity":100.000"#), "{body}");
+    assert!(body.contains(r#""value":78.90"#), "{body}");
+    let stats = sim.stats();
+    assert_eq!(
+        (stats.injected_failures, stats.slow_answers, stats.logins),
+        (6, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn an_https_api_with_an_untrusted_certificate_is_refused() {
+    let sim = sim(SimConfig {
+        tls: true,
+        ..SimConfig::default()
+    });
+    let client = https_client_trusting(&sim, 5_000, None);
+    let e = client.get_order("o-1").await.unwrap_err();
+    assert!(matches!(e, TradecloudError::Request { .. }), "{e}");
+    assert_eq!(sim.stats().logins, 0);
+}
+
+/// Refresh tokens live 24 hours: once one has expired, the refresh is refused and the client
+/// logs in again, and the request still succeeds.
+#[tokio::test]
+async fn an_expired_refresh_token_leads_to_a_new_login() {
+    let sim = sim(SimConfig {
+        tls: true,
+        ..SimConfig::default()
+    });
+    let c = https_client(&sim, 5_000);
+    c.get_order("o-1").await.unwrap();
+    sim.expire_access_tokens();
+    sim.expire_refresh_tokens();
+    c.get_order("o-1").await.unwrap();
+    let stats = sim.stats();
+    assert_eq!(
+        (
+            stats.logins,
+            stats.refreshes,
+            stats.expired_refreshes,
+            stats.order_fetches
+        ),
+        (2, 0, 1, 2)
+    );
+}

@@ -707,3 +707,81 @@ async fn a_403_pauses_instead_of_dead_lettering_every_get() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+/// Over HTTPS, the faults the real API shows (502, 504, 429 with `Retry-After`, a slow answer,
+/// 500, an expired refresh token) delay a GET trigger but lose nothing: one message, and the
+/// retry after the 429 waits the `Retry-After` it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_apis_faults_delay_a_trigger_but_lose_nothing() {
+    use tcb_simulator::Fault;
+    let mut f = fixture().await;
+    let sim = Simulator::start(
+        SimConfig {
+            tls: true,
+            ..SimConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .unwrap();
+    let ca = f._dir.path().join("tradecloud-ca.pem");
+    std::fs::write(&ca, sim.ca_pem().unwrap()).unwrap();
+    f.config.tradecloud.base_url = sim.base_url();
+    f.config.tradecloud.ca_file = Some(ca);
+    f.config.tradecloud.request_timeout_ms = 500;
+    f.config.retry_max_ms = 5_000;
+    f.config.max_attempts = 10;
+    for status in [502, 504] {
+        let fault = Fault::Status {
+            status,
+            retry_after: None,
+        };
+        sim.inject(fault, 1);
+    }
+    sim.inject(
+        Fault::Status {
+            status: 429,
+            retry_after: Some(2),
+        },
+        1,
+    );
+    sim.inject(Fault::Slow(Duration::from_millis(1_500)), 1);
+    sim.inject(
+        Fault::Status {
+            status: 500,
+            retry_after: None,
+        },
+        1,
+    );
+    sim.bump("faulty-order");
+    let started = Instant::now();
+    f.publish(&get("faulty-order")).await;
+    let (cancel, task) = f.start();
+    let out = f.read(&f.bus.topics.orders, 1).await;
+    let elapsed = started.elapsed();
+    let m = msg(&out[0]);
+    assert_eq!(m.order_id.as_deref(), Some("faulty-order"));
+    assert_eq!(m.order_version, Some(2));
+    // Without honouring Retry-After the back-offs and the timeout add up to about a second.
+    assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+    let stats = sim.stats();
+    assert_eq!((stats.injected_failures, stats.slow_answers), (4, 1));
+
+    // A day later: access and refresh tokens expired. The worker logs in again.
+    sim.expire_access_tokens();
+    sim.expire_refresh_tokens();
+    sim.bump("faulty-order");
+    f.publish(&get("faulty-order")).await;
+    let mut c = f.bus.consumer(&f.bus.topics.orders, None).await.unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut versions = Vec::new();
+    while !versions.contains(&Some(3)) {
+        let left = end.saturating_duration_since(Instant::now());
+        let d = tokio::time::timeout(left, c.next()).await.unwrap().unwrap();
+        versions.push(msg(&d).order_version);
+    }
+    let stats = sim.stats();
+    assert_eq!((stats.logins, stats.expired_refreshes), (2, 1));
+    cancel.cancel();
+    task.await.unwrap();
+    sim.stop().await;
+}
