@@ -14,6 +14,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
 # Node.js runs AsyncAPI's parser (tests/asyncapi_check.cjs).
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+# wrk loads the webhook in `bench pipeline`.
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 if ((${#missing[@]} > 0)); then
   echo "install: apt-get install ${missing[*]}"
   apt-get update -qq

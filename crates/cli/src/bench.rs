@@ -5,6 +5,11 @@
 //! * `bench tracing`: span export off, on at a sampling ratio of 0.1 and at 1.0 (over OTLP/HTTP
 //!   to a sink in this process that answers every export at once).
 //! * `bench journal`: the order journal off and on.
+//! * `bench pipeline`: the bridge beside its baselines (the HTTP stack alone, a minimal
+//!   publisher), per backend, ingress and worker, closed and open loop ([`pipeline`]).
+
+pub mod baseline;
+pub mod pipeline;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -23,6 +28,9 @@ pub enum Bench {
     Tracing(LoadArgs),
     /// Ingress throughput with the order journal off and on, in one run.
     Journal(LoadArgs),
+    /// The bridge beside its baselines on each backend: webhook rate and latency (closed and
+    /// open loop), end to end through the worker, a GET burst, RSS; prints a table.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 #[derive(clap::Args)]
@@ -64,12 +72,13 @@ pub async fn run(bench: Bench) -> Result<(), CliError> {
             };
             compare("journal", args, vec![Variant::plain("journal off"), on]).await
         }
+        Bench::Pipeline(args) => pipeline::run(args).await,
     }
 }
 
 const USER: &str = "bench";
 
-fn io(what: &str) -> impl Fn(std::io::Error) -> CliError + '_ {
+pub(crate) fn io(what: &str) -> impl Fn(std::io::Error) -> CliError + '_ {
     move |e| CliError::Io(format!("{what}: {e}"))
 }
 

@@ -112,10 +112,13 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout_seconds: u64,
     },
-    /// Measurements that print a table (`bench tracing`: ingress throughput with tracing off,
-    /// at 0.1 and at 1.0).
+    /// Measurements that print a table (`bench pipeline`: the bridge beside its baselines on
+    /// each backend; `bench tracing`, `bench journal`: the cost of one feature).
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// A yardstick of `bench pipeline`: the HTTP stack alone or with a minimal publisher.
+    #[command(hide = true)]
+    BenchBaseline(bench::baseline::BaselineArgs),
     /// "Where is order X?": the journey of every trigger matching an order id, a PO number, a
     /// trigger id or a message id, from the processes' journals, with its trace id.
     Trace(trace::TraceArgs),
@@ -277,6 +280,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::CheckConfig(a) => check_config(&a.config),
         Command::Consume(args) => consume::run(args).await,
         Command::Bench(b) => bench::run(b).await,
+        Command::BenchBaseline(args) => bench::baseline::run(args).await,
         Command::Trace(args) => trace::run(args),
         Command::Replay(args) => replay::run(args).await,
         Command::Simulate(args) => {

@@ -1,0 +1,239 @@
+//! `bench-baseline` (hidden): the yardsticks of `bench pipeline`. The same HTTP stack as the
+//! ingress (actix-web, rustls, Basic auth) answering each POST either at once (the ceiling) or
+//! once a minimal publisher holds the body: an idempotent rdkafka producer with `acks=all`
+//! awaiting the delivery report, or one confirm-mode lapin channel publishing persistent
+//! messages to a durable queue through the default exchange. No envelope, no validation, no
+//! metrics, no tracing: what the bridge is measured against.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine;
+
+use crate::CliError;
+
+#[derive(clap::Args)]
+pub struct BaselineArgs {
+    /// `http` (answer at once), `kafka` or `rabbitmq`.
+    #[arg(long)]
+    mode: String,
+    /// Certificate chain and key (PEM) to serve HTTPS with.
+    #[arg(long)]
+    cert: PathBuf,
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    username: String,
+    /// A file holding the Basic-auth password.
+    #[arg(long)]
+    password_file: PathBuf,
+    /// Kafka bootstrap servers, or the RabbitMQ URI.
+    #[arg(long, default_value = "")]
+    broker: String,
+    /// The Kafka topic or RabbitMQ queue to publish to.
+    #[arg(long, default_value = "tcb-bench.baseline")]
+    target: String,
+    /// Where to write `{"ingress": "addr"}` once listening.
+    #[arg(long)]
+    ready_file: PathBuf,
+}
+
+#[derive(Clone)]
+enum Sink {
+    None,
+    #[cfg(feature = "kafka")]
+    Kafka(Arc<rdkafka::producer::FutureProducer>, Arc<str>),
+    #[cfg(feature = "rabbitmq")]
+    Rabbit(lapin::Channel, Arc<str>),
+}
+
+fn err(what: &str) -> impl Fn(String) -> CliError + '_ {
+    move |e| CliError::Io(format!("baseline {what}: {e}"))
+}
+
+async fn sink(args: &BaselineArgs) -> Result<Sink, CliError> {
+    match args.mode.as_str() {
+        "http" => Ok(Sink::None),
+        #[cfg(feature = "kafka")]
+        "kafka" => {
+            use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+            let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+                rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", &args.broker)
+                    .create()
+                    .map_err(|e| err("kafka")(e.to_string()))?;
+            // As many partitions as the bridge's topics get by default.
+            admin
+                .create_topics(
+                    &[NewTopic::new(&args.target, 6, TopicReplication::Fixed(1))],
+                    &AdminOptions::new(),
+                )
+                .await
+                .map_err(|e| err("kafka")(e.to_string()))?;
+            let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &args.broker)
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .create()
+                .map_err(|e| err("kafka")(e.to_string()))?;
+            Ok(Sink::Kafka(Arc::new(producer), args.target.as_str().into()))
+        }
+        #[cfg(feature = "rabbitmq")]
+        "rabbitmq" => {
+            use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+            let connection =
+                lapin::Connection::connect(&args.broker, lapin::ConnectionProperties::default())
+                    .await
+                    .map_err(|e| err("rabbitmq")(e.to_string()))?;
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(|e| err("rabbitmq")(e.to_string()))?;
+            channel
+                .queue_declare(
+                    args.target.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .map_err(|e| err("rabbitmq")(e.to_string()))?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| err("rabbitmq")(e.to_string()))?;
+            // The connection lives as long as the process.
+            std::mem::forget(connection);
+            Ok(Sink::Rabbit(channel, args.target.as_str().into()))
+        }
+        other => Err(CliError::Io(format!(
+            "baseline: unknown mode {other:?}; expected one of http, kafka, rabbitmq"
+        ))),
+    }
+}
+
+async fn publish(sink: &Sink, body: &[u8]) -> bool {
+    match sink {
+        Sink::None => true,
+        #[cfg(feature = "kafka")]
+        Sink::Kafka(producer, topic) => {
+            let key = uuid::Uuid::new_v4().to_string();
+            let record = rdkafka::producer::FutureRecord::to(topic)
+                .key(&key)
+                .payload(body);
+            producer
+                .send(record, std::time::Duration::ZERO)
+                .await
+                .is_ok()
+        }
+        #[cfg(feature = "rabbitmq")]
+        Sink::Rabbit(channel, queue) => {
+            let props = lapin::BasicProperties::default().with_delivery_mode(2);
+            match channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_ref().into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    body,
+                    props,
+                )
+                .await
+            {
+                Ok(confirm) => matches!(confirm.await, Ok(lapin::Confirmation::Ack(_))),
+                Err(_) => false,
+            }
+        }
+    }
+}
+
+pub async fn run(args: BaselineArgs) -> Result<(), CliError> {
+    let password = std::fs::read_to_string(&args.password_file)
+        .map_err(|e| err("password file")(e.to_string()))?;
+    let expected: Arc<str> = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            args.username,
+            password.trim_end()
+        ))
+    )
+    .into();
+    let tls = tcb_ingress::tls::server_config(&tcb_ingress::tls::TlsConfig::Files {
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        reload_seconds: 3600,
+    })?
+    .ok_or_else(|| CliError::Io("baseline: no TLS config".to_owned()))?;
+    let sink = sink(&args).await?;
+    let server = HttpServer::new(move || {
+        let (expected, sink) = (expected.clone(), sink.clone());
+        App::new().route(
+            "/webhook",
+            web::post().to(move |req: HttpRequest, body: web::Bytes| {
+                let (expected, sink) = (expected.clone(), sink.clone());
+                async move {
+                    let authorized = req
+                        .headers()
+                        .get("authorization")
+                        .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+                    if !authorized {
+                        return HttpResponse::Unauthorized().finish();
+                    }
+                    if publish(&sink, &body).await {
+                        HttpResponse::Ok()
+                            .content_type("application/json")
+                            .body(r#"{"status":"accepted"}"#)
+                    } else {
+                        HttpResponse::ServiceUnavailable().finish()
+                    }
+                }
+            }),
+        )
+    })
+    .disable_signals()
+    .bind_rustls_0_23(("127.0.0.1", 0), tls.config)
+    .map_err(|e| err("listen")(e.to_string()))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| CliError::Io("baseline: no address".to_owned()))?;
+    let server = server.run();
+    let handle = server.handle();
+    std::fs::write(
+        &args.ready_file,
+        serde_json::json!({"ingress": addr.to_string(), "pid": std::process::id()}).to_string(),
+    )
+    .map_err(|e| err("ready file")(e.to_string()))?;
+    tokio::select! {
+        r = server => r.map_err(|e| err("server")(e.to_string())),
+        () = crate::serve::shutdown_signal() => {
+            handle.stop(true).await;
+            Ok(())
+        }
+    }
+}
+
+/// Deletes RabbitMQ queues the bench filled and no one reads (missing ones are fine).
+#[cfg(feature = "rabbitmq")]
+pub async fn delete_queues(uri: &str, queues: &[&str]) -> Result<(), CliError> {
+    let connection = lapin::Connection::connect(uri, lapin::ConnectionProperties::default())
+        .await
+        .map_err(|e| err("rabbitmq")(e.to_string()))?;
+    for queue in queues {
+        // A missing queue closes the channel: one channel per queue.
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .queue_delete(
+                    (*queue).into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+    }
+    let _ = connection.close(200, "bench done".into()).await;
+    Ok(())
+}

@@ -1,0 +1,906 @@
+//! `bench pipeline`: the bridge beside its baselines, per backend, in one run on one machine.
+//!
+//! For each backend (embedded, and Kafka or RabbitMQ when given) it runs, one after the other,
+//! each as its own process loaded over HTTPS with Basic auth by the same in-process load
+//! generator (POSTed order events of Tradecloud's documented shape):
+//!
+//! 1. the HTTP stack alone, answering without publishing (`bench-baseline --mode http`): the
+//!    ceiling;
+//! 2. a minimal publisher behind the same stack (`bench-baseline --mode kafka|rabbitmq`): an
+//!    idempotent rdkafka producer with `acks=all`, or one confirm-mode lapin channel;
+//! 3. the bridge's ingress, closed loop, then open loop at half the rate it reached;
+//! 4. the bridge's ingress and worker (one `run` process on the embedded queue, two processes
+//!    otherwise): POSTed events end to end, to the orders topic, read by this process;
+//! 5. a burst of GET triggers for a few orders: how long the worker takes to drain it at
+//!    Tradecloud's rate limit, and how many fetches coalescing saved.
+//!
+//! Each row gives the answers' rate and latency, the end-to-end latency and sustained rate
+//! where there is one, and the peak RSS of each process.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tcb_simulator::{Outcome, Sender, SenderAuth, SenderConfig, SimConfig, Simulator, Webhook};
+
+use super::{USER, io, peak_rss_kib};
+use crate::CliError;
+
+#[derive(clap::Args)]
+pub struct PipelineArgs {
+    /// Seconds of each `wrk` load (the ceiling, the minimal publisher, the ingress).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// POSTed events sent end to end through ingress and worker (over 500 orders).
+    #[arg(long, default_value_t = 4000)]
+    requests: usize,
+    /// Calls in flight at once (keep-alive HTTPS connections).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// A Kafka bootstrap server to bench as well, e.g. 127.0.0.1:9092.
+    #[arg(long)]
+    kafka: Option<String>,
+    /// A RabbitMQ URI to bench as well, e.g. amqp://guest:guest@127.0.0.1:5672/%2f.
+    #[arg(long)]
+    rabbitmq: Option<String>,
+    /// Leave out the embedded queue.
+    #[arg(long)]
+    no_embedded: bool,
+    /// GET triggers in the burst the worker drains.
+    #[arg(long, default_value_t = 200)]
+    get_burst: usize,
+    /// Orders the GET burst is spread over.
+    #[arg(long, default_value_t = 10)]
+    get_orders: usize,
+    /// Seconds of open-loop load (at half the closed-loop rate).
+    #[arg(long, default_value_t = 5)]
+    open_loop_secs: u64,
+    /// Give up on a step after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+}
+
+/// One backend to bench.
+struct Backend {
+    name: &'static str,
+    /// Where it is: the embedded queue's folder, Kafka's bootstrap servers or RabbitMQ's URI.
+    at: String,
+    /// The minimal publisher's mode, when there is one.
+    baseline: Option<&'static str>,
+}
+
+impl Backend {
+    /// The `[bus]` section of the bridge's config for a stage of the run (`ingress`, `e2e`):
+    /// each stage has topics of its own, so one stage's triggers are not another's backlog.
+    fn bus(&self, run: &str, stage: &str) -> String {
+        match self.name {
+            "embedded" => format!(
+                "[bus]\nbackend = \"embedded\"\npath = \"{}/{stage}.db\"\n",
+                self.at
+            ),
+            // Topics of this run's own: a reader starting at the beginning meets only this run.
+            "kafka" => format!(
+                "[bus]\nbackend = \"kafka\"\nbootstrap_servers = \"{}\"\n\
+                 [bus.topics]\ntriggers = \"tcb-bench-{run}-{stage}.triggers\"\n\
+                 orders = \"tcb-bench-{run}-{stage}.orders\"\n\
+                 dead_letters = \"tcb-bench-{run}-{stage}.dead-letters\"\n",
+                self.at
+            ),
+            // Fixed names per stage (queues outlive the run; the reader skips what it did not
+            // send, and the ingress stage's queues are deleted at the end).
+            _ => format!(
+                "[bus]\nbackend = \"rabbitmq\"\nuri = \"{}\"\nexchange = \"tcb-bench-{stage}\"\n\
+                 [bus.topics]\ntriggers = \"tcb-bench-{stage}.triggers\"\n\
+                 orders = \"tcb-bench-{stage}.orders\"\n\
+                 dead_letters = \"tcb-bench-{stage}.dead-letters\"\n",
+                self.at
+            ),
+        }
+    }
+}
+
+fn backends(args: &PipelineArgs, dir: &Path) -> Vec<Backend> {
+    let mut out = Vec::new();
+    if !args.no_embedded {
+        out.push(Backend {
+            name: "embedded",
+            at: dir.display().to_string(),
+            baseline: None,
+        });
+    }
+    if let Some(servers) = &args.kafka {
+        out.push(Backend {
+            name: "kafka",
+            at: servers.clone(),
+            baseline: Some("kafka"),
+        });
+    }
+    if let Some(uri) = &args.rabbitmq {
+        out.push(Backend {
+            name: "rabbitmq",
+            at: uri.clone(),
+            baseline: Some("rabbitmq"),
+        });
+    }
+    out
+}
+
+/// A process of this binary, started and ready.
+struct Proc {
+    child: tokio::process::Child,
+    pid: u32,
+    /// The webhook listener, when it has one.
+    port: Option<u16>,
+    label: &'static str,
+}
+
+impl Proc {
+    async fn start(
+        label: &'static str,
+        args: Vec<OsString>,
+        ready: &Path,
+        listens: bool,
+    ) -> Result<Self, CliError> {
+        let exe = std::env::current_exe().map_err(io("this binary"))?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(args)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("OTEL_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd.spawn().map_err(io(label))?;
+        let pid = child.id().unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let port = loop {
+            if let Ok(text) = std::fs::read_to_string(ready)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                let port = v["ingress"]
+                    .as_str()
+                    .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                    .map(|a| a.port());
+                if port.is_some() || !listens {
+                    break port;
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(CliError::Io(format!("{label} exited with {status}")));
+            }
+            if Instant::now() > deadline {
+                return Err(CliError::Io(format!("{label} did not start in 60 s")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Ok(Self {
+            child,
+            pid,
+            port,
+            label,
+        })
+    }
+
+    /// Peak RSS so far, MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        peak_rss_kib(&self.pid.to_string()).unwrap_or_default() as f64 / 1024.0
+    }
+
+    /// SIGTERM, then a bounded wait; the peak RSS it reached.
+    async fn stop(mut self) -> (&'static str, f64) {
+        let rss = self.peak_rss_mib();
+        let _ = tokio::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status()
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        let _ = self.child.start_kill();
+        (self.label, rss)
+    }
+}
+
+fn os(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
+    args.iter().map(|a| a.as_ref().to_owned()).collect()
+}
+
+/// What one load gave.
+struct Load {
+    latencies: Histogram<u64>,
+    ok: usize,
+    elapsed: Duration,
+    /// When each accepted trigger was sent, by trigger id.
+    sent_at: HashMap<String, Instant>,
+    first_sent: Instant,
+}
+
+impl Load {
+    fn per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn quantile(&self, q: f64) -> Duration {
+        Duration::from_micros(self.latencies.value_at_quantile(q))
+    }
+}
+
+fn histogram() -> Result<Histogram<u64>, CliError> {
+    Histogram::<u64>::new(3).map_err(|e| CliError::Io(e.to_string()))
+}
+
+/// The i-th POSTed event of a run: a documented order event, one of 500 orders.
+fn event(i: usize, tag: &str) -> Webhook {
+    Webhook::Post(event_body(i, tag).into_bytes())
+}
+
+fn event_body(i: usize, tag: &str) -> String {
+    tcb_simulator::orders::event(
+        &format!("bench-order-{}", i % 500),
+        i as u64 + 1,
+        "OrderLinesUpdatedByBuyer",
+        &format!("bench-{tag}-{i}"),
+    )
+    .to_string()
+}
+
+/// A call's outcome, how long its answer took (from when it was due), and when it was due.
+type Done = (Instant, Duration, Outcome);
+
+fn record(load: &mut Load, (begun, took, outcome): &Done) {
+    if outcome.status == Some(200) {
+        load.ok += 1;
+        let _ = load.latencies.record(took.as_micros() as u64);
+        if let Some(id) = &outcome.trigger_id {
+            load.sent_at.insert(id.clone(), *begun);
+        }
+    }
+}
+
+/// `n` calls, `concurrency` at a time, each as soon as the one before on its slot answered.
+async fn closed_loop(
+    sender: &Sender,
+    n: usize,
+    concurrency: usize,
+    make: impl Fn(usize) -> Webhook,
+) -> Result<Load, CliError> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    let first_sent = Instant::now();
+    for i in 0..n {
+        let (sender, permits, webhook) = (sender.clone(), permits.clone(), make(i));
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let begun = Instant::now();
+            let outcome = sender.send(&webhook).await;
+            (begun, begun.elapsed(), outcome)
+        });
+    }
+    let mut load = Load {
+        latencies: histogram()?,
+        ok: 0,
+        elapsed: Duration::ZERO,
+        sent_at: HashMap::new(),
+        first_sent,
+    };
+    while let Some(done) = set.join_next().await {
+        if let Ok(done) = done {
+            load.elapsed = load.elapsed.max(done.0 + done.1 - first_sent);
+            record(&mut load, &done);
+        }
+    }
+    Ok(load)
+}
+
+/// What `wrk` measured.
+struct Wrk {
+    per_second: f64,
+    ok: u64,
+    requests: u64,
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
+}
+
+/// The script `wrk` runs: POSTs `TCB_BENCH_BODY` (a file) with `TCB_BENCH_AUTH`, and prints
+/// its summary as one JSON line.
+const WRK_SCRIPT: &str = r#"
+local f = assert(io.open(os.getenv("TCB_BENCH_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = os.getenv("TCB_BENCH_AUTH")
+-- Open loop: each connection waits this long before each call (a fixed arrival rate).
+local pause = tonumber(os.getenv("TCB_BENCH_DELAY_MS") or "0")
+if pause > 0 then
+  delay = function() return pause end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"failed":%d,"p50":%d,"p99":%d,"p999":%d}\n',
+    summary.requests, summary.duration,
+    e.status + e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"#;
+
+/// Loads the webhook on `port` with `wrk` (1 thread, `connections` keep-alive HTTPS
+/// connections) for `seconds`, POSTing one documented order event.
+async fn wrk(
+    setup: &Setup,
+    port: u16,
+    connections: usize,
+    seconds: u64,
+    rate: Option<f64>,
+) -> Result<Wrk, CliError> {
+    // At `rate` calls per second over all connections, each waits connections / rate.
+    let delay_ms = rate.map_or(0.0, |r| 1000.0 * connections as f64 / r.max(1.0));
+    let script = setup.dir.join("post.lua");
+    let body = setup.dir.join("event.json");
+    std::fs::write(&script, WRK_SCRIPT).map_err(io("the wrk script"))?;
+    std::fs::write(&body, event_body(1, "wrk")).map_err(io("the wrk body"))?;
+    use base64::Engine;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    );
+    let out = tokio::process::Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .arg("-s")
+        .arg(&script)
+        .arg(format!("https://127.0.0.1:{port}/webhook"))
+        .env("TCB_BENCH_BODY", &body)
+        .env("TCB_BENCH_AUTH", auth)
+        .env("TCB_BENCH_DELAY_MS", format!("{delay_ms:.0}"))
+        .output()
+        .await
+        .map_err(|e| {
+            CliError::Io(format!(
+                "cannot run wrk (scripts/install.sh installs it): {e}"
+            ))
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| {
+            CliError::Io(format!(
+                "wrk printed no summary: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })?;
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| CliError::Io(format!("wrk summary: {e}")))?;
+    let n = |k: &str| v[k].as_u64().unwrap_or_default();
+    let ok = n("requests").saturating_sub(n("failed"));
+    Ok(Wrk {
+        per_second: ok as f64 / (n("duration_us") as f64 / 1e6).max(1e-9),
+        ok,
+        requests: n("requests"),
+        p50: Duration::from_micros(n("p50")),
+        p99: Duration::from_micros(n("p99")),
+        p999: Duration::from_micros(n("p999")),
+    })
+}
+
+/// A reader of the orders topic: when each trigger's output arrived, by trigger id.
+struct Reader {
+    arrived: Arc<Mutex<HashMap<String, Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reader {
+    async fn start(bus: &tcb_bus::Bus) -> Result<Self, CliError> {
+        let mut consumer = bus
+            .consumer(&bus.topics.orders, Some("tcb-bench-reader"))
+            .await?;
+        let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let seen = arrived.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let delivery = match consumer.next().await {
+                    Ok(d) => d,
+                    Err(tcb_bus::BusError::Closed) => break,
+                    // A broker hiccup: the consumer reconnects on the next call.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let now = Instant::now();
+                if let Ok(v) =
+                    serde_json::from_slice::<serde_json::Value>(&delivery.message.payload)
+                    && let Some(id) = v["trigger"]["id"].as_str()
+                    && let Ok(mut seen) = seen.lock()
+                {
+                    seen.insert(id.to_owned(), now);
+                }
+                let _ = delivery.ack().await;
+            }
+        });
+        Ok(Self { arrived, task })
+    }
+
+    /// Waits until every trigger of `load` has arrived (or `timeout`): end-to-end latencies,
+    /// how many arrived, and when the last did.
+    async fn wait_for(
+        &self,
+        load: &Load,
+        timeout: Duration,
+    ) -> Result<(Histogram<u64>, usize, Instant), CliError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = {
+                let seen = self
+                    .arrived
+                    .lock()
+                    .map_err(|_| CliError::Io("reader".into()))?;
+                load.sent_at
+                    .keys()
+                    .filter(|id| seen.contains_key(*id))
+                    .count()
+            };
+            if count >= load.sent_at.len() || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seen = self
+            .arrived
+            .lock()
+            .map_err(|_| CliError::Io("reader".into()))?;
+        let mut h = histogram()?;
+        let mut last = load.first_sent;
+        let mut n = 0;
+        for (id, sent) in &load.sent_at {
+            if let Some(at) = seen.get(id) {
+                n += 1;
+                last = last.max(*at);
+                let _ = h.record(at.saturating_duration_since(*sent).as_micros() as u64);
+            }
+        }
+        Ok((h, n, last))
+    }
+}
+
+/// One row of the table.
+#[derive(Default)]
+struct Row {
+    backend: &'static str,
+    run: String,
+    per_second: Option<f64>,
+    vs_http: Option<f64>,
+    vs_minimal: Option<f64>,
+    answer: Option<(Duration, Duration, Duration)>,
+    end_to_end: Option<(Duration, Duration)>,
+    triggers_per_second: Option<f64>,
+    rss: Vec<(&'static str, f64)>,
+    note: String,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+impl Row {
+    fn print(&self) {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "".to_owned());
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            self.backend,
+            self.run,
+            opt(self.per_second.map(|r| format!("{r:.0}"))),
+            opt(self.vs_http.map(|r| format!("{r:.2}x"))),
+            opt(self.vs_minimal.map(|r| format!("{r:.2}x"))),
+            opt(self
+                .answer
+                .map(|(a, b, c)| format!("{} / {} / {} ms", ms(a), ms(b), ms(c)))),
+            opt(self
+                .end_to_end
+                .map(|(a, b)| format!("{} / {} ms", ms(a), ms(b)))),
+            opt(self.triggers_per_second.map(|r| format!("{r:.0}"))),
+            self.rss
+                .iter()
+                .map(|(p, m)| format!("{p} {m:.0} MiB"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.note,
+        );
+    }
+}
+
+/// Everything the runs share: certificates, secrets, the simulator, the load generator.
+struct Setup {
+    dir: PathBuf,
+    cert: tcb_ingress::tls::DevCertificate,
+    password_file: PathBuf,
+    sim: Simulator,
+    sim_ca: PathBuf,
+    ca: Vec<u8>,
+}
+
+const PASSWORD: &str = "bench-webhook-password-0123456789";
+
+impl Setup {
+    fn sender(&self, port: u16) -> Result<Sender, CliError> {
+        Sender::new(SenderConfig {
+            url: format!("https://localhost:{port}/webhook"),
+            auth: SenderAuth::Basic {
+                username: USER.to_owned(),
+                password: PASSWORD.to_owned(),
+            },
+            ca_pem: Some(self.ca.clone()),
+            max_attempts: 1,
+            initial_backoff: Duration::from_millis(50),
+            timeout: Duration::from_secs(30),
+        })
+        .map_err(|e| CliError::Io(e.to_string()))
+    }
+
+    /// The bridge's config with `bus`, in `run_dir`.
+    fn config(&self, bus: &str, run_dir: &Path, group: &str) -> Result<PathBuf, CliError> {
+        let c = SimConfig::default();
+        let text = format!(
+            "{bus}\n[ingress]\nlisten = \"127.0.0.1:0\"\n\
+             tls = {{ mode = \"files\", cert = \"{cert}\", key = \"{key}\" }}\n\
+             auth = {{ kind = \"basic\", username = \"{USER}\", password = \"${{file:{pw}}}\" }}\n\
+             \n[worker]\ngroup = \"{group}\"\nmessage_version = \"v2\"\n\
+             \n[worker.tradecloud]\nbase_url = \"{api}\"\nemail = \"{email}\"\n\
+             password = \"{api_pw}\"\nca_file = \"{api_ca}\"\n\
+             \n[admin]\nlisten = \"127.0.0.1:0\"\n\n[telemetry]\nlog_level = \"warn\"\n",
+            bus = bus,
+            cert = self.cert.cert.display(),
+            key = self.cert.key.display(),
+            pw = self.password_file.display(),
+            api = self.sim.base_url(),
+            email = c.email,
+            api_pw = c.password,
+            api_ca = self.sim_ca.display(),
+        );
+        let path = run_dir.join("bridge.toml");
+        std::fs::write(&path, text).map_err(io("config"))?;
+        Ok(path)
+    }
+}
+
+pub async fn run(args: PipelineArgs) -> Result<(), CliError> {
+    let temp = tempfile::tempdir().map_err(io("temporary folder"))?;
+    let dir = temp.path().to_owned();
+    let cert = tcb_ingress::tls::ensure_dev_certificate(&dir.join("tls"), &[])?;
+    let password_file = dir.join("webhook-password");
+    std::fs::write(&password_file, PASSWORD).map_err(io("secret"))?;
+    let sim = Simulator::start(
+        SimConfig {
+            tls: true,
+            ..SimConfig::default()
+        },
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .map_err(io("the simulator"))?;
+    let sim_ca = dir.join("simulator-ca.pem");
+    std::fs::write(&sim_ca, sim.ca_pem().unwrap_or_default()).map_err(io("the simulator CA"))?;
+    let setup = Setup {
+        ca: std::fs::read(&cert.ca).map_err(io("the CA"))?,
+        dir,
+        cert,
+        password_file,
+        sim,
+        sim_ca,
+    };
+    let run_id = format!("{}", chrono::Utc::now().timestamp_millis());
+    println!(
+        "bench pipeline: wrk (1 thread, {c} HTTPS connections, {s} s) on the ceiling, the minimal \
+         publisher and the ingress; {n} events end to end and a burst of {g} GET triggers over \
+         {o} orders from this process ({c} in flight); open loop (wrk, a fixed pause per \
+         connection) {l} s at half the ingress's rate",
+        c = args.concurrency,
+        s = args.seconds,
+        n = args.requests,
+        g = args.get_burst,
+        o = args.get_orders,
+        l = args.open_loop_secs,
+    );
+    let mut rows = Vec::new();
+    for backend in backends(&args, &setup.dir) {
+        println!("  {} ...", backend.name);
+        rows.extend(bench_backend(&args, &setup, &backend, &run_id).await?);
+    }
+    setup.sim.stop().await;
+    println!();
+    println!(
+        "| backend | run | req/s | vs HTTP only | vs minimal publisher | answer p50 / p99 / p999 | \
+         end to end p50 / p99 | triggers/s | peak RSS | note |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        row.print();
+    }
+    Ok(())
+}
+
+/// Loads `port` with `wrk` after a warm-up; the row of that.
+async fn closed_row(
+    setup: &Setup,
+    args: &PipelineArgs,
+    backend: &'static str,
+    run: &str,
+    port: u16,
+) -> Result<Row, CliError> {
+    // The first calls open connections and may meet a broker not yet ready.
+    let sender = setup.sender(port)?;
+    closed_loop(&sender, 200, args.concurrency, |i| {
+        event(i, &format!("warm-{run}"))
+    })
+    .await?;
+    let w = wrk(setup, port, args.concurrency, args.seconds, None).await?;
+    Ok(Row {
+        backend,
+        run: run.to_owned(),
+        per_second: Some(w.per_second),
+        answer: Some((w.p50, w.p99, w.p999)),
+        note: if w.ok < w.requests {
+            format!("{} of {} answered 2xx", w.ok, w.requests)
+        } else {
+            String::new()
+        },
+        ..Row::default()
+    })
+}
+
+async fn baseline(
+    setup: &Setup,
+    mode: &str,
+    broker: &str,
+    target: &str,
+    run_dir: &Path,
+) -> Result<Proc, CliError> {
+    let ready = run_dir.join(format!("baseline-{mode}.json"));
+    Proc::start(
+        "baseline",
+        os(&[
+            &"bench-baseline",
+            &"--mode",
+            &mode,
+            &"--cert",
+            &setup.cert.cert,
+            &"--key",
+            &setup.cert.key,
+            &"--username",
+            &USER,
+            &"--password-file",
+            &setup.password_file,
+            &"--broker",
+            &broker,
+            &"--target",
+            &target,
+            &"--ready-file",
+            &ready,
+        ]),
+        &ready,
+        true,
+    )
+    .await
+}
+
+async fn bench_backend(
+    args: &PipelineArgs,
+    setup: &Setup,
+    backend: &Backend,
+    run_id: &str,
+) -> Result<Vec<Row>, CliError> {
+    let name = backend.name;
+    let run_dir = setup.dir.join(name);
+    std::fs::create_dir_all(&run_dir).map_err(io("run folder"))?;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let mut rows = Vec::new();
+
+    // 1. The ceiling.
+    let p = baseline(setup, "http", "", "", &run_dir).await?;
+    let mut http = closed_row(setup, args, name, "HTTP only (ceiling)", port(&p)?).await?;
+    http.rss.push(p.stop().await);
+    let ceiling = http.per_second.unwrap_or(1.0);
+    http.vs_http = Some(1.0);
+    rows.push(http);
+
+    // 2. The minimal publisher.
+    let mut minimal_rate = None;
+    let minimal_target = format!("tcb-bench-{run_id}.minimal");
+    if let Some(mode) = backend.baseline {
+        let p = baseline(setup, mode, &backend.at, &minimal_target, &run_dir).await?;
+        let what = match mode {
+            "kafka" => "minimal rdkafka producer (idempotent, acks=all)",
+            _ => "minimal lapin publisher (1 confirm channel, durable classic queue)",
+        };
+        let mut row = closed_row(setup, args, name, what, port(&p)?).await?;
+        row.rss.push(p.stop().await);
+        row.vs_http = row.per_second.map(|r| r / ceiling);
+        row.vs_minimal = Some(1.0);
+        minimal_rate = row.per_second;
+        rows.push(row);
+    }
+    let vs = |r: Option<f64>| {
+        (
+            r.map(|r| r / ceiling),
+            minimal_rate.and_then(|m| r.map(|r| r / m)),
+        )
+    };
+
+    // 3. The ingress alone: closed loop, then open loop at half that rate.
+    let group = format!("tcb-bench-{run_id}");
+    let config = setup.config(&backend.bus(run_id, "ingress"), &run_dir, &group)?;
+    let ready = run_dir.join("ingress.json");
+    let p = Proc::start(
+        "ingress",
+        os(&[&"ingress", &"--config", &config, &"--ready-file", &ready]),
+        &ready,
+        true,
+    )
+    .await?;
+    let port_ingress = port(&p)?;
+    let mut row = closed_row(setup, args, name, "bridge ingress", port_ingress).await?;
+    (row.vs_http, row.vs_minimal) = vs(row.per_second);
+    let half = row.per_second.unwrap_or(100.0) / 2.0;
+    let open = wrk(
+        setup,
+        port_ingress,
+        args.concurrency,
+        args.open_loop_secs,
+        Some(half),
+    )
+    .await?;
+    row.rss.push(p.stop().await);
+    rows.push(row);
+    rows.push(Row {
+        backend: name,
+        run: format!("bridge ingress, open loop at {half:.0}/s"),
+        per_second: Some(open.per_second),
+        answer: Some((open.p50, open.p99, open.p999)),
+        note: format!("{} of {} answered 2xx", open.ok, open.requests),
+        ..Row::default()
+    });
+
+    // 4. Ingress and worker, end to end. The triggers the ingress alone left behind are drained
+    // first (the worker starts on them), so the measurement meets an empty topic.
+    let e2e_dir = run_dir.join("e2e");
+    std::fs::create_dir_all(&e2e_dir).map_err(io("run folder"))?;
+    let config = setup.config(&backend.bus(run_id, "e2e"), &e2e_dir, &group)?;
+    let bus = tcb_bus::connect(&crate::config::Config::load(&config)?.bus).await?;
+    let reader = Reader::start(&bus).await?;
+    let procs = if name == "embedded" {
+        let ready = e2e_dir.join("run.json");
+        vec![
+            Proc::start(
+                "ingress+worker",
+                os(&[&"run", &"--config", &config, &"--ready-file", &ready]),
+                &ready,
+                true,
+            )
+            .await?,
+        ]
+    } else {
+        let (ri, rw) = (e2e_dir.join("ingress.json"), e2e_dir.join("worker.json"));
+        vec![
+            Proc::start(
+                "ingress",
+                os(&[&"ingress", &"--config", &config, &"--ready-file", &ri]),
+                &ri,
+                true,
+            )
+            .await?,
+            Proc::start(
+                "worker",
+                os(&[&"worker", &"--config", &config, &"--ready-file", &rw]),
+                &rw,
+                false,
+            )
+            .await?,
+        ]
+    };
+    let port_e2e = procs.first().map(port).transpose()?.unwrap_or_default();
+    let sender = setup.sender(port_e2e)?;
+    let load = closed_loop(&sender, args.requests, args.concurrency, |i| {
+        event(i, &format!("e2e-{run_id}"))
+    })
+    .await?;
+    let (e2e, arrived, last) = reader.wait_for(&load, timeout).await?;
+    let sustained = arrived as f64 / last.duration_since(load.first_sent).as_secs_f64().max(1e-9);
+    let mut row = Row {
+        backend: name,
+        run: "bridge ingress + worker, POSTed events end to end".to_owned(),
+        per_second: Some(load.per_second()),
+        answer: Some((
+            load.quantile(0.5),
+            load.quantile(0.99),
+            load.quantile(0.999),
+        )),
+        end_to_end: Some((
+            Duration::from_micros(e2e.value_at_quantile(0.5)),
+            Duration::from_micros(e2e.value_at_quantile(0.99)),
+        )),
+        triggers_per_second: Some(sustained),
+        note: format!(
+            "{arrived} of {} published; worker/ingress {:.2}x",
+            load.ok,
+            sustained / load.per_second().max(1e-9)
+        ),
+        ..Row::default()
+    };
+
+    // 5. A burst of GET triggers for a few orders, drained at Tradecloud's rate limit.
+    let fetches_before = setup.sim.stats().order_fetches;
+    let orders: Vec<String> = (0..args.get_orders.max(1))
+        .map(|k| format!("bench-get-{run_id}-{k}"))
+        .collect();
+    for order in &orders {
+        setup.sim.bump(order);
+    }
+    let burst = closed_loop(&sender, args.get_burst, args.concurrency, |i| {
+        Webhook::GetPath(orders[i % orders.len()].clone())
+    })
+    .await?;
+    let (_, drained, last) = reader.wait_for(&burst, timeout).await?;
+    let fetches = setup.sim.stats().order_fetches - fetches_before;
+    let mut rss = Vec::new();
+    for p in procs {
+        rss.push(p.stop().await);
+    }
+    row.rss = rss.clone();
+    rows.push(row);
+    rows.push(Row {
+        backend: name,
+        run: format!(
+            "burst of {} GET triggers over {} orders",
+            args.get_burst,
+            orders.len()
+        ),
+        per_second: Some(burst.per_second()),
+        answer: Some((
+            burst.quantile(0.5),
+            burst.quantile(0.99),
+            burst.quantile(0.999),
+        )),
+        triggers_per_second: Some(
+            drained as f64
+                / last
+                    .duration_since(burst.first_sent)
+                    .as_secs_f64()
+                    .max(1e-9),
+        ),
+        note: format!(
+            "{drained} of {} published in {:.1} s from {fetches} fetches (coalescing)",
+            burst.ok,
+            last.duration_since(burst.first_sent).as_secs_f64()
+        ),
+        ..Row::default()
+    });
+    reader.task.abort();
+    bus.close().await;
+    #[cfg(feature = "rabbitmq")]
+    if name == "rabbitmq" {
+        // What no one will read: the minimal publisher's queue and the ingress stage's triggers.
+        super::baseline::delete_queues(
+            &backend.at,
+            &[
+                minimal_target.as_str(),
+                "tcb-bench-ingress.triggers",
+                "tcb-bench-ingress.orders",
+                "tcb-bench-ingress.dead-letters",
+            ],
+        )
+        .await?;
+    }
+    Ok(rows)
+}
+
+fn port(p: &Proc) -> Result<u16, CliError> {
+    p.port
+        .ok_or_else(|| CliError::Io(format!("{} has no webhook listener", p.label)))
+}
