@@ -34,6 +34,9 @@ pub struct BaselineArgs {
     /// The Kafka topic or RabbitMQ queue to publish to.
     #[arg(long, default_value = "tcb-bench.baseline")]
     target: String,
+    /// The RabbitMQ queue's type: `classic` or `quorum`.
+    #[arg(long, default_value = "classic")]
+    queue_type: String,
     /// Where to write `{"ingress": "addr"}` once listening.
     #[arg(long)]
     ready_file: PathBuf,
@@ -97,7 +100,7 @@ async fn sink(args: &BaselineArgs) -> Result<Sink, CliError> {
                         durable: true,
                         ..QueueDeclareOptions::default()
                     },
-                    lapin::types::FieldTable::default(),
+                    queue_arguments(&args.queue_type)?,
                 )
                 .await
                 .map_err(|e| err("rabbitmq")(e.to_string()))?;
@@ -113,6 +116,26 @@ async fn sink(args: &BaselineArgs) -> Result<Sink, CliError> {
             "baseline: unknown mode {other:?}; expected one of http, kafka, rabbitmq"
         ))),
     }
+}
+
+#[cfg(feature = "rabbitmq")]
+fn queue_arguments(queue_type: &str) -> Result<lapin::types::FieldTable, CliError> {
+    let mut arguments = lapin::types::FieldTable::default();
+    match queue_type {
+        "classic" => {}
+        "quorum" => {
+            arguments.insert(
+                "x-queue-type".into(),
+                lapin::types::AMQPValue::LongString("quorum".into()),
+            );
+        }
+        other => {
+            return Err(CliError::Io(format!(
+                "baseline: unknown queue type {other:?}; expected one of classic, quorum"
+            )));
+        }
+    }
+    Ok(arguments)
 }
 
 async fn publish(sink: &Sink, body: &[u8]) -> bool {

@@ -660,9 +660,10 @@ async fn baseline(
     mode: &str,
     broker: &str,
     target: &str,
+    queue_type: &str,
     run_dir: &Path,
 ) -> Result<Proc, CliError> {
-    let ready = run_dir.join(format!("baseline-{mode}.json"));
+    let ready = run_dir.join(format!("baseline-{mode}-{queue_type}.json"));
     Proc::start(
         "baseline",
         os(&[
@@ -681,6 +682,8 @@ async fn baseline(
             &broker,
             &"--target",
             &target,
+            &"--queue-type",
+            &queue_type,
             &"--ready-file",
             &ready,
         ]),
@@ -703,27 +706,48 @@ async fn bench_backend(
     let mut rows = Vec::new();
 
     // 1. The ceiling.
-    let p = baseline(setup, "http", "", "", &run_dir).await?;
+    let p = baseline(setup, "http", "", "", "classic", &run_dir).await?;
     let mut http = closed_row(setup, args, name, "HTTP only (ceiling)", port(&p)?).await?;
     http.rss.push(p.stop().await);
     let ceiling = http.per_second.unwrap_or(1.0);
     http.vs_http = Some(1.0);
     rows.push(http);
 
-    // 2. The minimal publisher.
+    // 2. The minimal publisher. On RabbitMQ on a classic queue (the naive reference) and on
+    // the bridge's queue type (quorum, its default), which the bridge is compared with.
     let mut minimal_rate = None;
-    let minimal_target = format!("tcb-bench-{run_id}.minimal");
-    if let Some(mode) = backend.baseline {
-        let p = baseline(setup, mode, &backend.at, &minimal_target, &run_dir).await?;
-        let what = match mode {
-            "kafka" => "minimal rdkafka producer (idempotent, acks=all)",
-            _ => "minimal lapin publisher (1 confirm channel, durable classic queue)",
-        };
+    let minimal_target = |queue_type: &str| format!("tcb-bench-{run_id}.minimal-{queue_type}");
+    let minimal: &[(&str, &str, bool)] = match backend.baseline {
+        Some("kafka") => &[(
+            "minimal rdkafka producer (idempotent, acks=all)",
+            "classic",
+            true,
+        )],
+        Some(_) => &[
+            (
+                "minimal lapin publisher (1 confirm channel, durable classic queue)",
+                "classic",
+                false,
+            ),
+            (
+                "minimal lapin publisher (1 confirm channel, quorum queue)",
+                "quorum",
+                true,
+            ),
+        ],
+        None => &[],
+    };
+    for (what, queue_type, compared) in minimal {
+        let mode = backend.baseline.unwrap_or_default();
+        let target = minimal_target(queue_type);
+        let p = baseline(setup, mode, &backend.at, &target, queue_type, &run_dir).await?;
         let mut row = closed_row(setup, args, name, what, port(&p)?).await?;
         row.rss.push(p.stop().await);
         row.vs_http = row.per_second.map(|r| r / ceiling);
-        row.vs_minimal = Some(1.0);
-        minimal_rate = row.per_second;
+        if *compared {
+            row.vs_minimal = Some(1.0);
+            minimal_rate = row.per_second;
+        }
         rows.push(row);
     }
     let vs = |r: Option<f64>| {
@@ -885,14 +909,21 @@ async fn bench_backend(
     bus.close().await;
     #[cfg(feature = "rabbitmq")]
     if name == "rabbitmq" {
-        // What no one will read: the minimal publisher's queue and the ingress stage's triggers.
+        // What no one will read: the minimal publishers' queues, the ingress stage's triggers
+        // and the tail streams.
         super::baseline::delete_queues(
             &backend.at,
             &[
-                minimal_target.as_str(),
+                minimal_target("classic").as_str(),
+                minimal_target("quorum").as_str(),
                 "tcb-bench-ingress.triggers",
                 "tcb-bench-ingress.orders",
                 "tcb-bench-ingress.dead-letters",
+                // The tail streams (`tail_streams`, on by default) keep what the worker published.
+                "tcb-bench-ingress.orders.tail",
+                "tcb-bench-ingress.dead-letters.tail",
+                "tcb-bench-e2e.orders.tail",
+                "tcb-bench-e2e.dead-letters.tail",
             ],
         )
         .await?;
