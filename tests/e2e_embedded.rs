@@ -1522,9 +1522,15 @@ async fn posted_events_are_published_as_full_orders_with_enrichment() {
         .unwrap();
         assert!(sender.send(&Webhook::Post(body)).await.accepted());
     }
+    // Slow answers from here on: a second fetch of the order, were one started, would overlap.
+    world
+        .sim
+        .inject(tcb_simulator::Fault::Slow(Duration::from_millis(300)), 5);
     world.sim.heal_order("order-enrich");
     let got = collect_until(&mut out, Duration::from_secs(60), |d| d.len() >= 5).await;
     assert_eq!(got.len(), 5);
+    // At most one fetch of the order in flight at any time.
+    assert_eq!(world.sim.stats().max_in_flight_per_order, 1);
     for d in &got {
         let m = order_message_v2(&d.message.payload);
         assert_eq!(m["scope"], "full-order", "{m:#}");

@@ -12,13 +12,11 @@ pub mod baseline;
 pub mod pipeline;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hdrhistogram::Histogram;
-use tcb_simulator::{Sender, SenderAuth, SenderConfig, Webhook, orders};
+use tcb_simulator::{Sender, SenderAuth, SenderConfig};
 
 use crate::CliError;
 
@@ -284,51 +282,28 @@ async fn measure(
     ca: &[u8],
     password: &str,
 ) -> Result<Measured, CliError> {
-    let exe = std::env::current_exe().map_err(io("this binary"))?;
     let ready = dir.join("ready.json");
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("ingress")
-        .arg("--config")
-        .arg(config)
-        .arg("--ready-file")
-        .arg(&ready)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("OTEL_") {
-            cmd.env_remove(k);
-        }
-    }
-    if let Some(r) = variant.otel_ratio {
-        cmd.env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{}", sink.addr),
-        )
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
-        .env("OTEL_TRACES_SAMPLER_ARG", r.to_string());
-    }
-    let mut child = cmd.spawn().map_err(io("the ingress"))?;
-    let pid = child.id().unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let port = loop {
-        if let Ok(text) = std::fs::read_to_string(&ready)
-            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-            && let Some(addr) = v["ingress"].as_str()
-            && let Ok(addr) = addr.parse::<std::net::SocketAddr>()
-        {
-            break addr.port();
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(CliError::Io(format!("the ingress exited with {status}")));
-        }
-        if Instant::now() > deadline {
-            return Err(CliError::Io("the ingress did not start in 60 s".to_owned()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let env: Vec<(&str, String)> = match variant.otel_ratio {
+        Some(r) => vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{}", sink.addr),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()),
+            ("OTEL_TRACES_SAMPLER_ARG", r.to_string()),
+        ],
+        None => Vec::new(),
     };
+    let argv = vec![
+        "ingress".into(),
+        "--config".into(),
+        config.as_os_str().to_owned(),
+        "--ready-file".into(),
+        ready.as_os_str().to_owned(),
+    ];
+    let ingress = pipeline::Proc::start("the ingress", argv, &env, &ready, true).await?;
+    let port = ingress.port.unwrap_or_default();
     let sender = Sender::new(SenderConfig {
         url: format!("https://localhost:{port}/webhook"),
         auth: SenderAuth::Basic {
@@ -342,68 +317,31 @@ async fn measure(
     })
     .map_err(|e| CliError::Io(e.to_string()))?;
     // The readiness of the broker: the first calls may still get 503.
-    fire(&sender, args.requests / 10 + 1, args.concurrency, "warm").await?;
+    let concurrency = args.concurrency;
+    pipeline::closed_loop(&sender, args.requests / 10 + 1, concurrency, |i| {
+        pipeline::event(i, "warm")
+    })
+    .await?;
     let (exports, bytes) = (
         sink.exports.load(Ordering::Relaxed),
         sink.bytes.load(Ordering::Relaxed),
     );
-    let started = Instant::now();
-    let (latencies, ok) = fire(&sender, args.requests, args.concurrency, "run").await?;
-    let elapsed = started.elapsed();
-    let peak_rss = peak_rss_kib(&pid.to_string()).unwrap_or_default() * 1024;
+    let load = pipeline::closed_loop(&sender, args.requests, concurrency, |i| {
+        pipeline::event(i, "run")
+    })
+    .await?;
     // SIGTERM: the ingress drains and sends its last spans, which count for this run.
-    let _ = tokio::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    let _ = child.start_kill();
+    let (_, peak_rss_mib) = ingress.stop().await;
     Ok(Measured {
         variant: variant.clone(),
-        per_second: ok as f64 / elapsed.as_secs_f64(),
-        p50: Duration::from_micros(latencies.value_at_quantile(0.5)),
-        p99: Duration::from_micros(latencies.value_at_quantile(0.99)),
-        ok,
+        per_second: load.ok as f64 / load.elapsed.as_secs_f64().max(1e-9),
+        p50: Duration::from_micros(load.latencies.value_at_quantile(0.5)),
+        p99: Duration::from_micros(load.latencies.value_at_quantile(0.99)),
+        ok: load.ok,
         exports: sink.exports.load(Ordering::Relaxed) - exports,
         export_kib: (sink.bytes.load(Ordering::Relaxed) - bytes) / 1024,
-        peak_rss,
+        peak_rss: (peak_rss_mib * 1024.0 * 1024.0) as u64,
     })
-}
-
-/// `n` POSTed events, `concurrency` at a time: the answers' latencies and how many were 200.
-async fn fire(
-    sender: &Sender,
-    n: usize,
-    concurrency: usize,
-    tag: &str,
-) -> Result<(Histogram<u64>, usize), CliError> {
-    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let sender = sender.clone();
-        let permits = permits.clone();
-        let body = orders::event(
-            &format!("bench-order-{}", i % 500),
-            i as u64 + 1,
-            "OrderLinesUpdatedByBuyer",
-            &format!("bench-{tag}-{i}"),
-        );
-        set.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let body = serde_json::to_vec(&body).unwrap_or_default();
-            sender.send(&Webhook::Post(body)).await
-        });
-    }
-    let mut latencies = Histogram::<u64>::new(3).map_err(|e| CliError::Io(e.to_string()))?;
-    let mut ok = 0;
-    for outcome in set.join_all().await {
-        if outcome.status == Some(200) {
-            ok += 1;
-            let _ = latencies.record(outcome.elapsed.as_micros() as u64);
-        }
-    }
-    Ok((latencies, ok))
 }
 
 /// Peak resident memory (VmHWM, Linux) of a process (`self` or a pid), in KiB.

@@ -119,10 +119,7 @@ pub fn normalize_enriched_event_v2(
         return Err(NormalizeError::WrongKind);
     };
     let order_ref = event
-        .order_id
-        .clone()
-        .map(OrderRef::V2)
-        .or_else(|| event.legacy_order_id.clone().map(OrderRef::Legacy))
+        .order_ref()
         .ok_or_else(|| NormalizeError::EventBody("the event names no order to fetch".to_owned()))?;
     let from_event = normalize_event_v2(trigger, processed_at)?;
     let mut message = fetched_v2(trigger, &order_ref, fetched, processed_at)?;

@@ -201,6 +201,14 @@ pub struct EventTrigger {
 }
 
 impl EventTrigger {
+    /// The order the event names, to fetch it whole: its v2 order id, else its legacy id.
+    pub fn order_ref(&self) -> Option<OrderRef> {
+        self.order_id
+            .clone()
+            .map(OrderRef::V2)
+            .or_else(|| self.legacy_order_id.clone().map(OrderRef::Legacy))
+    }
+
     /// Whether the event object holds any line (an event holds only the lines it affected; a
     /// documents event, a contact or label change holds none). A tXML body counts as none.
     pub fn carries_lines(&self) -> bool {

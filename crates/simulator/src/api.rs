@@ -83,6 +83,9 @@ pub struct Stats {
     pub slow_answers: u64,
     /// Refreshes refused because the refresh token had expired.
     pub expired_refreshes: u64,
+    /// The most requests for one order the API was answering at once (Tradecloud's clients
+    /// should have at most one in flight per order).
+    pub max_in_flight_per_order: u64,
     /// The most requests (of any kind) in any rolling second, including refused ones.
     pub max_per_second: u64,
 }
@@ -98,6 +101,7 @@ struct Counters {
     injected_failures: AtomicU64,
     slow_answers: AtomicU64,
     expired_refreshes: AtomicU64,
+    max_in_flight_per_order: AtomicU64,
     max_per_second: AtomicU64,
 }
 
@@ -124,6 +128,8 @@ struct State {
     refresh: Mutex<HashMap<String, Instant>>,
     versions: Mutex<HashMap<String, u64>>,
     window: Mutex<VecDeque<Instant>>,
+    /// Order requests being answered now, per order.
+    in_flight: Mutex<HashMap<String, u64>>,
     /// Faults for the next order requests, in order, each with how many requests it has left.
     faults: Mutex<VecDeque<(Fault, u32)>>,
     /// Orders that answer this status for ever (until healed).
@@ -159,6 +165,7 @@ impl Simulator {
             refresh: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
             window: Mutex::new(VecDeque::new()),
+            in_flight: Mutex::new(HashMap::new()),
             faults: Mutex::new(VecDeque::new()),
             failing: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
@@ -398,6 +405,7 @@ impl State {
             injected_failures: c.injected_failures.load(Ordering::SeqCst),
             slow_answers: c.slow_answers.load(Ordering::SeqCst),
             expired_refreshes: c.expired_refreshes.load(Ordering::SeqCst),
+            max_in_flight_per_order: c.max_in_flight_per_order.load(Ordering::SeqCst),
             max_per_second: c.max_per_second.load(Ordering::SeqCst),
         }
     }
@@ -603,6 +611,7 @@ async fn get_order(
     if let Some(refused) = gate(&state, state.bearer_valid(&req)) {
         return refused;
     }
+    let _answering = InFlight::start(&state, id.as_str());
     match state.next_fault() {
         Some(Fault::Status {
             status,
@@ -695,6 +704,44 @@ async fn heal(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
         f.remove(id.as_str());
     }
     HttpResponse::Ok().json(json!({"id": id.as_str(), "fails_with": null}))
+}
+
+/// One order request being answered: counted in `in_flight` until dropped.
+struct InFlight<'a> {
+    state: &'a State,
+    order_id: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(state: &'a State, order_id: &str) -> Self {
+        let mut in_flight = state.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = in_flight.entry(order_id.to_owned()).or_insert(0);
+        *n += 1;
+        state
+            .counters
+            .max_in_flight_per_order
+            .fetch_max(*n, Ordering::SeqCst);
+        Self {
+            state,
+            order_id: order_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .state
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = in_flight.get_mut(&self.order_id) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.order_id);
+            }
+        }
+    }
 }
 
 /// A documented body as JSON text, decimals as the documents write them.

@@ -5,13 +5,17 @@
 //! SQLite file beside it (`[worker] dedupe_path`), which ids it has published and when; a repeat
 //! within `dedupe_window_hours` is acknowledged without publishing and counted
 //! (`tcb_worker_duplicates_total`). The file survives restarts; ids older than the window are
-//! deleted. One order's triggers are worked one at a time, so two repeats of one message never
+//! deleted (at most once a minute, in the same commit as a new id: one write per message). One order's triggers are worked one at a time, so two repeats of one message never
 //! race each other.
 
 use rusqlite::{Connection, OpenFlags, params};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Ids past the window are deleted at most this often (milliseconds), not on every publish.
+const SWEEP_EVERY_MS: i64 = 60_000;
 
 /// Ids published, by Tradecloud message id.
 #[derive(Clone)]
@@ -19,6 +23,8 @@ pub(crate) struct Dedupe {
     conn: Arc<Mutex<Connection>>,
     window: Duration,
     path: PathBuf,
+    /// When ids past the window were last deleted (ms since the epoch; 0: not yet).
+    last_sweep: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for Dedupe {
@@ -60,6 +66,7 @@ impl Dedupe {
             conn: Arc::new(Mutex::new(conn)),
             window,
             path: path.to_owned(),
+            last_sweep: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -78,19 +85,29 @@ impl Dedupe {
         .await
     }
 
-    /// Remembers that `message_id` was published now, and forgets ids past the window.
+    /// Remembers that `message_id` was published now, and (at most once a minute, in the same
+    /// commit) forgets ids past the window; `seen` ignores those meanwhile.
     pub(crate) async fn remember(&self, message_id: &str) -> Result<(), String> {
         let now = now_ms();
         let since = now - self.window.as_millis() as i64;
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        let sweep = now - last >= SWEEP_EVERY_MS
+            && self
+                .last_sweep
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
         let id = message_id.to_owned();
         self.blocking(move |conn| {
-            conn.execute(
+            let tx = conn.unchecked_transaction()?;
+            tx.execute(
                 "INSERT INTO published (message_id, at) VALUES (?1, ?2)
                  ON CONFLICT (message_id) DO UPDATE SET at = excluded.at",
                 params![id, now],
             )?;
-            conn.execute("DELETE FROM published WHERE at < ?1", params![since])
-                .map(|_| ())
+            if sweep {
+                tx.execute("DELETE FROM published WHERE at < ?1", params![since])?;
+            }
+            tx.commit()
         })
         .await
     }

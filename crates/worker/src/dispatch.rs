@@ -51,11 +51,7 @@ impl Item {
             }) if enrichment == Enrichment::FullOrder
                 || (enrichment == Enrichment::WhenPartial && !event.carries_lines()) =>
             {
-                event
-                    .order_id
-                    .clone()
-                    .map(OrderRef::V2)
-                    .or_else(|| event.legacy_order_id.clone().map(OrderRef::Legacy))
+                event.order_ref()
             }
             _ => None,
         };

@@ -129,18 +129,21 @@ fn backends(args: &PipelineArgs, dir: &Path) -> Vec<Backend> {
 }
 
 /// A process of this binary, started and ready.
-struct Proc {
+pub(super) struct Proc {
     child: tokio::process::Child,
     pid: u32,
     /// The webhook listener, when it has one.
-    port: Option<u16>,
+    pub(super) port: Option<u16>,
     label: &'static str,
 }
 
 impl Proc {
-    async fn start(
+    /// Starts this binary with `args` (and `env`, after the caller's `RUST_LOG` and `OTEL_*`
+    /// are removed) and waits for its ready file; `listens`: wait for its webhook listener.
+    pub(super) async fn start(
         label: &'static str,
         args: Vec<OsString>,
+        env: &[(&str, String)],
         ready: &Path,
         listens: bool,
     ) -> Result<Self, CliError> {
@@ -156,6 +159,7 @@ impl Proc {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(env.iter().map(|(k, v)| (*k, v)));
         let mut child = cmd.spawn().map_err(io(label))?;
         let pid = child.id().unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -193,7 +197,7 @@ impl Proc {
     }
 
     /// SIGTERM, then a bounded wait; the peak RSS it reached.
-    async fn stop(mut self) -> (&'static str, f64) {
+    pub(super) async fn stop(mut self) -> (&'static str, f64) {
         let rss = self.peak_rss_mib();
         let _ = tokio::process::Command::new("kill")
             .arg("-TERM")
@@ -211,10 +215,10 @@ fn os(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
 }
 
 /// What one load gave.
-struct Load {
-    latencies: Histogram<u64>,
-    ok: usize,
-    elapsed: Duration,
+pub(super) struct Load {
+    pub(super) latencies: Histogram<u64>,
+    pub(super) ok: usize,
+    pub(super) elapsed: Duration,
     /// When each accepted trigger was sent, by trigger id.
     sent_at: HashMap<String, Instant>,
     first_sent: Instant,
@@ -235,7 +239,7 @@ fn histogram() -> Result<Histogram<u64>, CliError> {
 }
 
 /// The i-th POSTed event of a run: a documented order event, one of 500 orders.
-fn event(i: usize, tag: &str) -> Webhook {
+pub(super) fn event(i: usize, tag: &str) -> Webhook {
     Webhook::Post(event_body(i, tag).into_bytes())
 }
 
@@ -263,7 +267,7 @@ fn record(load: &mut Load, (begun, took, outcome): &Done) {
 }
 
 /// `n` calls, `concurrency` at a time, each as soon as the one before on its slot answered.
-async fn closed_loop(
+pub(super) async fn closed_loop(
     sender: &Sender,
     n: usize,
     concurrency: usize,
@@ -687,6 +691,7 @@ async fn baseline(
             &"--ready-file",
             &ready,
         ]),
+        &[],
         &ready,
         true,
     )
@@ -764,6 +769,7 @@ async fn bench_backend(
     let p = Proc::start(
         "ingress",
         os(&[&"ingress", &"--config", &config, &"--ready-file", &ready]),
+        &[],
         &ready,
         true,
     )
@@ -804,6 +810,7 @@ async fn bench_backend(
             Proc::start(
                 "ingress+worker",
                 os(&[&"run", &"--config", &config, &"--ready-file", &ready]),
+                &[],
                 &ready,
                 true,
             )
@@ -815,6 +822,7 @@ async fn bench_backend(
             Proc::start(
                 "ingress",
                 os(&[&"ingress", &"--config", &config, &"--ready-file", &ri]),
+                &[],
                 &ri,
                 true,
             )
@@ -822,6 +830,7 @@ async fn bench_backend(
             Proc::start(
                 "worker",
                 os(&[&"worker", &"--config", &config, &"--ready-file", &rw]),
+                &[],
                 &rw,
                 false,
             )
