@@ -16,6 +16,7 @@
 //! strings and kept exact.
 
 pub mod codec;
+mod event_facts;
 pub mod event_name;
 pub mod json;
 pub mod message;

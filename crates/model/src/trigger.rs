@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::event_facts;
 use crate::webhook::WEBHOOK_EVENT_MEMBERS;
 
 /// Longest order id accepted, in bytes.
@@ -295,15 +296,20 @@ impl TriggerEnvelope {
         received_at: DateTime<Utc>,
     ) -> Result<Self, TriggerError> {
         let xml = content_type.is_some_and(crate::txml::is_xml);
-        let value: serde_json::Value = if xml {
+        let members = if xml {
             let text = std::str::from_utf8(body)
                 .map_err(|e| TriggerError::NotXml(format!("not UTF-8: {e}")))?;
-            crate::txml::to_json(text).map_err(|e| TriggerError::NotXml(e.to_string()))?
+            let value =
+                crate::txml::to_json(text).map_err(|e| TriggerError::NotXml(e.to_string()))?;
+            let json =
+                serde_json::to_vec(&value).map_err(|e| TriggerError::NotXml(e.to_string()))?;
+            event_facts::read(&json)
         } else {
-            serde_json::from_slice(body).map_err(|e| TriggerError::NotJson(e.to_string()))?
-        };
-        let object = value.as_object().ok_or(TriggerError::NotObject)?;
-        let event_name = match object.get("eventName").and_then(|v| v.as_str()) {
+            event_facts::read(body)
+        }
+        .map_err(|e| TriggerError::NotJson(e.to_string()))?
+        .ok_or(TriggerError::NotObject)?;
+        let event_name = match members.get("eventName").and_then(|m| m.text.as_deref()) {
             Some(name) => EventName::parse(name)?,
             None => return Err(TriggerError::MissingEventName),
         };
@@ -315,23 +321,17 @@ impl TriggerEnvelope {
         let member_id = |field: &str| {
             WEBHOOK_EVENT_MEMBERS
                 .iter()
-                .filter_map(|m| object.get(*m))
-                .chain(object.values())
-                .find_map(|v| v.get(field).and_then(|id| id.as_str()))
+                .filter_map(|m| members.get(*m))
+                .chain(members.values())
+                .find_map(|m| m.id(field))
                 .and_then(|id| OrderId::parse(id).ok())
         };
         let order_id = member_id("orderId");
         let legacy_order_id = member_id("legacyOrderId");
-        let tradecloud_message_id = object
+        let tradecloud_message_id = members
             .get("meta")
-            .and_then(|m| m.get("messageId"))
-            .and_then(|id| id.as_str())
-            .or_else(|| {
-                object
-                    .values()
-                    .find_map(|v| v.get("meta")?.get("messageId")?.as_str())
-            })
-            .map(str::to_owned);
+            .and_then(|m| m.message_id.clone())
+            .or_else(|| members.values().find_map(|m| m.meta_message_id.clone()));
         // Valid JSON is valid UTF-8; the raw value keeps the bytes (without surrounding blanks).
         // A tXML body travels byte-exact as a JSON string (its content type says so).
         let text =
