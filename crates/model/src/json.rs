@@ -3,10 +3,11 @@
 //!
 //! `serde_json::Value` turns numbers into `f64`/`i64`; its `arbitrary_precision` feature would
 //! keep the text but changes how every other crate in the build sees numbers. So this reads the
-//! body as `RawValue`s, one level at a time, and keeps each number's raw text.
+//! body in one pass with `jiter` (pydantic's strict JSON iterator), which hands out each
+//! number's bytes as written.
 
 use schemars::JsonSchema;
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::Deserializer;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
@@ -27,42 +28,72 @@ pub enum Json {
 /// Nesting deeper than this is refused (a body is data, not a stack exhaustion attempt).
 const MAX_DEPTH: usize = 128;
 
+/// Why [`Json::parse`] stopped.
+enum Walk {
+    Jiter(jiter::JiterError),
+    TooDeep,
+}
+
+impl From<jiter::JiterError> for Walk {
+    fn from(e: jiter::JiterError) -> Self {
+        Walk::Jiter(e)
+    }
+}
+
 impl Json {
-    /// Parses JSON text.
+    /// Parses JSON text (strict JSON: no `NaN`, no trailing commas or text).
     pub fn parse(text: &str) -> Result<Json, serde_json::Error> {
-        let raw: &RawValue = serde_json::from_str(text)?;
-        Self::from_raw(raw, 0)
+        let mut iter = jiter::Jiter::new(text.as_bytes());
+        let mut read = || -> Result<Json, Walk> {
+            let peek = iter.peek()?;
+            let json = Self::walk(&mut iter, peek, 0)?;
+            iter.finish()?;
+            Ok(json)
+        };
+        let parsed = read();
+        parsed.map_err(|e| match e {
+            Walk::Jiter(e) => serde::de::Error::custom(format!(
+                "{} at {}",
+                e.error_type,
+                iter.error_position(e.index)
+            )),
+            Walk::TooDeep => serde::de::Error::custom("JSON nested too deeply"),
+        })
     }
 
-    fn from_raw(raw: &RawValue, depth: usize) -> Result<Json, serde_json::Error> {
+    fn walk(iter: &mut jiter::Jiter<'_>, peek: jiter::Peek, depth: usize) -> Result<Json, Walk> {
+        use jiter::Peek;
         if depth > MAX_DEPTH {
-            return Err(serde::de::Error::custom("JSON nested too deeply"));
+            return Err(Walk::TooDeep);
         }
-        let text = raw.get();
-        Ok(match text.as_bytes().first() {
-            Some(b'{') => {
-                let members: Members = serde_json::from_str(text)?;
-                Json::Object(
-                    members
-                        .0
-                        .into_iter()
-                        .map(|(k, v)| Ok((k, Self::from_raw(v, depth + 1)?)))
-                        .collect::<Result<_, serde_json::Error>>()?,
-                )
+        Ok(match peek {
+            Peek::Null => {
+                iter.known_null()?;
+                Json::Null
             }
-            Some(b'[') => {
-                let items: Vec<&RawValue> = serde_json::from_str(text)?;
-                Json::Array(
-                    items
-                        .into_iter()
-                        .map(|v| Self::from_raw(v, depth + 1))
-                        .collect::<Result<_, _>>()?,
-                )
+            Peek::True | Peek::False => Json::Bool(iter.known_bool(peek)?),
+            Peek::String => Json::String(iter.known_str()?.to_owned()),
+            Peek::Array => {
+                let mut items = Vec::new();
+                let mut next = iter.known_array()?;
+                while let Some(peek) = next {
+                    items.push(Self::walk(iter, peek, depth + 1)?);
+                    next = iter.array_step()?;
+                }
+                Json::Array(items)
             }
-            Some(b'"') => Json::String(serde_json::from_str(text)?),
-            Some(b't' | b'f') => Json::Bool(serde_json::from_str(text)?),
-            Some(b'n') => Json::Null,
-            _ => Json::Number(text.to_owned()),
+            Peek::Object => {
+                let mut members = Vec::new();
+                let mut key = iter.known_object()?.map(str::to_owned);
+                while let Some(k) = key {
+                    let peek = iter.peek()?;
+                    members.push((k, Self::walk(iter, peek, depth + 1)?));
+                    key = iter.next_key()?.map(str::to_owned);
+                }
+                Json::Object(members)
+            }
+            // A number's bytes are ASCII digits, signs, `.`, `e`/`E`.
+            _ => Json::Number(String::from_utf8_lossy(iter.known_number_bytes(peek)?).into_owned()),
         })
     }
 
@@ -152,29 +183,6 @@ impl From<&serde_json::Value> for Json {
     }
 }
 
-/// An object's members as raw values, in order.
-struct Members<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Members<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
-                    members.push(entry);
-                }
-                Ok(Members(members))
-            }
-        }
-        deserializer.deserialize_map(V)
-    }
-}
-
 impl Serialize for Json {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{SerializeMap, SerializeSeq};
@@ -261,6 +269,23 @@ mod tests {
         assert!(Json::parse("[1, 2").is_err());
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(Json::parse(&deep).is_err());
+        let deep_objects = "{\"a\":".repeat(200) + "1" + &"}".repeat(200);
+        assert!(Json::parse(&deep_objects).is_err());
+        for strict in [
+            "NaN",
+            "-Infinity",
+            "[1,]",
+            "{\"a\":1,}",
+            "{\"a\":1} x",
+            "01",
+            "'a'",
+        ] {
+            assert!(Json::parse(strict).is_err(), "{strict}");
+        }
+        assert_eq!(
+            Json::parse(r#""\u00e9\ud83d\ude00\n""#).unwrap(),
+            Json::String("\u{e9}\u{1f600}\n".to_owned())
+        );
         assert_eq!(
             Json::parse(" 7.0 ").unwrap(),
             Json::Number("7.0".to_owned())
