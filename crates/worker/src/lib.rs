@@ -2,9 +2,10 @@
 //! message per trigger, and only then acks the trigger (at least once, end to end).
 //!
 //! * Ordering and isolation ([`dispatch`]): each order has its own queue, worked one trigger at a
-//!   time, so one order's triggers never overtake each other; different orders run in parallel
-//!   (at most `lanes` at once). An order waiting for a retry holds no lane and blocks no other
-//!   order; intake pauses only when the worker holds `max_held` unsettled triggers.
+//!   time, so one order's triggers never overtake each other; different orders run in parallel,
+//!   each with its output publish in flight (up to `max_held` at once), and at most `lanes` of
+//!   them fetch from Tradecloud at once. An order waiting for a retry holds no lane and blocks no
+//!   other order; intake pauses only when the worker holds `max_held` unsettled triggers.
 //! * Coalescing: GET triggers of one order waiting together share one fetch (up to the next
 //!   POST/PUT trigger of that order, so nothing overtakes an event).
 //! * Failures ([`process`], `docs/failures.md`): poison is dead-lettered at once; a transient
@@ -37,7 +38,8 @@ pub struct WorkerConfig {
     /// Consumer group on the triggers topic.
     #[serde(default = "default_group")]
     pub group: String,
-    /// Orders processed at once.
+    /// Orders fetched from Tradecloud at once (GET triggers, enriched events). Events published
+    /// as they came take no lane: any number of orders publish at once, up to `max_held`.
     #[serde(default = "default_lanes")]
     pub lanes: usize,
     /// Most unsettled triggers the worker holds (in memory, unacked); past it, intake pauses.
@@ -253,7 +255,7 @@ struct Shared {
     /// The back-off every retry starts from.
     backoff: Backoff,
     limits: process::Limits,
-    /// Orders worked at once (`lanes`); an order waiting for a retry gives its lane back.
+    /// Orders fetching at once (`lanes`); an order waiting for a retry gives its lane back.
     lanes: tokio::sync::Semaphore,
     health: Arc<WorkerHealth>,
     cancel: CancellationToken,

@@ -194,8 +194,9 @@ impl Attempts {
     }
 }
 
-/// One of the `lanes`: held while working, given back while waiting (a back-off, the breaker),
-/// so an order that waits blocks no other.
+/// One of the `lanes`: held while fetching, given back while waiting (a back-off, the breaker)
+/// and before publishing, so an order that waits blocks no other. An event published as it came
+/// takes none: its orders are bounded by `max_held` alone.
 struct Lane<'a> {
     lanes: &'a tokio::sync::Semaphore,
     permit: Option<tokio::sync::SemaphorePermit<'a>>,
@@ -289,9 +290,6 @@ pub(crate) async fn process(shared: &Shared, work: Work) {
         Work::One(_) => 1,
         Work::Fetch(_, rest) => rest.len() + 1,
     });
-    let Some(mut lane) = Lane::take(&shared.lanes).await else {
-        return;
-    };
     match work {
         Work::One(item) => {
             let span = process_span(shared, &item);
@@ -331,6 +329,11 @@ pub(crate) async fn process(shared: &Shared, work: Work) {
             }
             let fetched = match (&first.trigger, first.order_ref()) {
                 (Ok(trigger), Some(order)) => {
+                    // A lane bounds the orders fetched from Tradecloud at once; it is given
+                    // back before the outputs are published.
+                    let Some(mut lane) = Lane::take(&shared.lanes).await else {
+                        return;
+                    };
                     fetch(shared, trigger, order, &mut lane)
                         .instrument(fetch_span.clone())
                         .await
