@@ -1,8 +1,8 @@
 //! `bench pipeline`: the bridge beside its baselines, per backend, in one run on one machine.
 //!
 //! For each backend (embedded, and Kafka or RabbitMQ when given) it runs, one after the other,
-//! each as its own process loaded over HTTPS with Basic auth by the same in-process load
-//! generator (POSTed order events of Tradecloud's documented shape):
+//! each as its own process loaded over HTTPS with Basic auth by `wrk` (POSTed order events of
+//! Tradecloud's documented shape):
 //!
 //! 1. the HTTP stack alone, answering without publishing (`bench-baseline --mode http`): the
 //!    ceiling;
@@ -10,7 +10,10 @@
 //!    idempotent rdkafka producer with `acks=all`, or one confirm-mode lapin channel;
 //! 3. the bridge's ingress, closed loop, then open loop at half the rate it reached;
 //! 4. the bridge's ingress and worker (one `run` process on the embedded queue, two processes
-//!    otherwise): POSTed events end to end, to the orders topic, read by this process;
+//!    otherwise): wrk POSTs distinct events (500 orders) for as long as in 1-3, and this process
+//!    reads their outputs from the orders topic: end-to-end latency from the ingress receiving
+//!    the call, and the outputs per second sustained from the first call to the last output,
+//!    against the ingress's maximum (3);
 //! 5. a burst of GET triggers for a few orders: how long the worker takes to drain it at
 //!    Tradecloud's rate limit, and how many fetches coalescing saved.
 //!
@@ -34,9 +37,6 @@ pub struct PipelineArgs {
     /// Seconds of each `wrk` load (the ceiling, the minimal publisher, the ingress).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// POSTed events sent end to end through ingress and worker (over 500 orders).
-    #[arg(long, default_value_t = 4000)]
-    requests: usize,
     /// Calls in flight at once (keep-alive HTTPS connections).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -73,6 +73,21 @@ struct Backend {
 }
 
 impl Backend {
+    /// The broker's process, when it runs on this machine (RabbitMQ's `beam.smp`, tansu).
+    fn broker_pid(&self) -> Option<(&'static str, u32)> {
+        let comm = match self.name {
+            "kafka" => "tansu",
+            "rabbitmq" => "beam.smp",
+            _ => return None,
+        };
+        let pid = std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            (name.trim() == comm).then_some(pid)
+        })?;
+        Some(("broker", pid))
+    }
+
     /// The `[bus]` section of the bridge's config for a stage of the run (`ingress`, `e2e`):
     /// each stage has topics of its own, so one stage's triggers are not another's backlog.
     fn bus(&self, run: &str, stage: &str) -> String {
@@ -134,6 +149,8 @@ pub(super) struct Proc {
     pid: u32,
     /// The webhook listener, when it has one.
     pub(super) port: Option<u16>,
+    /// The admin listener (`/metrics`).
+    admin: Option<String>,
     label: &'static str,
 }
 
@@ -163,7 +180,7 @@ impl Proc {
         let mut child = cmd.spawn().map_err(io(label))?;
         let pid = child.id().unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let port = loop {
+        let (port, admin) = loop {
             if let Ok(text) = std::fs::read_to_string(ready)
                 && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
             {
@@ -172,7 +189,7 @@ impl Proc {
                     .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
                     .map(|a| a.port());
                 if port.is_some() || !listens {
-                    break port;
+                    break (port, v["admin"].as_str().map(str::to_owned));
                 }
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -187,8 +204,33 @@ impl Proc {
             child,
             pid,
             port,
+            admin,
             label,
         })
+    }
+
+    /// Webhook calls it answered 200 so far (its `/metrics`): the triggers it accepted.
+    async fn accepted(&self) -> Result<u64, CliError> {
+        let admin = self
+            .admin
+            .as_deref()
+            .ok_or_else(|| CliError::Io(format!("{} has no admin listener", self.label)))?;
+        let text = reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| CliError::Io(format!("{} /metrics: {e}", self.label)))?
+            .text()
+            .await
+            .map_err(|e| CliError::Io(format!("{} /metrics: {e}", self.label)))?;
+        let series = format!(
+            "{}{{status=\"200\"}} ",
+            tcb_telemetry::metrics::INGRESS_REQUESTS
+        );
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or_default() as u64)
     }
 
     /// Peak RSS so far, MiB.
@@ -207,6 +249,43 @@ impl Proc {
         let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
         let _ = self.child.start_kill();
         (self.label, rss)
+    }
+}
+
+/// CPU time (user and system) a process has used so far, µs (Linux: `/proc/PID/stat`, in
+/// ticks of 10 ms).
+fn cpu_micros(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command (in parentheses, maybe with blanks) come the state (field 3), ...,
+    // utime (14) and stime (15).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10_000)
+}
+
+/// The CPU time processes use over a measurement.
+struct CpuWatch(Vec<(&'static str, u32, u64)>);
+
+impl CpuWatch {
+    fn start(procs: impl IntoIterator<Item = Option<(&'static str, u32)>>) -> Self {
+        Self(
+            procs
+                .into_iter()
+                .flatten()
+                .filter_map(|(label, pid)| Some((label, pid, cpu_micros(pid)?)))
+                .collect(),
+        )
+    }
+
+    /// Each process's CPU time since the start, per call.
+    fn per_call(&self, calls: u64) -> Vec<(&'static str, f64)> {
+        self.0
+            .iter()
+            .filter_map(|(label, pid, start)| {
+                let used = cpu_micros(*pid)?.saturating_sub(*start);
+                Some((*label, used as f64 / calls.max(1) as f64))
+            })
+            .collect()
     }
 }
 
@@ -241,6 +320,18 @@ fn histogram() -> Result<Histogram<u64>, CliError> {
 /// The i-th POSTed event of a run: a documented order event, one of 500 orders.
 pub(super) fn event(i: usize, tag: &str) -> Webhook {
     Webhook::Post(event_body(i, tag).into_bytes())
+}
+
+/// The body of [`event_body`] with `@O@` for the order's number and `@N@` for the call's, for
+/// wrk to fill in per call: message ids `bench-{tag}-N`.
+fn event_template(tag: &str) -> String {
+    tcb_simulator::orders::event(
+        "bench-order-@O@",
+        1,
+        "OrderLinesUpdatedByBuyer",
+        &format!("bench-{tag}-@N@"),
+    )
+    .to_string()
 }
 
 fn event_body(i: usize, tag: &str) -> String {
@@ -320,6 +411,16 @@ wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = os.getenv("TCB_BENCH_AUTH")
+-- End to end: every call a distinct event (@N@ the call's number, @O@ its order, one of 500).
+if os.getenv("TCB_BENCH_DISTINCT") == "1" then
+  local template = wrk.body
+  local n = 0
+  request = function()
+    n = n + 1
+    local body = template:gsub("@O@", tostring(n % 500)):gsub("@N@", tostring(n))
+    return wrk.format(nil, nil, nil, body)
+  end
+end
 -- Open loop: each connection waits this long before each call (a fixed arrival rate).
 local pause = tonumber(os.getenv("TCB_BENCH_DELAY_MS") or "0")
 if pause > 0 then
@@ -335,21 +436,39 @@ done = function(summary, latency, requests)
 end
 "#;
 
-/// Loads the webhook on `port` with `wrk` (1 thread, `connections` keep-alive HTTPS
-/// connections) for `seconds`, POSTing one documented order event.
-async fn wrk(
-    setup: &Setup,
-    port: u16,
+/// How `wrk` loads the webhook.
+struct WrkLoad {
     connections: usize,
     seconds: u64,
+    /// Open loop: calls per second over all connections.
     rate: Option<f64>,
-) -> Result<Wrk, CliError> {
+    /// The body POSTed; with `distinct`, a template of [`event_template`]'s.
+    body: String,
+    distinct: bool,
+}
+
+impl WrkLoad {
+    /// Closed loop, one documented order event over and over.
+    fn closed(args: &PipelineArgs) -> Self {
+        Self {
+            connections: args.concurrency,
+            seconds: args.seconds,
+            rate: None,
+            body: event_body(1, "wrk"),
+            distinct: false,
+        }
+    }
+}
+
+/// Loads the webhook on `port` with `wrk` (1 thread, keep-alive HTTPS connections, Basic auth).
+async fn wrk(setup: &Setup, port: u16, load: &WrkLoad) -> Result<Wrk, CliError> {
+    let (connections, seconds, rate) = (load.connections, load.seconds, load.rate);
     // At `rate` calls per second over all connections, each waits connections / rate.
     let delay_ms = rate.map_or(0.0, |r| 1000.0 * connections as f64 / r.max(1.0));
     let script = setup.dir.join("post.lua");
     let body = setup.dir.join("event.json");
     std::fs::write(&script, WRK_SCRIPT).map_err(io("the wrk script"))?;
-    std::fs::write(&body, event_body(1, "wrk")).map_err(io("the wrk body"))?;
+    std::fs::write(&body, &load.body).map_err(io("the wrk body"))?;
     use base64::Engine;
     let auth = format!(
         "Basic {}",
@@ -363,6 +482,7 @@ async fn wrk(
         .env("TCB_BENCH_BODY", &body)
         .env("TCB_BENCH_AUTH", auth)
         .env("TCB_BENCH_DELAY_MS", format!("{delay_ms:.0}"))
+        .env("TCB_BENCH_DISTINCT", if load.distinct { "1" } else { "0" })
         .output()
         .await
         .map_err(|e| {
@@ -395,9 +515,18 @@ async fn wrk(
     })
 }
 
+/// One output read from the orders topic.
+struct Arrival {
+    at: Instant,
+    /// From the ingress receiving the webhook call (`trigger.receivedAt`) to here.
+    latency: Duration,
+    /// Tradecloud's message id of the event (`trigger.tradecloudMessageId`), when it had one.
+    message_id: Option<String>,
+}
+
 /// A reader of the orders topic: when each trigger's output arrived, by trigger id.
 struct Reader {
-    arrived: Arc<Mutex<HashMap<String, Instant>>>,
+    arrived: Arc<Mutex<HashMap<String, Arrival>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -406,7 +535,7 @@ impl Reader {
         let mut consumer = bus
             .consumer(&bus.topics.orders, Some("tcb-bench-reader"))
             .await?;
-        let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let arrived: Arc<Mutex<HashMap<String, Arrival>>> = Arc::default();
         let seen = arrived.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -419,13 +548,29 @@ impl Reader {
                         continue;
                     }
                 };
-                let now = Instant::now();
+                let (at, now) = (Instant::now(), chrono::Utc::now());
                 if let Ok(v) =
                     serde_json::from_slice::<serde_json::Value>(&delivery.message.payload)
                     && let Some(id) = v["trigger"]["id"].as_str()
                     && let Ok(mut seen) = seen.lock()
                 {
-                    seen.insert(id.to_owned(), now);
+                    let received = v["trigger"]["receivedAt"]
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                    let latency = received
+                        .and_then(|r| (now - r.to_utc()).to_std().ok())
+                        .unwrap_or_default();
+                    let message_id = v["trigger"]["tradecloudMessageId"]
+                        .as_str()
+                        .map(str::to_owned);
+                    seen.insert(
+                        id.to_owned(),
+                        Arrival {
+                            at,
+                            latency,
+                            message_id,
+                        },
+                    );
                 }
                 let _ = delivery.ack().await;
             }
@@ -433,45 +578,67 @@ impl Reader {
         Ok(Self { arrived, task })
     }
 
-    /// Waits until every trigger of `load` has arrived (or `timeout`): end-to-end latencies,
-    /// how many arrived, and when the last did.
+    /// Waits until `expected` outputs `wanted` have arrived (or `timeout`): their end-to-end
+    /// latencies (from the ingress receiving the call), how many arrived, and when the last did.
+    async fn wait(
+        &self,
+        wanted: impl Fn(&str, &Arrival) -> bool,
+        expected: usize,
+        timeout: Duration,
+    ) -> Result<(Histogram<u64>, usize, Option<Instant>), CliError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (h, n, last) = {
+                let seen = self
+                    .arrived
+                    .lock()
+                    .map_err(|_| CliError::Io("reader".into()))?;
+                let mut h = histogram()?;
+                let mut last: Option<Instant> = None;
+                let mut n = 0;
+                for a in seen.iter().filter(|(id, a)| wanted(id, a)).map(|(_, a)| a) {
+                    n += 1;
+                    last = Some(last.map_or(a.at, |l| l.max(a.at)));
+                    let _ = h.record(a.latency.as_micros() as u64);
+                }
+                (h, n, last)
+            };
+            if n >= expected || Instant::now() > deadline {
+                return Ok((h, n, last));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the outputs of the triggers `load` sent.
     async fn wait_for(
         &self,
         load: &Load,
         timeout: Duration,
     ) -> Result<(Histogram<u64>, usize, Instant), CliError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let count = {
-                let seen = self
-                    .arrived
-                    .lock()
-                    .map_err(|_| CliError::Io("reader".into()))?;
-                load.sent_at
-                    .keys()
-                    .filter(|id| seen.contains_key(*id))
-                    .count()
-            };
-            if count >= load.sent_at.len() || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let seen = self
-            .arrived
-            .lock()
-            .map_err(|_| CliError::Io("reader".into()))?;
-        let mut h = histogram()?;
-        let mut last = load.first_sent;
-        let mut n = 0;
-        for (id, sent) in &load.sent_at {
-            if let Some(at) = seen.get(id) {
-                n += 1;
-                last = last.max(*at);
-                let _ = h.record(at.saturating_duration_since(*sent).as_micros() as u64);
-            }
-        }
-        Ok((h, n, last))
+        let (h, n, last) = self
+            .wait(|id, _| load.sent_at.contains_key(id), load.ok, timeout)
+            .await?;
+        Ok((h, n, last.unwrap_or(load.first_sent)))
+    }
+
+    /// Waits for `expected` outputs of events whose message ids start with `prefix`.
+    async fn wait_tagged(
+        &self,
+        prefix: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> Result<(Histogram<u64>, usize, Option<Instant>), CliError> {
+        self.wait(
+            |_, a| {
+                a.message_id
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with(prefix))
+            },
+            expected,
+            timeout,
+        )
+        .await
     }
 }
 
@@ -487,6 +654,8 @@ struct Row {
     end_to_end: Option<(Duration, Duration)>,
     triggers_per_second: Option<f64>,
     rss: Vec<(&'static str, f64)>,
+    /// CPU time per call (per trigger end to end) of each process, µs.
+    cpu: Vec<(&'static str, f64)>,
     note: String,
 }
 
@@ -498,7 +667,7 @@ impl Row {
     fn print(&self) {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "".to_owned());
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             self.backend,
             self.run,
             opt(self.per_second.map(|r| format!("{r:.0}"))),
@@ -514,6 +683,11 @@ impl Row {
             self.rss
                 .iter()
                 .map(|(p, m)| format!("{p} {m:.0} MiB"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.cpu
+                .iter()
+                .map(|(p, us)| format!("{p} {us:.0} µs"))
                 .collect::<Vec<_>>()
                 .join(", "),
             self.note,
@@ -602,12 +776,11 @@ pub async fn run(args: PipelineArgs) -> Result<(), CliError> {
     let run_id = format!("{}", chrono::Utc::now().timestamp_millis());
     println!(
         "bench pipeline: wrk (1 thread, {c} HTTPS connections, {s} s) on the ceiling, the minimal \
-         publisher and the ingress; {n} events end to end and a burst of {g} GET triggers over \
-         {o} orders from this process ({c} in flight); open loop (wrk, a fixed pause per \
-         connection) {l} s at half the ingress's rate",
+         publisher, the ingress and the ingress with the worker (distinct events over 500 orders, \
+         end to end); a burst of {g} GET triggers over {o} orders from this process ({c} in \
+         flight); open loop (wrk, a fixed pause per connection) {l} s at half the ingress's rate",
         c = args.concurrency,
         s = args.seconds,
-        n = args.requests,
         g = args.get_burst,
         o = args.get_orders,
         l = args.open_loop_secs,
@@ -621,33 +794,37 @@ pub async fn run(args: PipelineArgs) -> Result<(), CliError> {
     println!();
     println!(
         "| backend | run | req/s | vs HTTP only | vs minimal publisher | answer p50 / p99 / p999 | \
-         end to end p50 / p99 | triggers/s | peak RSS | note |"
+         end to end p50 / p99 | triggers/s | peak RSS | CPU per call | note |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
         row.print();
     }
     Ok(())
 }
 
-/// Loads `port` with `wrk` after a warm-up; the row of that.
+/// Loads `p` (its webhook) with `wrk` after a warm-up; the row of that, with the CPU per call
+/// of `p` and of `broker` (when it runs here).
 async fn closed_row(
     setup: &Setup,
     args: &PipelineArgs,
-    backend: &'static str,
+    backend: &Backend,
     run: &str,
-    port: u16,
+    p: &Proc,
 ) -> Result<Row, CliError> {
+    let port = port(p)?;
     // The first calls open connections and may meet a broker not yet ready.
     let sender = setup.sender(port)?;
     closed_loop(&sender, 200, args.concurrency, |i| {
         event(i, &format!("warm-{run}"))
     })
     .await?;
-    let w = wrk(setup, port, args.concurrency, args.seconds, None).await?;
+    let cpu = CpuWatch::start([Some((p.label, p.pid)), backend.broker_pid()]);
+    let w = wrk(setup, port, &WrkLoad::closed(args)).await?;
     Ok(Row {
-        backend,
+        backend: backend.name,
         run: run.to_owned(),
+        cpu: cpu.per_call(w.requests),
         per_second: Some(w.per_second),
         answer: Some((w.p50, w.p99, w.p999)),
         note: if w.ok < w.requests {
@@ -712,7 +889,7 @@ async fn bench_backend(
 
     // 1. The ceiling.
     let p = baseline(setup, "http", "", "", "classic", &run_dir).await?;
-    let mut http = closed_row(setup, args, name, "HTTP only (ceiling)", port(&p)?).await?;
+    let mut http = closed_row(setup, args, backend, "HTTP only (ceiling)", &p).await?;
     http.rss.push(p.stop().await);
     let ceiling = http.per_second.unwrap_or(1.0);
     http.vs_http = Some(1.0);
@@ -746,8 +923,9 @@ async fn bench_backend(
         let mode = backend.baseline.unwrap_or_default();
         let target = minimal_target(queue_type);
         let p = baseline(setup, mode, &backend.at, &target, queue_type, &run_dir).await?;
-        let mut row = closed_row(setup, args, name, what, port(&p)?).await?;
+        let mut row = closed_row(setup, args, backend, what, &p).await?;
         row.rss.push(p.stop().await);
+        drop_queues(backend, &[target.as_str()]).await?;
         row.vs_http = row.per_second.map(|r| r / ceiling);
         if *compared {
             row.vs_minimal = Some(1.0);
@@ -775,18 +953,32 @@ async fn bench_backend(
     )
     .await?;
     let port_ingress = port(&p)?;
-    let mut row = closed_row(setup, args, name, "bridge ingress", port_ingress).await?;
+    let mut row = closed_row(setup, args, backend, "bridge ingress", &p).await?;
     (row.vs_http, row.vs_minimal) = vs(row.per_second);
+    let ingress_max = row.per_second.unwrap_or_default();
     let half = row.per_second.unwrap_or(100.0) / 2.0;
     let open = wrk(
         setup,
         port_ingress,
-        args.concurrency,
-        args.open_loop_secs,
-        Some(half),
+        &WrkLoad {
+            seconds: args.open_loop_secs,
+            rate: Some(half),
+            ..WrkLoad::closed(args)
+        },
     )
     .await?;
     row.rss.push(p.stop().await);
+    drop_queues(
+        backend,
+        &[
+            "tcb-bench-ingress.triggers",
+            "tcb-bench-ingress.orders",
+            "tcb-bench-ingress.dead-letters",
+            "tcb-bench-ingress.orders.tail",
+            "tcb-bench-ingress.dead-letters.tail",
+        ],
+    )
+    .await?;
     rows.push(row);
     rows.push(Row {
         backend: name,
@@ -839,30 +1031,69 @@ async fn bench_backend(
     };
     let port_e2e = procs.first().map(port).transpose()?.unwrap_or_default();
     let sender = setup.sender(port_e2e)?;
-    let load = closed_loop(&sender, args.requests, args.concurrency, |i| {
-        event(i, &format!("e2e-{run_id}"))
+    // A warm-up (connections, a consumer group joining) drained before the measurement.
+    let warm = closed_loop(&sender, 200, args.concurrency, |i| {
+        event(i, &format!("warm-e2e-{run_id}"))
     })
     .await?;
-    let (e2e, arrived, last) = reader.wait_for(&load, timeout).await?;
-    let sustained = arrived as f64 / last.duration_since(load.first_sent).as_secs_f64().max(1e-9);
+    reader.wait_for(&warm, timeout).await?;
+    // wrk sends distinct events (500 orders) as fast as the ingress takes them, while the
+    // worker publishes them; sustained: outputs per second from the first call to the last
+    // output.
+    let tag = format!("e2e-{run_id}");
+    let ingress = procs
+        .first()
+        .ok_or_else(|| CliError::Io("no ingress".to_owned()))?;
+    let accepted_before = ingress.accepted().await?;
+    let cpu = CpuWatch::start(
+        procs
+            .iter()
+            .map(|p| Some((p.label, p.pid)))
+            .chain([backend.broker_pid()]),
+    );
+    let started = Instant::now();
+    let w = wrk(
+        setup,
+        port_e2e,
+        &WrkLoad {
+            body: event_template(&tag),
+            distinct: true,
+            ..WrkLoad::closed(args)
+        },
+    )
+    .await?;
+    // Calls still in flight when wrk stopped are answered too (wrk does not count them): the
+    // count once it stays put for 300 ms.
+    let mut accepted = ingress.accepted().await?;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = ingress.accepted().await?;
+        if now == accepted {
+            break;
+        }
+        accepted = now;
+    }
+    let accepted = accepted.saturating_sub(accepted_before) as usize;
+    // At least the accepted ones (a call wrk dropped when it stopped may be published too).
+    let (e2e, arrived, last) = reader
+        .wait_tagged(&format!("bench-{tag}-"), accepted, timeout)
+        .await?;
+    let last = last.unwrap_or(started);
+    let sustained = arrived as f64 / last.duration_since(started).as_secs_f64().max(1e-9);
     let mut row = Row {
         backend: name,
         run: "bridge ingress + worker, POSTed events end to end".to_owned(),
-        per_second: Some(load.per_second()),
-        answer: Some((
-            load.quantile(0.5),
-            load.quantile(0.99),
-            load.quantile(0.999),
-        )),
+        per_second: Some(w.per_second),
+        answer: Some((w.p50, w.p99, w.p999)),
         end_to_end: Some((
             Duration::from_micros(e2e.value_at_quantile(0.5)),
             Duration::from_micros(e2e.value_at_quantile(0.99)),
         )),
         triggers_per_second: Some(sustained),
+        cpu: cpu.per_call(arrived as u64),
         note: format!(
-            "{arrived} of {} published; worker/ingress {:.2}x",
-            load.ok,
-            sustained / load.per_second().max(1e-9)
+            "{arrived} published of {accepted} accepted; worker {:.2}x the ingress's maximum",
+            sustained / ingress_max.max(1e-9)
         ),
         ..Row::default()
     };
@@ -917,27 +1148,27 @@ async fn bench_backend(
     reader.task.abort();
     bus.close().await;
     #[cfg(feature = "rabbitmq")]
-    if name == "rabbitmq" {
-        // What no one will read: the minimal publishers' queues, the ingress stage's triggers
-        // and the tail streams.
-        super::baseline::delete_queues(
-            &backend.at,
-            &[
-                minimal_target("classic").as_str(),
-                minimal_target("quorum").as_str(),
-                "tcb-bench-ingress.triggers",
-                "tcb-bench-ingress.orders",
-                "tcb-bench-ingress.dead-letters",
-                // The tail streams (`tail_streams`, on by default) keep what the worker published.
-                "tcb-bench-ingress.orders.tail",
-                "tcb-bench-ingress.dead-letters.tail",
-                "tcb-bench-e2e.orders.tail",
-                "tcb-bench-e2e.dead-letters.tail",
-            ],
-        )
-        .await?;
-    }
+    // The tail streams (`tail_streams`, on by default) keep what the worker published.
+    drop_queues(
+        backend,
+        &[
+            "tcb-bench-e2e.orders.tail",
+            "tcb-bench-e2e.dead-letters.tail",
+        ],
+    )
+    .await?;
     Ok(rows)
+}
+
+/// Deletes RabbitMQ queues a step filled and no one reads, once the step is done: a quorum queue
+/// holds its messages in memory, and tens of thousands of them would slow the next step.
+async fn drop_queues(backend: &Backend, queues: &[&str]) -> Result<(), CliError> {
+    #[cfg(feature = "rabbitmq")]
+    if backend.name == "rabbitmq" {
+        super::baseline::delete_queues(&backend.at, queues).await?;
+    }
+    let _ = (backend, queues);
+    Ok(())
 }
 
 fn port(p: &Proc) -> Result<u16, CliError> {
