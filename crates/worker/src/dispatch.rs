@@ -1,5 +1,6 @@
-//! Intake and isolation: one queue per order, at most `lanes` orders worked at once, at most
-//! `max_held` triggers held; an order waiting for a retry blocks nobody else.
+//! Intake and isolation: one queue per order, worked one trigger at a time; at most `max_held`
+//! triggers held (at most `lanes` orders fetching at once); an order waiting for a retry blocks
+//! nobody else.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -349,7 +350,8 @@ mod tests {
         );
     }
 
-    /// The fetches a lane makes for what is waiting in it (everything already looked ahead).
+    /// The fetches an order's task makes for what is waiting in it (everything already looked
+    /// ahead).
     fn fetches(mut pending: VecDeque<Item>) -> Vec<(String, usize)> {
         let mut out = Vec::new();
         while let Some(first) = pending.pop_front() {

@@ -203,12 +203,12 @@ struct Lane<'a> {
 }
 
 impl<'a> Lane<'a> {
-    async fn take(lanes: &'a tokio::sync::Semaphore) -> Option<Lane<'a>> {
-        let permit = lanes.acquire().await.ok()?;
-        Some(Self {
+    /// A lane not held yet: [`fetch`] takes it once the bus and Tradecloud let it fetch.
+    fn idle(lanes: &'a tokio::sync::Semaphore) -> Lane<'a> {
+        Self {
             lanes,
-            permit: Some(permit),
-        })
+            permit: None,
+        }
     }
 
     fn give_back(&mut self) {
@@ -331,9 +331,7 @@ pub(crate) async fn process(shared: &Shared, work: Work) {
                 (Ok(trigger), Some(order)) => {
                     // A lane bounds the orders fetched from Tradecloud at once; it is given
                     // back before the outputs are published.
-                    let Some(mut lane) = Lane::take(&shared.lanes).await else {
-                        return;
-                    };
+                    let mut lane = Lane::idle(&shared.lanes);
                     fetch(shared, trigger, order, &mut lane)
                         .instrument(fetch_span.clone())
                         .await
@@ -646,6 +644,10 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
     let topics = &shared.bus.topics;
     let bus = &shared.health.bus;
     let mut backoff = shared.backoff.clone();
+    // Held from a failed publish until it succeeds: at most `lanes` triggers retry publishing at
+    // once, so a broker that is down meets a bounded number of probes (and log lines), not one
+    // per held trigger.
+    let mut retrying = None;
     let (topic, position) = loop {
         let topic = if dead.is_some() {
             &topics.dead_letters
@@ -694,11 +696,18 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
             tracing::error!(trigger_id = %trigger_id, error = %e.chain(), topic = %topic, "the dead-letter topic refuses the trigger; paused until an operator fixes the topic");
         }
         let waiting = tcb_telemetry::metrics::WaitingForRetry::start();
+        if retrying.is_none() {
+            retrying = tokio::select! {
+                _ = shared.cancel.cancelled() => return, // unacked: delivered again
+                permit = shared.lanes.acquire() => permit.ok(),
+            };
+        }
         if !backoff.wait(&shared.cancel).await {
             return; // unacked: delivered again after restart
         }
         drop(waiting);
     };
+    drop(retrying);
     let end_to_end = match (&trigger, &dead) {
         (Ok(t), None) => (Utc::now() - t.received_at).to_std().ok(),
         _ => None,

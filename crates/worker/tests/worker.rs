@@ -473,6 +473,90 @@ async fn an_output_the_broker_can_never_take_is_dead_lettered_not_retried_for_ev
     task.await.unwrap();
 }
 
+/// Publishes like the bus, except that the orders topic is down (a transient error) until `up`;
+/// counts the attempts per order.
+struct OrdersDown {
+    inner: std::sync::Arc<dyn tcb_bus::Publisher>,
+    orders: String,
+    up: std::sync::atomic::AtomicBool,
+    attempts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+#[async_trait::async_trait]
+impl tcb_bus::Publisher for OrdersDown {
+    async fn publish(&self, topic: &str, message: Message) -> Result<(), tcb_bus::BusError> {
+        if topic == self.orders && !self.up.load(std::sync::atomic::Ordering::SeqCst) {
+            *self
+                .attempts
+                .lock()
+                .unwrap()
+                .entry(message.key.clone())
+                .or_default() += 1;
+            return Err(tcb_bus::BusError::Unavailable {
+                context: "the broker is down".to_owned(),
+                source: None,
+            });
+        }
+        self.inner.publish(topic, message).await
+    }
+    async fn check_ready(&self) -> Result<(), tcb_bus::BusError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_broker_is_down_at_most_lanes_triggers_retry_their_publish() {
+    let mut f = fixture().await;
+    let down = std::sync::Arc::new(OrdersDown {
+        inner: f.bus.publisher(),
+        orders: f.bus.topics.orders.clone(),
+        up: Default::default(),
+        attempts: Default::default(),
+    });
+    let opener = f.bus.clone();
+    f.bus = Bus::new(
+        down.clone(),
+        std::sync::Arc::new(ReuseOpener(opener)),
+        f.bus.topics.clone(),
+    );
+    for i in 0..20 {
+        f.publish(&event(&format!("down-{i}"), 1, "OrderIssuedByBuyer"))
+            .await;
+    }
+    let (cancel, task) = f.start();
+    // Every output tried once, and retries under way (back-offs of 20 to 200 ms).
+    eventually(
+        "20 outputs tried and 20 retries",
+        Duration::from_secs(30),
+        || {
+            let attempts = down.attempts.lock().unwrap();
+            attempts.len() == 20 && attempts.values().sum::<usize>() >= 40
+        },
+    )
+    .await;
+    let retrying = down
+        .attempts
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|n| **n > 1)
+        .count();
+    assert!(
+        (1..=f.config.lanes).contains(&retrying),
+        "{retrying} triggers retried their publish; at most lanes ({}) at once",
+        f.config.lanes
+    );
+    // The broker back: every output published, none lost.
+    down.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = f.read(&f.bus.topics.orders, 20).await;
+    let mut keys: Vec<String> = out.iter().map(|d| d.message.key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 20);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
 /// Opens consumers on the original bus.
 struct ReuseOpener(Bus);
 

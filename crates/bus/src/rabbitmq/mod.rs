@@ -28,8 +28,9 @@
 //! hands messages out round-robin, so two triggers of one order could be processed at once by two
 //! workers. `single_active_consumer = true` (the default) makes RabbitMQ deliver the triggers
 //! queue to one worker at a time (the others stand by and take over on failure), which keeps each
-//! order in sequence; inside that worker, lanes per order give parallelism across orders. Scale
-//! throughput with `worker.lanes`, not with more active consumers.
+//! order in sequence; inside that worker, orders run in parallel (up to `worker.max_held`
+//! triggers held, `worker.lanes` of them fetching at once). Scale throughput inside the worker,
+//! not with more active consumers.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
