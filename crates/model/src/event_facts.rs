@@ -39,6 +39,27 @@ pub(crate) fn read(body: &[u8]) -> Result<Option<BTreeMap<String, Member>>, serd
     serde_json::from_slice::<TopLevel>(body).map(|t| t.0)
 }
 
+/// The same facts of a body already read as a `Value` (a tXML body, rendered as JSON).
+pub(crate) fn from_value(body: &serde_json::Value) -> Option<BTreeMap<String, Member>> {
+    use serde_json::Value;
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    Some(
+        body.as_object()?
+            .iter()
+            .map(|(k, m)| {
+                let member = Member {
+                    text: m.as_str().map(str::to_owned),
+                    order_id: text(m.get("orderId")),
+                    legacy_order_id: text(m.get("legacyOrderId")),
+                    message_id: text(m.get("messageId")),
+                    meta_message_id: text(m.get("meta").and_then(|m| m.get("messageId"))),
+                };
+                (k.clone(), member)
+            })
+            .collect(),
+    )
+}
+
 struct TopLevel(Option<BTreeMap<String, Member>>);
 
 impl<'de> de::Deserialize<'de> for TopLevel {
@@ -230,23 +251,7 @@ mod tests {
 
     /// What `Value` says of the same body, member by member.
     fn by_value(body: &str) -> Option<BTreeMap<String, Member>> {
-        let v: Value = serde_json::from_str(body).unwrap();
-        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
-        Some(
-            v.as_object()?
-                .iter()
-                .map(|(k, m)| {
-                    let member = Member {
-                        text: m.as_str().map(str::to_owned),
-                        order_id: text(m.get("orderId")),
-                        legacy_order_id: text(m.get("legacyOrderId")),
-                        message_id: text(m.get("messageId")),
-                        meta_message_id: text(m.get("meta").and_then(|m| m.get("messageId"))),
-                    };
-                    (k.clone(), member)
-                })
-                .collect(),
-        )
+        from_value(&serde_json::from_str(body).unwrap())
     }
 
     #[test]

@@ -301,13 +301,10 @@ impl TriggerEnvelope {
                 .map_err(|e| TriggerError::NotXml(format!("not UTF-8: {e}")))?;
             let value =
                 crate::txml::to_json(text).map_err(|e| TriggerError::NotXml(e.to_string()))?;
-            let json =
-                serde_json::to_vec(&value).map_err(|e| TriggerError::NotXml(e.to_string()))?;
-            event_facts::read(&json)
+            event_facts::from_value(&value)
         } else {
-            event_facts::read(body)
+            event_facts::read(body).map_err(|e| TriggerError::NotJson(e.to_string()))?
         }
-        .map_err(|e| TriggerError::NotJson(e.to_string()))?
         .ok_or(TriggerError::NotObject)?;
         let event_name = match members.get("eventName").and_then(|m| m.text.as_deref()) {
             Some(name) => EventName::parse(name)?,

@@ -1147,7 +1147,6 @@ async fn bench_backend(
     });
     reader.task.abort();
     bus.close().await;
-    #[cfg(feature = "rabbitmq")]
     // The tail streams (`tail_streams`, on by default) keep what the worker published.
     drop_queues(
         backend,
