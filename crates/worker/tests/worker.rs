@@ -411,24 +411,51 @@ async fn v1_envelopes_already_on_the_bus_are_processed_and_unknown_versions_dead
     task.await.unwrap();
 }
 
-/// Publishes like the bus, except that the orders topic refuses every message for good (as Kafka
-/// does a message over `message.max.bytes`, or a topic the bridge may not write).
-struct RefusingOrders {
+/// Publishes like the bus, except that the orders topic fails every message with `fail` (until
+/// `up`); counts the attempts per order.
+struct FailingOrders {
     inner: std::sync::Arc<dyn tcb_bus::Publisher>,
     orders: String,
-    refused: std::sync::atomic::AtomicUsize,
+    fail: fn() -> tcb_bus::BusError,
+    up: std::sync::atomic::AtomicBool,
+    attempts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl FailingOrders {
+    /// Puts it in front of `f`'s bus.
+    fn install(f: &mut Fixture, fail: fn() -> tcb_bus::BusError) -> std::sync::Arc<Self> {
+        let failing = std::sync::Arc::new(Self {
+            inner: f.bus.publisher(),
+            orders: f.bus.topics.orders.clone(),
+            fail,
+            up: Default::default(),
+            attempts: Default::default(),
+        });
+        let opener = f.bus.clone();
+        f.bus = Bus::new(
+            failing.clone(),
+            std::sync::Arc::new(ReuseOpener(opener)),
+            f.bus.topics.clone(),
+        );
+        failing
+    }
+
+    fn attempts(&self) -> Vec<usize> {
+        self.attempts.lock().unwrap().values().copied().collect()
+    }
 }
 
 #[async_trait::async_trait]
-impl tcb_bus::Publisher for RefusingOrders {
+impl tcb_bus::Publisher for FailingOrders {
     async fn publish(&self, topic: &str, message: Message) -> Result<(), tcb_bus::BusError> {
-        if topic == self.orders {
-            self.refused
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            return Err(tcb_bus::BusError::TooLarge {
-                context: "Kafka: Broker: Message size too large".to_owned(),
-                source: None,
-            });
+        if topic == self.orders && !self.up.load(std::sync::atomic::Ordering::SeqCst) {
+            *self
+                .attempts
+                .lock()
+                .unwrap()
+                .entry(message.key.clone())
+                .or_default() += 1;
+            return Err((self.fail)());
         }
         self.inner.publish(topic, message).await
     }
@@ -440,17 +467,11 @@ impl tcb_bus::Publisher for RefusingOrders {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_the_broker_can_never_take_is_dead_lettered_not_retried_for_ever() {
     let mut f = fixture().await;
-    let refusing = std::sync::Arc::new(RefusingOrders {
-        inner: f.bus.publisher(),
-        orders: f.bus.topics.orders.clone(),
-        refused: Default::default(),
+    // As Kafka refuses a message over `message.max.bytes`, or a topic the bridge may not write.
+    let refusing = FailingOrders::install(&mut f, || tcb_bus::BusError::TooLarge {
+        context: "Kafka: Broker: Message size too large".to_owned(),
+        source: None,
     });
-    let opener = f.bus.clone();
-    f.bus = Bus::new(
-        refusing.clone(),
-        std::sync::Arc::new(ReuseOpener(opener)),
-        f.bus.topics.clone(),
-    );
     f.publish(&event("huge-order", 1, "OrderIssuedByBuyer"))
         .await;
     f.publish(&event("huge-order", 2, "OrderLinesUpdatedByBuyer"))
@@ -465,7 +486,7 @@ async fn an_output_the_broker_can_never_take_is_dead_lettered_not_retried_for_ev
         );
     }
     assert_eq!(
-        refusing.refused.load(std::sync::atomic::Ordering::SeqCst),
+        refusing.attempts().iter().sum::<usize>(),
         2,
         "one attempt each, no retries"
     );
@@ -473,52 +494,13 @@ async fn an_output_the_broker_can_never_take_is_dead_lettered_not_retried_for_ev
     task.await.unwrap();
 }
 
-/// Publishes like the bus, except that the orders topic is down (a transient error) until `up`;
-/// counts the attempts per order.
-struct OrdersDown {
-    inner: std::sync::Arc<dyn tcb_bus::Publisher>,
-    orders: String,
-    up: std::sync::atomic::AtomicBool,
-    attempts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
-}
-
-#[async_trait::async_trait]
-impl tcb_bus::Publisher for OrdersDown {
-    async fn publish(&self, topic: &str, message: Message) -> Result<(), tcb_bus::BusError> {
-        if topic == self.orders && !self.up.load(std::sync::atomic::Ordering::SeqCst) {
-            *self
-                .attempts
-                .lock()
-                .unwrap()
-                .entry(message.key.clone())
-                .or_default() += 1;
-            return Err(tcb_bus::BusError::Unavailable {
-                context: "the broker is down".to_owned(),
-                source: None,
-            });
-        }
-        self.inner.publish(topic, message).await
-    }
-    async fn check_ready(&self) -> Result<(), tcb_bus::BusError> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_broker_is_down_at_most_lanes_triggers_retry_their_publish() {
     let mut f = fixture().await;
-    let down = std::sync::Arc::new(OrdersDown {
-        inner: f.bus.publisher(),
-        orders: f.bus.topics.orders.clone(),
-        up: Default::default(),
-        attempts: Default::default(),
+    let down = FailingOrders::install(&mut f, || tcb_bus::BusError::Unavailable {
+        context: "the broker is down".to_owned(),
+        source: None,
     });
-    let opener = f.bus.clone();
-    f.bus = Bus::new(
-        down.clone(),
-        std::sync::Arc::new(ReuseOpener(opener)),
-        f.bus.topics.clone(),
-    );
     for i in 0..20 {
         f.publish(&event(&format!("down-{i}"), 1, "OrderIssuedByBuyer"))
             .await;
@@ -529,18 +511,12 @@ async fn while_the_broker_is_down_at_most_lanes_triggers_retry_their_publish() {
         "20 outputs tried and 20 retries",
         Duration::from_secs(30),
         || {
-            let attempts = down.attempts.lock().unwrap();
-            attempts.len() == 20 && attempts.values().sum::<usize>() >= 40
+            let attempts = down.attempts();
+            attempts.len() == 20 && attempts.iter().sum::<usize>() >= 40
         },
     )
     .await;
-    let retrying = down
-        .attempts
-        .lock()
-        .unwrap()
-        .values()
-        .filter(|n| **n > 1)
-        .count();
+    let retrying = down.attempts().iter().filter(|n| **n > 1).count();
     assert!(
         (1..=f.config.lanes).contains(&retrying),
         "{retrying} triggers retried their publish; at most lanes ({}) at once",
