@@ -138,6 +138,11 @@ fn queue_arguments(queue_type: &str) -> Result<lapin::types::FieldTable, CliErro
     Ok(arguments)
 }
 
+// Without a broker feature only `Sink::None` exists, which does not read the body.
+#[cfg_attr(
+    not(any(feature = "kafka", feature = "rabbitmq")),
+    allow(unused_variables)
+)]
 async fn publish(sink: &Sink, body: &[u8]) -> bool {
     match sink {
         Sink::None => true,
