@@ -233,6 +233,19 @@ impl Proc {
             .unwrap_or_default() as u64)
     }
 
+    /// The bridge's `subcommand` (`run`, `ingress`, `worker`) with `config`, its ready file in
+    /// `dir`; `label` names it in the table.
+    async fn bridge(
+        label: &'static str,
+        subcommand: &str,
+        config: &Path,
+        dir: &Path,
+    ) -> Result<Self, CliError> {
+        let ready = dir.join(format!("{subcommand}.json"));
+        let args = os(&[&subcommand, &"--config", &config, &"--ready-file", &ready]);
+        Self::start(label, args, &[], &ready, subcommand != "worker").await
+    }
+
     /// Peak RSS so far, MiB.
     fn peak_rss_mib(&self) -> f64 {
         peak_rss_kib(&self.pid.to_string()).unwrap_or_default() as f64 / 1024.0
@@ -943,15 +956,7 @@ async fn bench_backend(
     // 3. The ingress alone: closed loop, then open loop at half that rate.
     let group = format!("tcb-bench-{run_id}");
     let config = setup.config(&backend.bus(run_id, "ingress"), &run_dir, &group)?;
-    let ready = run_dir.join("ingress.json");
-    let p = Proc::start(
-        "ingress",
-        os(&[&"ingress", &"--config", &config, &"--ready-file", &ready]),
-        &[],
-        &ready,
-        true,
-    )
-    .await?;
+    let p = Proc::bridge("ingress", "ingress", &config, &run_dir).await?;
     let port_ingress = port(&p)?;
     let mut row = closed_row(setup, args, backend, "bridge ingress", &p).await?;
     (row.vs_http, row.vs_minimal) = vs(row.per_second);
@@ -997,36 +1002,11 @@ async fn bench_backend(
     let bus = tcb_bus::connect(&crate::config::Config::load(&config)?.bus).await?;
     let reader = Reader::start(&bus).await?;
     let procs = if name == "embedded" {
-        let ready = e2e_dir.join("run.json");
-        vec![
-            Proc::start(
-                "ingress+worker",
-                os(&[&"run", &"--config", &config, &"--ready-file", &ready]),
-                &[],
-                &ready,
-                true,
-            )
-            .await?,
-        ]
+        vec![Proc::bridge("ingress+worker", "run", &config, &e2e_dir).await?]
     } else {
-        let (ri, rw) = (e2e_dir.join("ingress.json"), e2e_dir.join("worker.json"));
         vec![
-            Proc::start(
-                "ingress",
-                os(&[&"ingress", &"--config", &config, &"--ready-file", &ri]),
-                &[],
-                &ri,
-                true,
-            )
-            .await?,
-            Proc::start(
-                "worker",
-                os(&[&"worker", &"--config", &config, &"--ready-file", &rw]),
-                &[],
-                &rw,
-                false,
-            )
-            .await?,
+            Proc::bridge("ingress", "ingress", &config, &e2e_dir).await?,
+            Proc::bridge("worker", "worker", &config, &e2e_dir).await?,
         ]
     };
     let port_e2e = procs.first().map(port).transpose()?.unwrap_or_default();
