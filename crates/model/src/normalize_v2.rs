@@ -49,7 +49,7 @@ pub fn normalize_event_v2(
     }
     let mut r = Reader::default();
     let name = r
-        .text(body.get("eventName"), "/eventName")
+        .text(body.get("eventName"), &ROOT.key("eventName"))
         .unwrap_or_else(|| event.event_name.as_str().to_owned());
     let (object, member) = match WEBHOOK_EVENT_MEMBERS
         .iter()
@@ -58,20 +58,20 @@ pub fn normalize_event_v2(
         Some(m) => (Some(member_kind(m)), *m),
         None => (None, ""),
     };
-    let base = format!("/{member}");
+    let base = ROOT.key(member);
     let order = r.object(body.get(member), &base);
     let lines: Vec<LineV2> = r
-        .array(order.and_then(|o| o.get("lines")), &format!("{base}/lines"))
+        .array(order.and_then(|o| o.get("lines")), &base.key("lines"))
         .iter()
         .enumerate()
-        .map(|(i, l)| line(&mut r, l, &format!("{base}/lines/{i}")))
+        .map(|(i, l)| line(&mut r, l, &base.key("lines").index(i)))
         .collect();
     let affected = lines.iter().filter_map(|l| l.id.clone()).collect();
     let order_id = order
-        .and_then(|o| r.text(o.get("orderId").or(o.get("id")), &format!("{base}/orderId")))
+        .and_then(|o| r.text(o.get("orderId").or(o.get("id")), &base.key("orderId")))
         .or_else(|| event.order_id.as_ref().map(|id| id.as_str().to_owned()));
     let legacy_order_id = order
-        .and_then(|o| r.text(o.get("legacyOrderId"), &format!("{base}/legacyOrderId")))
+        .and_then(|o| r.text(o.get("legacyOrderId"), &base.key("legacyOrderId")))
         .or_else(|| {
             event
                 .legacy_order_id
@@ -166,23 +166,25 @@ fn fetched_v2(
         match order_ref {
             OrderRef::Legacy(legacy_id) => {
                 let (header, lines) = legacy(&mut r, &order);
-                let order_id = r.text(order.get("orderId"), "/orderId");
+                let order_id = r.text(order.get("orderId"), &ROOT.key("orderId"));
                 let legacy_id = Some(legacy_id.as_str().to_owned());
                 (order_id, legacy_id, None, None, None, header, lines)
             }
             OrderRef::V2(requested) => {
                 let order_id = r
-                    .text(order.get("id").or(order.get("orderId")), "/id")
+                    .text(order.get("id").or(order.get("orderId")), &ROOT.key("id"))
                     .or_else(|| Some(requested.as_str().to_owned()));
-                let legacy_order_id = r.text(order.get("legacyOrderId"), "/legacyOrderId");
+                let legacy_order_id =
+                    r.text(order.get("legacyOrderId"), &ROOT.key("legacyOrderId"));
+                let lines_path = ROOT.key("lines");
                 let lines = r
-                    .array(order.get("lines"), "/lines")
+                    .array(order.get("lines"), &lines_path)
                     .iter()
                     .enumerate()
-                    .map(|(i, l)| line(&mut r, l, &format!("/lines/{i}")))
+                    .map(|(i, l)| line(&mut r, l, &lines_path.index(i)))
                     .collect();
                 let (version, last_updated_at, portal_url, header) =
-                    order_facts(&mut r, Some(&order), "");
+                    order_facts(&mut r, Some(&order), &ROOT);
                 (
                     order_id,
                     legacy_order_id,
@@ -233,34 +235,34 @@ fn member_kind(member: &str) -> EventObject {
 fn order_facts(
     r: &mut Reader,
     order: Option<&Json>,
-    base: &str,
+    base: &Path<'_>,
 ) -> (Option<i64>, Option<String>, Option<String>, HeaderV2) {
     let field = |k: &str| order.and_then(|o| o.get(k));
-    let version = r.integer(field("version"), &format!("{base}/version"));
-    let last_updated_at = r.text(field("lastUpdatedAt"), &format!("{base}/lastUpdatedAt"));
-    let portal_url = r.text(field("portalUrl"), &format!("{base}/portalUrl"));
-    let buyer_path = format!("{base}/buyerOrder");
+    let version = r.integer(field("version"), &base.key("version"));
+    let last_updated_at = r.text(field("lastUpdatedAt"), &base.key("lastUpdatedAt"));
+    let portal_url = r.text(field("portalUrl"), &base.key("portalUrl"));
+    let buyer_path = base.key("buyerOrder");
     let buyer = r.object(field("buyerOrder"), &buyer_path);
-    let supplier_path = format!("{base}/supplierOrder");
+    let supplier_path = base.key("supplierOrder");
     let supplier = r.object(field("supplierOrder"), &supplier_path);
-    let status_path = format!("{base}/status");
+    let status_path = base.key("status");
     let status = r.object(field("status"), &status_path);
     let header = HeaderV2 {
         purchase_order_number: r.text(
             buyer.and_then(|b| b.get("purchaseOrderNumber")),
-            &format!("{buyer_path}/purchaseOrderNumber"),
+            &buyer_path.key("purchaseOrderNumber"),
         ),
         order_type: r.text(
             buyer.and_then(|b| b.get("orderType")),
-            &format!("{buyer_path}/orderType"),
+            &buyer_path.key("orderType"),
         ),
         process_status: r.text(
             status.and_then(|s| s.get("processStatus")),
-            &format!("{status_path}/processStatus"),
+            &status_path.key("processStatus"),
         ),
         logistics_status: r.text(
             status.and_then(|s| s.get("logisticsStatus")),
-            &format!("{status_path}/logisticsStatus"),
+            &status_path.key("logisticsStatus"),
         ),
         indicators: pass(field("indicators")),
         event_dates: pass(field("eventDates")),
@@ -286,7 +288,7 @@ const PARTY_FIELDS: [&str; 12] = [
     "salesOrderNumber",
 ];
 
-fn party(r: &mut Reader, o: Option<&Json>, path: &str, account_key: &str) -> PartyOrder {
+fn party(r: &mut Reader, o: Option<&Json>, path: &Path<'_>, account_key: &str) -> PartyOrder {
     let Some(o) = o else {
         return PartyOrder::default();
     };
@@ -300,28 +302,28 @@ fn party(r: &mut Reader, o: Option<&Json>, path: &str, account_key: &str) -> Par
         _ => Vec::new(),
     };
     PartyOrder {
-        company_id: r.text(f("companyId"), &format!("{path}/companyId")),
-        account_number: r.text(f(account_key), &format!("{path}/{account_key}")),
-        description: r.text(f("description"), &format!("{path}/description")),
+        company_id: r.text(f("companyId"), &path.key("companyId")),
+        account_number: r.text(f(account_key), &path.key(account_key)),
+        description: r.text(f("description"), &path.key("description")),
         contact: pass(f("contact")),
         properties: pass(f("properties")),
         notes: pass(f("notes")),
         labels: pass(f("labels")),
         delivery_address: pass(f("deliveryAddress")),
         terms: pass(f("terms")),
-        documents: documents(r, f("documents"), &format!("{path}/documents")),
+        documents: documents(r, f("documents"), &path.key("documents")),
         other: (!other.is_empty()).then_some(Json::Object(other)),
     }
 }
 
-fn documents(r: &mut Reader, v: Option<&Json>, path: &str) -> Vec<Document> {
+fn documents(r: &mut Reader, v: Option<&Json>, path: &Path<'_>) -> Vec<Document> {
     r.array(v, path)
         .iter()
         .enumerate()
         .filter_map(|(i, d)| {
-            let p = format!("{path}/{i}");
+            let p = path.index(i);
             let d = r.object(Some(d), &p)?;
-            let mut t = |k: &str| r.text(d.get(k), &format!("{p}/{k}"));
+            let mut t = |k: &str| r.text(d.get(k), &p.key(k));
             Some(Document {
                 object_id: t("objectId"),
                 name: t("name"),
@@ -336,32 +338,32 @@ fn documents(r: &mut Reader, v: Option<&Json>, path: &str) -> Vec<Document> {
         .collect()
 }
 
-fn line(r: &mut Reader, l: &Json, path: &str) -> LineV2 {
+fn line(r: &mut Reader, l: &Json, path: &Path<'_>) -> LineV2 {
     let Some(l) = r.object(Some(l), path) else {
         return LineV2::default();
     };
     let f = |k: &str| l.get(k);
-    let buyer_path = format!("{path}/buyerLine");
+    let buyer_path = path.key("buyerLine");
     let buyer = r.object(f("buyerLine"), &buyer_path);
     let b = |k: &str| buyer.and_then(|b| b.get(k));
-    let supplier_path = format!("{path}/supplierLine");
+    let supplier_path = path.key("supplierLine");
     let supplier = r.object(f("supplierLine"), &supplier_path);
     let s = |k: &str| supplier.and_then(|s| s.get(k));
-    let requests_path = format!("{supplier_path}/requests");
+    let requests_path = supplier_path.key("requests");
     let requests = r.object(s("requests"), &requests_path);
-    let status_path = format!("{path}/status");
+    let status_path = path.key("status");
     let status = r.object(f("status"), &status_path);
     let st = |k: &str| status.and_then(|s| s.get(k));
-    let item_path = format!("{buyer_path}/item");
+    let item_path = buyer_path.key("item");
     let item = r.object(b("item"), &item_path);
     let it = |k: &str| item.and_then(|i| i.get(k));
     // Single-delivery lines carry their current state in `statusLine`.
-    let status_line_path = format!("{path}/statusLine");
+    let status_line_path = path.key("statusLine");
     let status_line = r.object(f("statusLine"), &status_line_path);
     let scheduled = status_line
         .and_then(|s| s.get("scheduledDelivery"))
-        .and_then(|d| delivery(r, d, &format!("{status_line_path}/scheduledDelivery")));
-    let position = r.text(b("position"), &format!("{buyer_path}/position"));
+        .and_then(|d| delivery(r, d, &status_line_path.key("scheduledDelivery")));
+    let position = r.text(b("position"), &buyer_path.key("position"));
     let (current, including_requests) = match status_line {
         Some(s) => {
             let mut current = values(r, Some(s), &status_line_path, "", "prices", "");
@@ -370,11 +372,7 @@ fn line(r: &mut Reader, l: &Json, path: &str) -> LineV2 {
             planned
                 .delivery_schedule
                 .extend(s.get("scheduledDeliveryInclRequests").and_then(|d| {
-                    delivery(
-                        r,
-                        d,
-                        &format!("{status_line_path}/scheduledDeliveryInclRequests"),
-                    )
+                    delivery(r, d, &status_line_path.key("scheduledDeliveryInclRequests"))
                 }));
             (current, planned)
         }
@@ -397,55 +395,40 @@ fn line(r: &mut Reader, l: &Json, path: &str) -> LineV2 {
             ),
         ),
     };
-    let process_status = r.text(st("processStatus"), &format!("{status_path}/processStatus"));
+    let process_status = r.text(st("processStatus"), &status_path.key("processStatus"));
     LineV2 {
-        id: r.text(f("id"), &format!("{path}/id")),
-        line_type: r.text(
-            b("lineType").or(f("lineType")),
-            &format!("{buyer_path}/lineType"),
-        ),
+        id: r.text(f("id"), &path.key("id")),
+        line_type: r.text(b("lineType").or(f("lineType")), &buyer_path.key("lineType")),
         split_by_supplier: buyer.is_some() && position.is_none(),
         position,
-        original_position: r.text(
-            b("originalPosition"),
-            &format!("{buyer_path}/originalPosition"),
-        ),
-        description: r.text(b("description"), &format!("{buyer_path}/description")),
+        original_position: r.text(b("originalPosition"), &buyer_path.key("originalPosition")),
+        description: r.text(b("description"), &buyer_path.key("description")),
         item: Item {
-            number: r.text(it("number"), &format!("{item_path}/number")),
-            revision: r.text(it("revision"), &format!("{item_path}/revision")),
-            name: r.text(it("name"), &format!("{item_path}/name")),
+            number: r.text(it("number"), &item_path.key("number")),
+            revision: r.text(it("revision"), &item_path.key("revision")),
+            name: r.text(it("name"), &item_path.key("name")),
             purchase_unit_of_measure_iso: r.text(
                 it("purchaseUnitOfMeasureIso"),
-                &format!("{item_path}/purchaseUnitOfMeasureIso"),
+                &item_path.key("purchaseUnitOfMeasureIso"),
             ),
             supplier_item_number: r.text(
                 it("supplierItemNumber"),
-                &format!("{item_path}/supplierItemNumber"),
+                &item_path.key("supplierItemNumber"),
             ),
         },
         sales_order_number: r.text(
             s("salesOrderNumber"),
-            &format!("{supplier_path}/salesOrderNumber"),
+            &supplier_path.key("salesOrderNumber"),
         ),
         sales_order_line_position: r.text(
             s("salesOrderLinePosition").or(s("salesOrderPosition")),
-            &format!("{supplier_path}/salesOrderLinePosition"),
+            &supplier_path.key("salesOrderLinePosition"),
         ),
-        project_number: r.text(b("projectNumber"), &format!("{buyer_path}/projectNumber")),
-        production_number: r.text(
-            b("productionNumber"),
-            &format!("{buyer_path}/productionNumber"),
-        ),
+        project_number: r.text(b("projectNumber"), &buyer_path.key("projectNumber")),
+        production_number: r.text(b("productionNumber"), &buyer_path.key("productionNumber")),
 
-        in_progress_status: r.text(
-            st("inProgressStatus"),
-            &format!("{status_path}/inProgressStatus"),
-        ),
-        logistics_status: r.text(
-            st("logisticsStatus"),
-            &format!("{status_path}/logisticsStatus"),
-        ),
+        in_progress_status: r.text(st("inProgressStatus"), &status_path.key("inProgressStatus")),
+        logistics_status: r.text(st("logisticsStatus"), &status_path.key("logisticsStatus")),
         indicators: pass(f("indicators")),
         requested: buyer
             .map(|b| {
@@ -461,13 +444,13 @@ fn line(r: &mut Reader, l: &Json, path: &str) -> LineV2 {
             .filter(|v| !v.is_empty()),
         current,
         confirmed: r
-            .object(f("confirmedLine"), &format!("{path}/confirmedLine"))
+            .object(f("confirmedLine"), &path.key("confirmedLine"))
             .filter(|_| process_status.as_deref() == Some("Confirmed"))
             .map(|c| {
                 values(
                     r,
                     Some(c),
-                    &format!("{path}/confirmedLine"),
+                    &path.key("confirmedLine"),
                     "deliverySchedule",
                     "prices",
                     "chargeLines",
@@ -476,12 +459,12 @@ fn line(r: &mut Reader, l: &Json, path: &str) -> LineV2 {
         proposed: request(
             r,
             requests.and_then(|q| q.get("proposal")),
-            &format!("{requests_path}/proposal"),
+            &requests_path.key("proposal"),
         ),
         reopen_request: request(
             r,
             requests.and_then(|q| q.get("reopenRequest")),
-            &format!("{requests_path}/reopenRequest"),
+            &requests_path.key("reopenRequest"),
         ),
         buyer_requests: pass(b("requests")),
         including_requests: Some(including_requests).filter(|v| !v.is_empty()),
@@ -491,10 +474,10 @@ fn line(r: &mut Reader, l: &Json, path: &str) -> LineV2 {
         properties: pass(b("properties")),
         notes: pass(b("notes")),
         labels: pass(b("labels")),
-        documents: documents(r, b("documents"), &format!("{buyer_path}/documents")),
+        documents: documents(r, b("documents"), &buyer_path.key("documents")),
         merged_item_details: pass(f("mergedItemDetails")),
         event_dates: pass(f("eventDates")),
-        last_updated_at: r.text(f("lastUpdatedAt"), &format!("{path}/lastUpdatedAt")),
+        last_updated_at: r.text(f("lastUpdatedAt"), &path.key("lastUpdatedAt")),
     }
 }
 
@@ -508,34 +491,34 @@ impl Values {
 fn values(
     r: &mut Reader,
     o: Option<&Json>,
-    path: &str,
+    path: &Path<'_>,
     schedule: &str,
     price: &str,
     charges: &str,
 ) -> Values {
     let f = |k: &str| o.and_then(|o| o.get(k)).filter(|_| !k.is_empty());
-    let schedule_path = format!("{path}/{schedule}");
-    let charges_path = format!("{path}/{charges}");
+    let schedule_path = path.key(schedule);
+    let charges_path = path.key(charges);
     Values {
         delivery_schedule: r
             .array(f(schedule), &schedule_path)
             .iter()
             .enumerate()
-            .filter_map(|(i, d)| delivery(r, d, &format!("{schedule_path}/{i}")))
+            .filter_map(|(i, d)| delivery(r, d, &schedule_path.index(i)))
             .collect(),
-        prices: prices(r, f(price), &format!("{path}/{price}")),
+        prices: prices(r, f(price), &path.key(price)),
         charge_lines: r
             .array(f(charges), &charges_path)
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| charge_line(r, c, &format!("{charges_path}/{i}")))
+            .filter_map(|(i, c)| charge_line(r, c, &charges_path.index(i)))
             .collect(),
     }
 }
 
-fn charge_line(r: &mut Reader, c: &Json, path: &str) -> Option<ChargeLine> {
+fn charge_line(r: &mut Reader, c: &Json, path: &Path<'_>) -> Option<ChargeLine> {
     let c = r.object(Some(c), path)?;
-    let mut t = |k: &str| r.text(c.get(k), &format!("{path}/{k}"));
+    let mut t = |k: &str| r.text(c.get(k), &path.key(k));
     let (position, charge_type_code, charge_description, price_unit_of_measure_iso) = (
         t("position"),
         t("chargeTypeCode"),
@@ -546,13 +529,13 @@ fn charge_line(r: &mut Reader, c: &Json, path: &str) -> Option<ChargeLine> {
         position,
         charge_type_code,
         charge_description,
-        quantity: r.decimal(c.get("quantity"), &format!("{path}/quantity")),
-        price: price(r, c.get("price"), &format!("{path}/price")),
+        quantity: r.decimal(c.get("quantity"), &path.key("quantity")),
+        price: price(r, c.get("price"), &path.key("price")),
         price_unit_of_measure_iso,
     })
 }
 
-fn request(r: &mut Reader, v: Option<&Json>, path: &str) -> Option<Request> {
+fn request(r: &mut Reader, v: Option<&Json>, path: &Path<'_>) -> Option<Request> {
     let q = r.object(v, path)?;
     Some(Request {
         values: values(
@@ -563,14 +546,14 @@ fn request(r: &mut Reader, v: Option<&Json>, path: &str) -> Option<Request> {
             "prices",
             "chargeLines",
         ),
-        reason: r.text(q.get("reason"), &format!("{path}/reason")),
-        status: r.text(q.get("status"), &format!("{path}/status")),
+        reason: r.text(q.get("reason"), &path.key("reason")),
+        status: r.text(q.get("status"), &path.key("status")),
     })
 }
 
-fn delivery(r: &mut Reader, d: &Json, path: &str) -> Option<Delivery> {
+fn delivery(r: &mut Reader, d: &Json, path: &Path<'_>) -> Option<Delivery> {
     let d = r.object(Some(d), path)?;
-    let mut t = |k: &str| r.text(d.get(k), &format!("{path}/{k}"));
+    let mut t = |k: &str| r.text(d.get(k), &path.key(k));
     let (position, date, status, etd, eta, transport_mode) = (
         t("position"),
         t("date"),
@@ -582,7 +565,7 @@ fn delivery(r: &mut Reader, d: &Json, path: &str) -> Option<Delivery> {
     Some(Delivery {
         position,
         date,
-        quantity: r.decimal(d.get("quantity"), &format!("{path}/quantity")),
+        quantity: r.decimal(d.get("quantity"), &path.key("quantity")),
         status,
         etd,
         eta,
@@ -590,47 +573,42 @@ fn delivery(r: &mut Reader, d: &Json, path: &str) -> Option<Delivery> {
     })
 }
 
-fn prices(r: &mut Reader, v: Option<&Json>, path: &str) -> Option<Prices> {
+fn prices(r: &mut Reader, v: Option<&Json>, path: &Path<'_>) -> Option<Prices> {
     let p = r.object(v, path)?;
     Some(Prices {
-        gross_price: price(r, p.get("grossPrice"), &format!("{path}/grossPrice")),
-        discount_percentage: r.decimal(
-            p.get("discountPercentage"),
-            &format!("{path}/discountPercentage"),
-        ),
-        net_price: price(r, p.get("netPrice"), &format!("{path}/netPrice")),
+        gross_price: price(r, p.get("grossPrice"), &path.key("grossPrice")),
+        discount_percentage: r
+            .decimal(p.get("discountPercentage"), &path.key("discountPercentage")),
+        net_price: price(r, p.get("netPrice"), &path.key("netPrice")),
         price_unit_of_measure_iso: r.text(
             p.get("priceUnitOfMeasureIso"),
-            &format!("{path}/priceUnitOfMeasureIso"),
+            &path.key("priceUnitOfMeasureIso"),
         ),
-        price_unit_quantity: r.decimal(
-            p.get("priceUnitQuantity"),
-            &format!("{path}/priceUnitQuantity"),
-        ),
+        price_unit_quantity: r.decimal(p.get("priceUnitQuantity"), &path.key("priceUnitQuantity")),
     })
 }
 
-fn price(r: &mut Reader, v: Option<&Json>, path: &str) -> Option<Price> {
+fn price(r: &mut Reader, v: Option<&Json>, path: &Path<'_>) -> Option<Price> {
     let p = r.object(v, path)?;
     Some(Price {
         transaction_currency: money(
             r,
             p.get("priceInTransactionCurrency"),
-            &format!("{path}/priceInTransactionCurrency"),
+            &path.key("priceInTransactionCurrency"),
         ),
         base_currency: money(
             r,
             p.get("priceInBaseCurrency"),
-            &format!("{path}/priceInBaseCurrency"),
+            &path.key("priceInBaseCurrency"),
         ),
     })
 }
 
-fn money(r: &mut Reader, v: Option<&Json>, path: &str) -> Option<Money> {
+fn money(r: &mut Reader, v: Option<&Json>, path: &Path<'_>) -> Option<Money> {
     let m = r.object(v, path)?;
     Some(Money {
-        value: r.decimal(m.get("value"), &format!("{path}/value")),
-        currency_iso: r.text(m.get("currencyIso"), &format!("{path}/currencyIso")),
+        value: r.decimal(m.get("value"), &path.key("value")),
+        currency_iso: r.text(m.get("currencyIso"), &path.key("currencyIso")),
     })
 }
 
@@ -641,42 +619,47 @@ fn money(r: &mut Reader, v: Option<&Json>, path: &str) -> Option<Money> {
 /// "current").
 fn legacy(r: &mut Reader, o: &Json) -> (HeaderV2, Vec<LineV2>) {
     let party = |r: &mut Reader, k: &str| {
-        let p = r.object(o.get(k), &format!("/{k}"));
+        let at = ROOT.key(k);
+        let p = r.object(o.get(k), &at);
         (
-            p.and_then(|p| r.text(p.get("companyId"), &format!("/{k}/companyId"))),
-            p.and_then(|p| r.text(p.get("code"), &format!("/{k}/code"))),
+            p.and_then(|p| r.text(p.get("companyId"), &at.key("companyId"))),
+            p.and_then(|p| r.text(p.get("code"), &at.key("code"))),
         )
     };
     let (supplier_company, supplier_code) = party(r, "supplier");
     let (customer_company, customer_code) = party(r, "customer");
     let header = HeaderV2 {
-        purchase_order_number: r.text(o.get("code"), "/code"),
-        process_status: r.text(o.get("status"), "/status"),
+        purchase_order_number: r.text(o.get("code"), &ROOT.key("code")),
+        process_status: r.text(o.get("status"), &ROOT.key("status")),
         buyer: PartyOrder {
             company_id: customer_company,
             account_number: supplier_code,
-            description: r.text(o.get("description"), "/description"),
+            description: r.text(o.get("description"), &ROOT.key("description")),
             delivery_address: pass(o.get("deliveryAddress")),
             ..PartyOrder::default()
         },
         supplier: PartyOrder {
             company_id: supplier_company,
             account_number: customer_code,
-            description: r.text(o.get("supplierDescription"), "/supplierDescription"),
+            description: r.text(
+                o.get("supplierDescription"),
+                &ROOT.key("supplierDescription"),
+            ),
             ..PartyOrder::default()
         },
         ..HeaderV2::default()
     };
+    let lines_path = ROOT.key("lines");
     let lines = r
-        .array(o.get("lines"), "/lines")
+        .array(o.get("lines"), &lines_path)
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let path = format!("/lines/{i}");
+            let path = lines_path.index(i);
             let Some(l) = r.object(Some(l), &path) else {
                 return LineV2::default();
             };
-            let mut t = |k: &str| r.text(l.get(k), &format!("{path}/{k}"));
+            let mut t = |k: &str| r.text(l.get(k), &path.key(k));
             let (id, position, status, description) =
                 (t("lineId"), t("row"), t("status"), t("description"));
             let item = Item {
@@ -710,23 +693,20 @@ fn legacy(r: &mut Reader, o: &Json) -> (HeaderV2, Vec<LineV2>) {
 fn legacy_values(
     r: &mut Reader,
     l: &Json,
-    path: &str,
+    path: &Path<'_>,
     which: &str,
     price_unit: Option<String>,
 ) -> Option<Values> {
     let key = |k: &str| format!("{k}{which}");
-    let quantity = r.decimal(
-        l.get(&key("quantity")),
-        &format!("{path}/{}", key("quantity")),
-    );
+    let quantity = r.decimal(l.get(&key("quantity")), &path.key(&key("quantity")));
     let date = r
         .text(
             l.get(&key("deliveryDateTime")),
-            &format!("{path}/{}", key("deliveryDateTime")),
+            &path.key(&key("deliveryDateTime")),
         )
         .map(|d| d.chars().take(10).collect());
     let amount = |r: &mut Reader, k: &str| -> Option<Price> {
-        let m = money(r, l.get(&key(k)), &format!("{path}/{}", key(k)))?;
+        let m = money(r, l.get(&key(k)), &path.key(&key(k)))?;
         Some(Price {
             transaction_currency: Some(m),
             base_currency: None,
@@ -736,11 +716,11 @@ fn legacy_values(
     let net = amount(r, "netPurchasePrice");
     let discount = r.decimal(
         l.get(&key("discountPercentage")),
-        &format!("{path}/{}", key("discountPercentage")),
+        &path.key(&key("discountPercentage")),
     );
     let unit_quantity = r.decimal(
         l.get(&key("priceUnitQuantity")),
-        &format!("{path}/{}", key("priceUnitQuantity")),
+        &path.key(&key("priceUnitQuantity")),
     );
     let schedule = (quantity.is_some() || date.is_some()).then(|| Delivery {
         date,
@@ -767,6 +747,39 @@ fn pass(v: Option<&Json>) -> Option<Json> {
     v.filter(|v| !v.is_null()).cloned()
 }
 
+/// Where a field is in the payload, as a JSON Pointer (`/orderEvent/lines/0/id`). Built as the
+/// reader descends and written out only for a warning: most fields have their documented type,
+/// so most paths are never written.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+/// The payload itself (`""` as a JSON Pointer).
+static ROOT: Path<'static> = Path::Root;
+
+impl<'a> Path<'a> {
+    fn key(&'a self, key: &'a str) -> Path<'a> {
+        Path::Key(self, key)
+    }
+
+    fn index(&'a self, index: usize) -> Path<'a> {
+        Path::Index(self, index)
+    }
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root => Ok(()),
+            Path::Key(parent, key) => write!(f, "{parent}/{key}"),
+            Path::Index(parent, index) => write!(f, "{parent}/{index}"),
+        }
+    }
+}
+
 /// Reads fields with their documented types, noting each that has another.
 #[derive(Default)]
 struct Reader {
@@ -774,15 +787,15 @@ struct Reader {
 }
 
 impl Reader {
-    fn warn(&mut self, path: &str, expected: &str, found: &Json) {
+    fn warn(&mut self, path: &Path<'_>, expected: &str, found: &Json) {
         self.warnings.push(FieldWarning {
-            path: path.to_owned(),
+            path: path.to_string(),
             expected: expected.to_owned(),
             found: found.kind().to_owned(),
         });
     }
 
-    fn object<'a>(&mut self, v: Option<&'a Json>, path: &str) -> Option<&'a Json> {
+    fn object<'a>(&mut self, v: Option<&'a Json>, path: &Path<'_>) -> Option<&'a Json> {
         match v? {
             Json::Null => None,
             o @ Json::Object(_) => Some(o),
@@ -793,7 +806,7 @@ impl Reader {
         }
     }
 
-    fn array<'a>(&mut self, v: Option<&'a Json>, path: &str) -> &'a [Json] {
+    fn array<'a>(&mut self, v: Option<&'a Json>, path: &Path<'_>) -> &'a [Json] {
         match v {
             None | Some(Json::Null) => &[],
             Some(Json::Array(items)) => items,
@@ -805,7 +818,7 @@ impl Reader {
     }
 
     /// A string; a number is taken as its text (ids and positions come as either).
-    fn text(&mut self, v: Option<&Json>, path: &str) -> Option<String> {
+    fn text(&mut self, v: Option<&Json>, path: &Path<'_>) -> Option<String> {
         match v? {
             Json::Null => None,
             Json::String(s) => Some(s.clone()),
@@ -818,7 +831,7 @@ impl Reader {
     }
 
     /// A decimal: a JSON number's text, or a string holding one (Tradecloud's 2020 format).
-    fn decimal(&mut self, v: Option<&Json>, path: &str) -> Option<DecimalText> {
+    fn decimal(&mut self, v: Option<&Json>, path: &Path<'_>) -> Option<DecimalText> {
         match v? {
             Json::Null => None,
             Json::Number(n) => Some(DecimalText(n.clone())),
@@ -830,7 +843,7 @@ impl Reader {
         }
     }
 
-    fn integer(&mut self, v: Option<&Json>, path: &str) -> Option<i64> {
+    fn integer(&mut self, v: Option<&Json>, path: &Path<'_>) -> Option<i64> {
         let parsed = match v? {
             Json::Null => return None,
             Json::Number(n) | Json::String(n) => n.trim().parse::<i64>().ok(),
