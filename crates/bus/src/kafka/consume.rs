@@ -101,6 +101,13 @@ impl ConsumerOpener for Kafka {
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", c.session_timeout_ms.to_string())
             .set("max.poll.interval.ms", c.max_poll_interval_ms.to_string());
+        // librdkafka prefetches up to 64 MiB of messages by default; a worker holds at most
+        // `max_held` triggers anyway, so a smaller queue keeps a worker draining a backlog
+        // small (8 MiB: a few thousand triggers, several fetches ahead). `properties` may set
+        // another.
+        if cc.get("queued.max.messages.kbytes").is_none() {
+            cc.set("queued.max.messages.kbytes", PREFETCH_KIB.to_string());
+        }
         if !tail {
             // For the consumer lag gauge (the stats callback of `Context`).
             cc.set(
@@ -123,6 +130,9 @@ impl ConsumerOpener for Kafka {
         }))
     }
 }
+
+/// What a consumer prefetches at most (`queued.max.messages.kbytes`) unless `properties` says.
+pub const PREFETCH_KIB: usize = 8 * 1024;
 
 /// A group id no other tail uses: the process id and the time.
 fn uuid_like() -> String {
