@@ -780,7 +780,7 @@ async fn benches_print_a_row_per_setting() {
         .map(|l| l.split('|').map(|c| c.trim().to_owned()).collect())
         .collect();
     let runs: Vec<&str> = rows.iter().map(|r| r[2].as_str()).collect();
-    assert_eq!(runs.len(), 5, "{text}");
+    assert_eq!(runs.len(), 6, "{text}");
     assert_eq!(runs[0], "HTTP only (ceiling)");
     assert_eq!(runs[1], "bridge ingress");
     assert!(
@@ -800,13 +800,15 @@ async fn benches_print_a_row_per_setting() {
     assert!(rows[3][10].starts_with("ingress+worker "), "{text}");
     // End to end: every event the ingress accepted (answered 200) came out on the orders topic
     // (and maybe a few more: a call wrk dropped when it stopped may be published unanswered).
-    let counts: Vec<usize> = rows[3][11]
-        .split(" accepted")
-        .next()
-        .unwrap()
-        .split(" published of ")
-        .map(|n| n.parse().unwrap())
-        .collect();
+    let published_of_accepted = |note: &str| -> Vec<usize> {
+        note.split(" accepted")
+            .next()
+            .unwrap()
+            .split(" published of ")
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    let counts = published_of_accepted(&rows[3][11]);
     assert!(counts[1] > 0 && counts[0] >= counts[1], "{text}");
     assert!(rows[4][11].starts_with("12 of 12 published"), "{text}");
     // Coalescing: fewer fetches than GET triggers.
@@ -820,6 +822,15 @@ async fn benches_print_a_row_per_setting() {
         .parse()
         .unwrap();
     assert!(fetches < 12, "{text}");
+    // The worker alone drains the backlog the ingress alone left: every accepted event.
+    assert_eq!(
+        runs[5], "worker alone, draining a backlog of POSTed events",
+        "{text}"
+    );
+    let counts = published_of_accepted(&rows[5][11]);
+    assert!(counts[1] > 0 && counts[0] >= counts[1], "{text}");
+    assert!(rows[5][8].parse::<f64>().unwrap() > 0.0, "{text}");
+    assert!(rows[5][10].starts_with("worker "), "{text}");
 }
 
 /// Every series `docs/metrics.md` lists is on `/metrics` before the first request (Kafka's

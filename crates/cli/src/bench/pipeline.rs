@@ -61,6 +61,10 @@ pub struct PipelineArgs {
     /// Give up on a step after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// Keep the working folder (configs, and each process's log: `LABEL.log` beside its ready
+    /// file) and print where it is.
+    #[arg(long)]
+    keep: bool,
 }
 
 /// One backend to bench.
@@ -165,11 +169,20 @@ impl Proc {
         listens: bool,
     ) -> Result<Self, CliError> {
         let exe = std::env::current_exe().map_err(io("this binary"))?;
+        // One left by an earlier process would name its (closed) listeners.
+        match std::fs::remove_file(ready) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("an earlier ready file")(e));
+            }
+            _ => {}
+        }
         let mut cmd = tokio::process::Command::new(exe);
+        // Its log (warnings and errors: `log_level = "warn"`), for `--keep`.
+        let log = std::fs::File::create(ready.with_extension("log")).map_err(io("a log file"))?;
         cmd.args(args)
             .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .kill_on_drop(true);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("OTEL_") {
@@ -200,6 +213,20 @@ impl Proc {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        // A bridge process listens before its broker is connected (and answers 503 until then,
+        // as Tradecloud expects): loads start once `/readyz` says it is ready.
+        if let Some(admin) = &admin {
+            let url = format!("http://{admin}/readyz");
+            while !reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                if Instant::now() > deadline {
+                    return Err(CliError::Io(format!("{label} was not ready in 60 s")));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         Ok(Self {
             child,
             pid,
@@ -231,6 +258,22 @@ impl Proc {
             .find_map(|l| l.strip_prefix(&series))
             .and_then(|n| n.trim().parse::<f64>().ok())
             .unwrap_or_default() as u64)
+    }
+
+    /// Webhook calls it answered 200, once wrk has stopped: calls still in flight when wrk
+    /// stopped are answered too (wrk does not count them), so the count once it stays put for
+    /// 300 ms (at most 6 s).
+    async fn accepted_settled(&self) -> Result<u64, CliError> {
+        let mut accepted = self.accepted().await?;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = self.accepted().await?;
+            if now == accepted {
+                break;
+            }
+            accepted = now;
+        }
+        Ok(accepted)
     }
 
     /// The bridge's `subcommand` (`run`, `ingress`, `worker`) with `config`, its ready file in
@@ -537,6 +580,29 @@ struct Arrival {
     message_id: Option<String>,
 }
 
+/// What the reader takes from an output on the orders topic.
+#[derive(serde::Deserialize)]
+struct Output {
+    trigger: OutputTrigger,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OutputTrigger {
+    id: String,
+    received_at: Option<chrono::DateTime<chrono::Utc>>,
+    tradecloud_message_id: Option<String>,
+}
+
+/// The outputs a wait found.
+struct Outputs {
+    /// End-to-end latencies (from the ingress receiving the call), µs.
+    latencies: Histogram<u64>,
+    count: usize,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
 /// A reader of the orders topic: when each trigger's output arrived, by trigger id.
 struct Reader {
     arrived: Arc<Mutex<HashMap<String, Arrival>>>,
@@ -562,26 +628,22 @@ impl Reader {
                     }
                 };
                 let (at, now) = (Instant::now(), chrono::Utc::now());
-                if let Ok(v) =
-                    serde_json::from_slice::<serde_json::Value>(&delivery.message.payload)
-                    && let Some(id) = v["trigger"]["id"].as_str()
+                // Only the trigger's facts are read (no tree of the whole message): this
+                // process shares the two cores with what it measures.
+                if let Ok(out) = serde_json::from_slice::<Output>(&delivery.message.payload)
                     && let Ok(mut seen) = seen.lock()
                 {
-                    let received = v["trigger"]["receivedAt"]
-                        .as_str()
-                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-                    let latency = received
-                        .and_then(|r| (now - r.to_utc()).to_std().ok())
+                    let latency = out
+                        .trigger
+                        .received_at
+                        .and_then(|r| (now - r).to_std().ok())
                         .unwrap_or_default();
-                    let message_id = v["trigger"]["tradecloudMessageId"]
-                        .as_str()
-                        .map(str::to_owned);
                     seen.insert(
-                        id.to_owned(),
+                        out.trigger.id,
                         Arrival {
                             at,
                             latency,
-                            message_id,
+                            message_id: out.trigger.tradecloud_message_id,
                         },
                     );
                 }
@@ -591,48 +653,45 @@ impl Reader {
         Ok(Self { arrived, task })
     }
 
-    /// Waits until `expected` outputs `wanted` have arrived (or `timeout`): their end-to-end
-    /// latencies (from the ingress receiving the call), how many arrived, and when the last did.
+    /// Waits until `expected` outputs `wanted` have arrived (or `timeout`).
     async fn wait(
         &self,
         wanted: impl Fn(&str, &Arrival) -> bool,
         expected: usize,
         timeout: Duration,
-    ) -> Result<(Histogram<u64>, usize, Option<Instant>), CliError> {
+    ) -> Result<Outputs, CliError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let (h, n, last) = {
+            let found = {
                 let seen = self
                     .arrived
                     .lock()
                     .map_err(|_| CliError::Io("reader".into()))?;
-                let mut h = histogram()?;
-                let mut last: Option<Instant> = None;
-                let mut n = 0;
+                let mut found = Outputs {
+                    latencies: histogram()?,
+                    count: 0,
+                    first: None,
+                    last: None,
+                };
                 for a in seen.iter().filter(|(id, a)| wanted(id, a)).map(|(_, a)| a) {
-                    n += 1;
-                    last = Some(last.map_or(a.at, |l| l.max(a.at)));
-                    let _ = h.record(a.latency.as_micros() as u64);
+                    found.count += 1;
+                    found.first = Some(found.first.map_or(a.at, |f| f.min(a.at)));
+                    found.last = Some(found.last.map_or(a.at, |l| l.max(a.at)));
+                    let _ = found.latencies.record(a.latency.as_micros() as u64);
                 }
-                (h, n, last)
+                found
             };
-            if n >= expected || Instant::now() > deadline {
-                return Ok((h, n, last));
+            if found.count >= expected || Instant::now() > deadline {
+                return Ok(found);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Waits for the outputs of the triggers `load` sent.
-    async fn wait_for(
-        &self,
-        load: &Load,
-        timeout: Duration,
-    ) -> Result<(Histogram<u64>, usize, Instant), CliError> {
-        let (h, n, last) = self
-            .wait(|id, _| load.sent_at.contains_key(id), load.ok, timeout)
-            .await?;
-        Ok((h, n, last.unwrap_or(load.first_sent)))
+    async fn wait_for(&self, load: &Load, timeout: Duration) -> Result<Outputs, CliError> {
+        self.wait(|id, _| load.sent_at.contains_key(id), load.ok, timeout)
+            .await
     }
 
     /// Waits for `expected` outputs of events whose message ids start with `prefix`.
@@ -641,7 +700,7 @@ impl Reader {
         prefix: &str,
         expected: usize,
         timeout: Duration,
-    ) -> Result<(Histogram<u64>, usize, Option<Instant>), CliError> {
+    ) -> Result<Outputs, CliError> {
         self.wait(
             |_, a| {
                 a.message_id
@@ -736,7 +795,8 @@ impl Setup {
         .map_err(|e| CliError::Io(e.to_string()))
     }
 
-    /// The bridge's config with `bus`, in `run_dir`.
+    /// The bridge's config with `bus`, in `run_dir`: the worker publishes message v2 and
+    /// remembers Tradecloud's message ids (`dedupe_path`), as the compose files deploy it.
     fn config(&self, bus: &str, run_dir: &Path, group: &str) -> Result<PathBuf, CliError> {
         let c = SimConfig::default();
         let text = format!(
@@ -744,6 +804,7 @@ impl Setup {
              tls = {{ mode = \"files\", cert = \"{cert}\", key = \"{key}\" }}\n\
              auth = {{ kind = \"basic\", username = \"{USER}\", password = \"${{file:{pw}}}\" }}\n\
              \n[worker]\ngroup = \"{group}\"\nmessage_version = \"v2\"\n\
+             dedupe_path = \"{dedupe}\"\n\
              \n[worker.tradecloud]\nbase_url = \"{api}\"\nemail = \"{email}\"\n\
              password = \"{api_pw}\"\nca_file = \"{api_ca}\"\n\
              \n[admin]\nlisten = \"127.0.0.1:0\"\n\n[telemetry]\nlog_level = \"warn\"\n",
@@ -755,6 +816,7 @@ impl Setup {
             email = c.email,
             api_pw = c.password,
             api_ca = self.sim_ca.display(),
+            dedupe = run_dir.join("dedupe.db").display(),
         );
         let path = run_dir.join("bridge.toml");
         std::fs::write(&path, text).map_err(io("config"))?;
@@ -804,6 +866,9 @@ pub async fn run(args: PipelineArgs) -> Result<(), CliError> {
         rows.extend(bench_backend(&args, &setup, &backend, &run_id).await?);
     }
     setup.sim.stop().await;
+    if args.keep {
+        println!("working folder kept: {}", temp.keep().display());
+    }
     println!();
     println!(
         "| backend | run | req/s | vs HTTP only | vs minimal publisher | answer p50 / p99 / p999 | \
@@ -1029,7 +1094,7 @@ async fn bench_backend(
         procs
             .iter()
             .map(|p| Some((p.label, p.pid)))
-            .chain([backend.broker_pid()]),
+            .chain([backend.broker_pid(), Some(("reader", std::process::id()))]),
     );
     let started = Instant::now();
     let w = wrk(
@@ -1042,23 +1107,16 @@ async fn bench_backend(
         },
     )
     .await?;
-    // Calls still in flight when wrk stopped are answered too (wrk does not count them): the
-    // count once it stays put for 300 ms.
-    let mut accepted = ingress.accepted().await?;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = ingress.accepted().await?;
-        if now == accepted {
-            break;
-        }
-        accepted = now;
-    }
-    let accepted = accepted.saturating_sub(accepted_before) as usize;
+    let accepted = ingress
+        .accepted_settled()
+        .await?
+        .saturating_sub(accepted_before) as usize;
     // At least the accepted ones (a call wrk dropped when it stopped may be published too).
-    let (e2e, arrived, last) = reader
+    let out = reader
         .wait_tagged(&format!("bench-{tag}-"), accepted, timeout)
         .await?;
-    let last = last.unwrap_or(started);
+    let (e2e, arrived) = (&out.latencies, out.count);
+    let last = out.last.unwrap_or(started);
     let sustained = arrived as f64 / last.duration_since(started).as_secs_f64().max(1e-9);
     let mut row = Row {
         backend: name,
@@ -1090,7 +1148,8 @@ async fn bench_backend(
         Webhook::GetPath(orders[i % orders.len()].clone())
     })
     .await?;
-    let (_, drained, last) = reader.wait_for(&burst, timeout).await?;
+    let out = reader.wait_for(&burst, timeout).await?;
+    let (drained, last) = (out.count, out.last.unwrap_or(burst.first_sent));
     let fetches = setup.sim.stats().order_fetches - fetches_before;
     let mut rss = Vec::new();
     for p in procs {
@@ -1125,6 +1184,55 @@ async fn bench_backend(
         ),
         ..Row::default()
     });
+
+    // 6. The worker alone, draining a backlog: the ingress takes distinct events for as long as
+    // above with no worker running and stops; then the worker starts on them, sharing the two
+    // cores only with the broker (and this reader). Outputs per second from the first output to
+    // the last: what the worker sustains when it has cores of its own.
+    let ingress = Proc::bridge("ingress", "ingress", &config, &e2e_dir).await?;
+    let tag = format!("backlog-{run_id}");
+    wrk(
+        setup,
+        port(&ingress)?,
+        &WrkLoad {
+            body: event_template(&tag),
+            distinct: true,
+            ..WrkLoad::closed(args)
+        },
+    )
+    .await?;
+    let backlog = ingress.accepted_settled().await? as usize;
+    ingress.stop().await;
+    let worker = Proc::bridge("worker", "worker", &config, &e2e_dir).await?;
+    let cpu = CpuWatch::start([
+        Some((worker.label, worker.pid)),
+        backend.broker_pid(),
+        Some(("reader", std::process::id())),
+    ]);
+    let out = reader
+        .wait_tagged(&format!("bench-{tag}-"), backlog, timeout)
+        .await?;
+    let span = match (out.first, out.last) {
+        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+        _ => 0.0,
+    };
+    let drain_rate = out.count.saturating_sub(1) as f64 / span.max(1e-9);
+    let cpu = cpu.per_call(out.count as u64);
+    rows.push(Row {
+        backend: name,
+        run: "worker alone, draining a backlog of POSTed events".to_owned(),
+        triggers_per_second: Some(drain_rate),
+        cpu,
+        rss: vec![worker.stop().await],
+        note: format!(
+            "{} published of {backlog} accepted in {span:.1} s; worker {:.2}x the ingress's \
+             maximum",
+            out.count,
+            drain_rate / ingress_max.max(1e-9)
+        ),
+        ..Row::default()
+    });
+
     reader.task.abort();
     bus.close().await;
     // The tail streams (`tail_streams`, on by default) keep what the worker published.
