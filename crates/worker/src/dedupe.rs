@@ -14,7 +14,7 @@
 //! on a fast disk and a few hundred on a slow one. An id is reported remembered only once its
 //! commit is on disk.
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -168,28 +168,29 @@ fn serve(mut conn: Connection, mut queue: mpsc::Receiver<Op>, path: &str) {
         match work(&mut conn, &batch) {
             Ok(seen) => {
                 for (op, seen) in batch.drain(..).zip(seen) {
-                    match op {
-                        Op::Seen { answer, .. } => {
-                            let _ = answer.send(Ok(seen));
-                        }
-                        Op::Remember { answer, .. } => {
-                            let _ = answer.send(Ok(()));
-                        }
-                    }
+                    op.answer(Ok(seen));
                 }
             }
             Err(e) => {
                 let e = format!("the duplicates file {path}: {e}");
                 for op in batch.drain(..) {
-                    match op {
-                        Op::Seen { answer, .. } => {
-                            let _ = answer.send(Err(e.clone()));
-                        }
-                        Op::Remember { answer, .. } => {
-                            let _ = answer.send(Err(e.clone()));
-                        }
-                    }
+                    op.answer(Err(e.clone()));
                 }
+            }
+        }
+    }
+}
+
+impl Op {
+    /// Answers the caller: for a lookup whether the id was seen, for an id that it is
+    /// committed (or the batch's error, for either).
+    fn answer(self, outcome: Result<bool, String>) {
+        match self {
+            Op::Seen { answer, .. } => {
+                let _ = answer.send(outcome);
+            }
+            Op::Remember { answer, .. } => {
+                let _ = answer.send(outcome.map(|_| ()));
             }
         }
     }
@@ -198,7 +199,15 @@ fn serve(mut conn: Connection, mut queue: mpsc::Receiver<Op>, path: &str) {
 /// One transaction for `batch`, in order (a lookup after an id in the same batch sees it): for
 /// each op, whether the id was seen (lookups; `false` for the rest).
 fn work(conn: &mut Connection, batch: &[Op]) -> Result<Vec<bool>, rusqlite::Error> {
-    let tx = conn.transaction()?;
+    // A batch that writes takes the write lock up front (waiting up to the busy timeout for
+    // another worker sharing the file): a read transaction upgraded to a write later would fail
+    // at once with SQLITE_BUSY instead of waiting.
+    let writes = batch.iter().any(|op| matches!(op, Op::Remember { .. }));
+    let tx = conn.transaction_with_behavior(if writes {
+        TransactionBehavior::Immediate
+    } else {
+        TransactionBehavior::Deferred
+    })?;
     let mut seen = Vec::with_capacity(batch.len());
     {
         let mut lookup =
@@ -310,6 +319,49 @@ mod tests {
             work(&mut conn, &batch).unwrap(),
             [false, false, true, false, false]
         );
+    }
+
+    /// Two workers sharing one file (compose's scaled replicas on one volume): a batch that
+    /// looks up and then writes while the other holds the write lock waits for it (the busy
+    /// timeout) instead of failing with SQLITE_BUSY, and sees what the other committed.
+    #[test]
+    fn a_batch_waits_for_another_worker_holding_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dedupe.db");
+        drop(Dedupe::open(&path, Duration::from_secs(3600)).unwrap());
+        let open = || {
+            let c = Connection::open(&path).unwrap();
+            c.busy_timeout(Duration::from_secs(5)).unwrap();
+            c
+        };
+        let other = open();
+        other
+            .execute_batch(
+                "BEGIN IMMEDIATE; INSERT INTO published (message_id, at) VALUES ('theirs', 1);",
+            )
+            .unwrap();
+        let mut mine = open();
+        let worked = std::thread::spawn(move || {
+            let batch = [
+                Op::Seen {
+                    id: "theirs".to_owned(),
+                    since: 0,
+                    answer: oneshot::channel().0,
+                },
+                Op::Remember {
+                    id: "mine".to_owned(),
+                    now: 2,
+                    sweep: None,
+                    answer: oneshot::channel().0,
+                },
+            ];
+            work(&mut mine, &batch)
+        });
+        // Time for the batch to meet the held lock (were it slower, the test would show less,
+        // not fail wrongly).
+        std::thread::sleep(Duration::from_millis(200));
+        other.execute_batch("COMMIT;").unwrap();
+        assert_eq!(worked.join().unwrap().unwrap(), [true, false]);
     }
 
     #[test]
