@@ -862,3 +862,50 @@ fn is_decimal(s: &str) -> bool {
         && serde_json::from_str::<&RawValue>(s).is_ok()
         && !s.contains(|c: char| c.is_whitespace())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::IdKind;
+
+    fn warning_paths(id_kind: IdKind, body: serde_json::Value) -> Vec<String> {
+        let at = chrono::Utc::now();
+        let t = TriggerEnvelope::get(id_kind, "4711", at).unwrap();
+        let m = normalize_fetched_order_v2(&t, body.to_string().as_bytes(), at).unwrap();
+        m.warnings.into_iter().map(|w| w.path).collect()
+    }
+
+    /// A fetched order's paths start at its root (`/version`, not `/orderEvent/version`), down
+    /// through keys and list positions; a legacy order's through its own members.
+    #[test]
+    fn warnings_point_into_the_fetched_order() {
+        let order = serde_json::json!({
+            "id": "4711",
+            "version": "three",
+            "buyerOrder": {"purchaseOrderNumber": {}, "documents": [{"name": []}]},
+            "lines": [
+                {"id": "l-0"},
+                {"id": "l-1", "buyerLine": {"position": [], "deliverySchedule": [{"quantity": "x"}]}}
+            ]
+        });
+        assert_eq!(
+            warning_paths(IdKind::OrderId, order),
+            [
+                "/lines/1/buyerLine/position",
+                "/lines/1/buyerLine/deliverySchedule/0/quantity",
+                "/version",
+                "/buyerOrder/purchaseOrderNumber",
+                "/buyerOrder/documents/0/name",
+            ]
+        );
+        let legacy = serde_json::json!({
+            "supplier": {"code": []},
+            "lines": [{"lineId": "l-0", "quantityRequested": "many"}]
+        });
+        assert_eq!(
+            warning_paths(IdKind::LegacyOrderId, legacy),
+            ["/supplier/code", "/lines/0/quantityRequested"]
+        );
+    }
+}
