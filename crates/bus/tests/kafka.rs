@@ -183,8 +183,18 @@ fn properties_may_not_override_what_the_bridge_sets() {
     c.properties.insert("acks".to_owned(), "1".to_owned());
     c.properties
         .insert("enable.idempotence".to_owned(), "false".to_owned());
+    // One of its own keys (`session_timeout_ms`): set there, not here.
+    c.properties
+        .insert("session.timeout.ms".to_owned(), "6000".to_owned());
     let keys: Vec<String> = c.validate().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, ["properties.acks", "properties.enable.idempotence"]);
+    assert_eq!(
+        keys,
+        [
+            "properties.acks",
+            "properties.enable.idempotence",
+            "properties.session.timeout.ms"
+        ]
+    );
 }
 
 #[tokio::test]

@@ -92,8 +92,18 @@ fn default_max_message_bytes() -> usize {
 
 /// librdkafka properties the bridge sets itself (for its guarantees, or from its own keys):
 /// `properties` may not override them.
-pub(super) const OWN_PROPERTIES: [&str; 17] = [
+pub(super) const OWN_PROPERTIES: [&str; 24] = [
     "bootstrap.servers",
+    "client.id",
+    // From `session_timeout_ms`, `max_poll_interval_ms`, `commit_interval_ms`.
+    "session.timeout.ms",
+    "max.poll.interval.ms",
+    "auto.commit.interval.ms",
+    // The worker's settings: a producer's linger, a consumer's partition ends and statistics
+    // (the consumer-lag gauge).
+    "linger.ms",
+    "enable.partition.eof",
+    "statistics.interval.ms",
     "security.protocol",
     "sasl.mechanism",
     "sasl.username",
