@@ -759,7 +759,8 @@ async fn benches_print_a_row_per_setting() {
     assert_eq!(labels, ["journal off", "journal on"], "{text}");
 
     // The pipeline bench on the embedded queue: the ceiling, the ingress (closed and open loop),
-    // end to end through the worker (all by wrk), a GET burst; every trigger published.
+    // end to end through the worker (all by wrk), a GET burst, the worker alone draining a
+    // backlog; every trigger published.
     let text = run_bench(&[
         "pipeline",
         "--seconds",

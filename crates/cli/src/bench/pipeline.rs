@@ -15,10 +15,13 @@
 //!    the call, and the outputs per second sustained from the first call to the last output,
 //!    against the ingress's maximum (3);
 //! 5. a burst of GET triggers for a few orders: how long the worker takes to drain it at
-//!    Tradecloud's rate limit, and how many fetches coalescing saved.
+//!    Tradecloud's rate limit, and how many fetches coalescing saved;
+//! 6. the worker alone draining a backlog the ingress alone took (distinct events, as in 4):
+//!    the outputs per second it sustains without the ingress on the same cores.
 //!
 //! Each row gives the answers' rate and latency, the end-to-end latency and sustained rate
-//! where there is one, and the peak RSS of each process.
+//! where there is one, the peak RSS and the CPU per call of each process. A bridge process is
+//! loaded only once its `/readyz` is green.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -61,8 +64,8 @@ pub struct PipelineArgs {
     /// Give up on a step after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
-    /// Keep the working folder (configs, and each process's log: `LABEL.log` beside its ready
-    /// file) and print where it is.
+    /// Keep the working folder (configs, and each process's log beside its ready file:
+    /// `ingress.log`, `worker.log`, ...) and print where it is, also when a step fails.
     #[arg(long)]
     keep: bool,
 }
@@ -177,8 +180,13 @@ impl Proc {
             _ => {}
         }
         let mut cmd = tokio::process::Command::new(exe);
-        // Its log (warnings and errors: `log_level = "warn"`), for `--keep`.
-        let log = std::fs::File::create(ready.with_extension("log")).map_err(io("a log file"))?;
+        // Its log (warnings and errors: `log_level = "warn"`), for `--keep`; a later process of
+        // the same subcommand adds to it.
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(ready.with_extension("log"))
+            .map_err(io("a log file"))?;
         cmd.args(args)
             .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
@@ -217,10 +225,19 @@ impl Proc {
         // as Tradecloud expects): loads start once `/readyz` says it is ready.
         if let Some(admin) = &admin {
             let url = format!("http://{admin}/readyz");
-            while !reqwest::get(&url)
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .map_err(|e| CliError::Io(format!("an HTTP client: {e}")))?;
+            while !client
+                .get(&url)
+                .send()
                 .await
                 .is_ok_and(|r| r.status().is_success())
             {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(CliError::Io(format!("{label} exited with {status}")));
+                }
                 if Instant::now() > deadline {
                     return Err(CliError::Io(format!("{label} was not ready in 60 s")));
                 }
@@ -512,6 +529,15 @@ impl WrkLoad {
             rate: None,
             body: event_body(1, "wrk"),
             distinct: false,
+        }
+    }
+
+    /// Closed loop, distinct events (500 orders, a message id each, `bench-{tag}-N`).
+    fn distinct(args: &PipelineArgs, tag: &str) -> Self {
+        Self {
+            body: event_template(tag),
+            distinct: true,
+            ..Self::closed(args)
         }
     }
 }
@@ -827,6 +853,12 @@ impl Setup {
 pub async fn run(args: PipelineArgs) -> Result<(), CliError> {
     let temp = tempfile::tempdir().map_err(io("temporary folder"))?;
     let dir = temp.path().to_owned();
+    let _temp = if args.keep {
+        println!("working folder kept: {}", temp.keep().display());
+        None
+    } else {
+        Some(temp)
+    };
     let cert = tcb_ingress::tls::ensure_dev_certificate(&dir.join("tls"), &[])?;
     let password_file = dir.join("webhook-password");
     std::fs::write(&password_file, PASSWORD).map_err(io("secret"))?;
@@ -866,9 +898,6 @@ pub async fn run(args: PipelineArgs) -> Result<(), CliError> {
         rows.extend(bench_backend(&args, &setup, &backend, &run_id).await?);
     }
     setup.sim.stop().await;
-    if args.keep {
-        println!("working folder kept: {}", temp.keep().display());
-    }
     println!();
     println!(
         "| backend | run | req/s | vs HTTP only | vs minimal publisher | answer p50 / p99 / p999 | \
@@ -1097,16 +1126,7 @@ async fn bench_backend(
             .chain([backend.broker_pid(), Some(("reader", std::process::id()))]),
     );
     let started = Instant::now();
-    let w = wrk(
-        setup,
-        port_e2e,
-        &WrkLoad {
-            body: event_template(&tag),
-            distinct: true,
-            ..WrkLoad::closed(args)
-        },
-    )
-    .await?;
+    let w = wrk(setup, port_e2e, &WrkLoad::distinct(args, &tag)).await?;
     let accepted = ingress
         .accepted_settled()
         .await?
@@ -1191,16 +1211,7 @@ async fn bench_backend(
     // the last: what the worker sustains when it has cores of its own.
     let ingress = Proc::bridge("ingress", "ingress", &config, &e2e_dir).await?;
     let tag = format!("backlog-{run_id}");
-    wrk(
-        setup,
-        port(&ingress)?,
-        &WrkLoad {
-            body: event_template(&tag),
-            distinct: true,
-            ..WrkLoad::closed(args)
-        },
-    )
-    .await?;
+    wrk(setup, port(&ingress)?, &WrkLoad::distinct(args, &tag)).await?;
     let backlog = ingress.accepted_settled().await? as usize;
     ingress.stop().await;
     let worker = Proc::bridge("worker", "worker", &config, &e2e_dir).await?;
@@ -1239,6 +1250,9 @@ async fn bench_backend(
     drop_queues(
         backend,
         &[
+            "tcb-bench-e2e.triggers",
+            "tcb-bench-e2e.orders",
+            "tcb-bench-e2e.dead-letters",
             "tcb-bench-e2e.orders.tail",
             "tcb-bench-e2e.dead-letters.tail",
         ],
