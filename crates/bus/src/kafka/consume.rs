@@ -132,7 +132,7 @@ impl ConsumerOpener for Kafka {
 }
 
 /// What a consumer prefetches at most (`queued.max.messages.kbytes`) unless `properties` says.
-pub const PREFETCH_KIB: usize = 8 * 1024;
+const PREFETCH_KIB: usize = 8 * 1024;
 
 /// A group id no other tail uses: the process id and the time.
 fn uuid_like() -> String {

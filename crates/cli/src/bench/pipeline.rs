@@ -163,7 +163,7 @@ pub(super) struct Proc {
 
 impl Proc {
     /// Starts this binary with `args` (and `env`, after the caller's `RUST_LOG` and `OTEL_*`
-    /// are removed) and waits for its ready file; `listens`: wait for its webhook listener.
+    /// are removed) and waits until it is ready (below); `listens`: wait for its webhook listener.
     pub(super) async fn start(
         label: &'static str,
         args: Vec<OsString>,
@@ -200,9 +200,18 @@ impl Proc {
         cmd.envs(env.iter().map(|(k, v)| (*k, v)));
         let mut child = cmd.spawn().map_err(io(label))?;
         let pid = child.id().unwrap_or_default();
+        // Ready: its ready file names its listeners, and a bridge process (one with an admin
+        // listener) also says so on `/readyz`: it listens before its broker is connected, and
+        // answers 503 until then, as Tradecloud expects.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| CliError::Io(format!("an HTTP client: {e}")))?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (port, admin) = loop {
-            if let Ok(text) = std::fs::read_to_string(ready)
+        let mut listeners: Option<(Option<u16>, Option<String>)> = None;
+        loop {
+            if listeners.is_none()
+                && let Ok(text) = std::fs::read_to_string(ready)
                 && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
             {
                 let port = v["ingress"]
@@ -210,40 +219,29 @@ impl Proc {
                     .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
                     .map(|a| a.port());
                 if port.is_some() || !listens {
-                    break (port, v["admin"].as_str().map(str::to_owned));
+                    listeners = Some((port, v["admin"].as_str().map(str::to_owned)));
+                }
+            }
+            if let Some((_, admin)) = &listeners {
+                let Some(admin) = admin else { break };
+                if client
+                    .get(format!("http://{admin}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    break;
                 }
             }
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(CliError::Io(format!("{label} exited with {status}")));
             }
             if Instant::now() > deadline {
-                return Err(CliError::Io(format!("{label} did not start in 60 s")));
+                return Err(CliError::Io(format!("{label} was not ready in 60 s")));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        // A bridge process listens before its broker is connected (and answers 503 until then,
-        // as Tradecloud expects): loads start once `/readyz` says it is ready.
-        if let Some(admin) = &admin {
-            let url = format!("http://{admin}/readyz");
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .map_err(|e| CliError::Io(format!("an HTTP client: {e}")))?;
-            while !client
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(CliError::Io(format!("{label} exited with {status}")));
-                }
-                if Instant::now() > deadline {
-                    return Err(CliError::Io(format!("{label} was not ready in 60 s")));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
         }
+        let (port, admin) = listeners.unwrap_or_default();
         Ok(Self {
             child,
             pid,
