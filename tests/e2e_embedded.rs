@@ -9,7 +9,10 @@ mod support;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use support::{PASSWORD, USER, World, collect_until, message, order_message_v2, wait_for_metrics};
+use support::{
+    PASSWORD, USER, World, bench_rows, collect_until, message, order_message_v2,
+    published_of_accepted, run_bench, run_short_pipeline_bench, wait_for_metrics,
+};
 use tcb_model::codec::header as headers;
 use tcb_model::message::Scope;
 use tcb_model::{OrderMessage, TriggerEnvelope, normalize_event, normalize_fetched_order};
@@ -698,23 +701,6 @@ async fn faults_lose_nothing() {
 /// two ways (journal off and on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn benches_print_a_row_per_setting() {
-    /// `tradecloud-bridge bench ARGS`: what it printed, after checking it succeeded.
-    async fn run_bench(args: &[&str]) -> String {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
-            .arg("bench")
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    }
     let bench = |what: &'static str| async move {
         let text = run_bench(&[
             what,
@@ -761,25 +747,8 @@ async fn benches_print_a_row_per_setting() {
     // The pipeline bench on the embedded queue: the ceiling, the ingress (closed and open loop),
     // end to end through the worker (all by wrk), a GET burst, the worker alone draining a
     // backlog; every trigger published.
-    let text = run_bench(&[
-        "pipeline",
-        "--seconds",
-        "1",
-        "--concurrency",
-        "4",
-        "--get-burst",
-        "12",
-        "--get-orders",
-        "3",
-        "--open-loop-secs",
-        "1",
-    ])
-    .await;
-    let rows: Vec<Vec<String>> = text
-        .lines()
-        .filter(|l| l.starts_with("| embedded |"))
-        .map(|l| l.split('|').map(|c| c.trim().to_owned()).collect())
-        .collect();
+    let text = run_short_pipeline_bench(&[]).await;
+    let rows = bench_rows(&text, "embedded");
     let runs: Vec<&str> = rows.iter().map(|r| r[2].as_str()).collect();
     assert_eq!(runs.len(), 6, "{text}");
     assert_eq!(runs[0], "HTTP only (ceiling)");
@@ -801,16 +770,8 @@ async fn benches_print_a_row_per_setting() {
     assert!(rows[3][10].starts_with("ingress+worker "), "{text}");
     // End to end: every event the ingress accepted (answered 200) came out on the orders topic
     // (and maybe a few more: a call wrk dropped when it stopped may be published unanswered).
-    let published_of_accepted = |note: &str| -> Vec<usize> {
-        note.split(" accepted")
-            .next()
-            .unwrap()
-            .split(" published of ")
-            .map(|n| n.parse().unwrap())
-            .collect()
-    };
-    let counts = published_of_accepted(&rows[3][11]);
-    assert!(counts[1] > 0 && counts[0] >= counts[1], "{text}");
+    let (published, accepted) = published_of_accepted(&rows[3][11]);
+    assert!(accepted > 0 && published >= accepted, "{text}");
     assert!(rows[4][11].starts_with("12 of 12 published"), "{text}");
     // Coalescing: fewer fetches than GET triggers.
     let fetches: usize = rows[4][11]
@@ -828,8 +789,8 @@ async fn benches_print_a_row_per_setting() {
         runs[5], "worker alone, draining a backlog of POSTed events",
         "{text}"
     );
-    let counts = published_of_accepted(&rows[5][11]);
-    assert!(counts[1] > 0 && counts[0] >= counts[1], "{text}");
+    let (published, accepted) = published_of_accepted(&rows[5][11]);
+    assert!(accepted > 0 && published >= accepted, "{text}");
     assert!(rows[5][8].parse::<f64>().unwrap() > 0.0, "{text}");
     assert!(rows[5][10].starts_with("worker "), "{text}");
 }

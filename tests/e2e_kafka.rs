@@ -258,3 +258,16 @@ async fn faults_lose_nothing() {
     let world = world(kafka_bootstrap(), 5000);
     support::faults_lose_nothing(&world, Duration::from_secs(15)).await;
 }
+
+/// The pipeline bench on Kafka: the ceiling, the minimal rdkafka producer and the bridge in one
+/// run, every accepted trigger published (end to end, and by the worker draining a backlog).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_bench_prints_the_bridge_beside_both_baselines() {
+    support::bench_pipeline_on(
+        "--kafka",
+        &kafka_bootstrap(),
+        "kafka",
+        &["minimal rdkafka producer (idempotent, acks=all)"],
+    )
+    .await;
+}

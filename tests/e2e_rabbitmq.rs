@@ -323,3 +323,19 @@ async fn faults_lose_nothing() {
     let (world, _names) = world(rabbitmq_uri(), 5000);
     support::faults_lose_nothing(&world, Duration::from_secs(15)).await;
 }
+
+/// The pipeline bench on RabbitMQ: the ceiling, the minimal lapin publisher (classic and quorum
+/// queue) and the bridge in one run, every accepted trigger published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_bench_prints_the_bridge_beside_both_baselines() {
+    support::bench_pipeline_on(
+        "--rabbitmq",
+        &support::rabbitmq_uri(),
+        "rabbitmq",
+        &[
+            "minimal lapin publisher (1 confirm channel, durable classic queue)",
+            "minimal lapin publisher (1 confirm channel, quorum queue)",
+        ],
+    )
+    .await;
+}

@@ -1018,3 +1018,100 @@ pub fn order_message_v2(payload: &[u8]) -> serde_json::Value {
     assert!(errors.is_empty(), "schema errors: {errors:?}");
     json
 }
+
+/// `tradecloud-bridge bench ARGS`: what it printed, after checking it succeeded.
+pub async fn run_bench(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tradecloud-bridge"))
+        .arg("bench")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The rows `bench pipeline` printed for `backend`, cell by cell (cell 0 is empty: the line
+/// starts with `|`; cell 1 is the backend, 2 the run, ..., 11 the note).
+pub fn bench_rows(text: &str, backend: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("| {backend} |")))
+        .map(|l| l.split('|').map(|c| c.trim().to_owned()).collect())
+        .collect()
+}
+
+/// `bench pipeline` with short loads (1 s, 4 connections; a burst of 12 GET triggers over 3
+/// orders) and `extra`.
+pub async fn run_short_pipeline_bench(extra: &[&str]) -> String {
+    let mut args = vec![
+        "pipeline",
+        "--seconds",
+        "1",
+        "--concurrency",
+        "4",
+        "--get-burst",
+        "12",
+        "--get-orders",
+        "3",
+        "--open-loop-secs",
+        "1",
+    ];
+    args.extend(extra);
+    run_bench(&args).await
+}
+
+/// "N published of M accepted ...": (N, M).
+pub fn published_of_accepted(note: &str) -> (usize, usize) {
+    let counts: Vec<usize> = note
+        .split(" accepted")
+        .next()
+        .unwrap()
+        .split(" published of ")
+        .map(|n| n.parse().unwrap())
+        .collect();
+    (counts[0], counts[1])
+}
+
+/// `bench pipeline` on one broker (short loads) prints the HTTP-only ceiling, the minimal
+/// publisher(s) and the bridge in one run, the bridge's ratio to the minimal publisher, and every
+/// trigger the ingress accepted published, end to end and by the worker draining a backlog.
+pub async fn bench_pipeline_on(flag: &str, broker: &str, backend: &str, minimal: &[&str]) {
+    let text = run_short_pipeline_bench(&["--no-embedded", flag, broker]).await;
+    let rows = bench_rows(&text, backend);
+    let runs: Vec<&str> = rows.iter().map(|r| r[2].as_str()).collect();
+    let mut expected = vec!["HTTP only (ceiling)"];
+    expected.extend(minimal);
+    expected.push("bridge ingress");
+    assert_eq!(runs[..expected.len()], expected[..], "{text}");
+    let n = expected.len();
+    assert!(
+        runs[n].starts_with("bridge ingress, open loop at "),
+        "{text}"
+    );
+    assert_eq!(
+        runs[n + 1..],
+        [
+            "bridge ingress + worker, POSTed events end to end",
+            "burst of 12 GET triggers over 3 orders",
+            "worker alone, draining a backlog of POSTed events",
+        ],
+        "{text}"
+    );
+    // The bridge against the minimal publisher it is compared with (the one marked 1.00x).
+    assert!(rows[..n - 1].iter().any(|r| r[5] == "1.00x"), "{text}");
+    let ratio: f64 = rows[n - 1][5].trim_end_matches('x').parse().unwrap();
+    assert!(ratio > 0.0, "{text}");
+    // CPU per call includes the broker's process.
+    assert!(rows[n - 1][10].contains("broker "), "{text}");
+    for row in [&rows[n + 1], &rows[n + 3]] {
+        let (published, accepted) = published_of_accepted(&row[11]);
+        assert!(accepted > 0 && published >= accepted, "{text}");
+    }
+    assert!(rows[n + 2][11].starts_with("12 of 12 published"), "{text}");
+}
