@@ -175,6 +175,11 @@ impl BusError {
 /// How often a group consumer reports its lag (`tcb_worker_consumer_lag_messages`).
 pub const LAG_INTERVAL: Duration = Duration::from_secs(5);
 
+/// A publish queued with the broker ([`Publisher::enqueue`]): resolves to where the broker stored
+/// the message once it holds it durably, or to why not.
+pub type Pending =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, BusError>> + Send>>;
+
 /// Publishes messages durably.
 #[async_trait]
 pub trait Publisher: Send + Sync + 'static {
@@ -185,6 +190,16 @@ pub trait Publisher: Send + Sync + 'static {
     /// a backend cannot say).
     async fn publish_at(&self, topic: &str, message: Message) -> Result<String, BusError> {
         self.publish(topic, message).await.map(|()| String::new())
+    }
+    /// Hands `message` to the broker and returns once it is queued in order, with what
+    /// [`Publisher::publish_at`] would return still to come: messages with one key handed over
+    /// one after another are stored in that order (Kafka: one partition, the idempotent
+    /// producer; RabbitMQ: one channel per key), so a caller may keep several in flight and await
+    /// their confirms in turn. The default publishes in full before returning (nothing in
+    /// flight): the embedded store, whose publish is one local commit.
+    async fn enqueue(&self, topic: &str, message: Message) -> Result<Pending, BusError> {
+        let stored = self.publish_at(topic, message).await;
+        Ok(Box::pin(std::future::ready(stored)))
     }
     /// `Ok` when the broker is reachable and publishes can succeed (readiness).
     async fn check_ready(&self) -> Result<(), BusError>;
@@ -221,19 +236,47 @@ pub async fn publish_traced(
     publisher: &dyn Publisher,
     span: &tracing::Span,
     topic: &str,
-    mut message: Message,
+    message: Message,
     timeout: std::time::Duration,
 ) -> Result<String, BusError> {
+    match enqueue_traced(publisher, span, topic, message, timeout).await {
+        Ok(pending) => pending.await,
+        Err(e) => Err(e),
+    }
+}
+
+/// [`publish_traced`] up to [`Publisher::enqueue`]: returns once the message is queued in order;
+/// the [`Pending`] resolves when the broker holds it, within `timeout` of this call, inside
+/// `span` (which it keeps open until then).
+pub async fn enqueue_traced(
+    publisher: &dyn Publisher,
+    span: &tracing::Span,
+    topic: &str,
+    mut message: Message,
+    timeout: std::time::Duration,
+) -> Result<Pending, BusError> {
     use tracing::Instrument;
     tcb_telemetry::otel::inject_headers(span, &mut message.headers);
-    let result = tokio::time::timeout(timeout, publisher.publish_at(topic, message))
+    let deadline = tokio::time::Instant::now() + timeout;
+    let failed = |span: &tracing::Span, e: BusError| {
+        tcb_telemetry::spans::failed(span, e.kind());
+        e
+    };
+    let queued = tokio::time::timeout_at(deadline, publisher.enqueue(topic, message))
         .instrument(span.clone())
         .await
         .unwrap_or(Err(BusError::Timeout(timeout)));
-    if let Err(e) = &result {
-        tcb_telemetry::spans::failed(span, e.kind());
-    }
-    result
+    let pending = queued.map_err(|e| failed(span, e))?;
+    let span = span.clone();
+    Ok(Box::pin(
+        async move {
+            let stored = tokio::time::timeout_at(deadline, pending)
+                .await
+                .unwrap_or(Err(BusError::Timeout(timeout)));
+            stored.map_err(|e| failed(&tracing::Span::current(), e))
+        }
+        .instrument(span),
+    ))
 }
 
 /// Yields deliveries from one topic for one consumer group.

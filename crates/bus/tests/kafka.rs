@@ -77,6 +77,14 @@ async fn one_keys_messages_arrive_in_order_with_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_flight_together_keep_each_keys_order() {
+    let c = config(&unique(), &bootstrap());
+    let bus = connect(&BusConfig::Kafka(c.clone())).await.unwrap();
+    ready(&bus).await;
+    enqueued_messages_keep_each_keys_order(&bus, &c.topics.orders, &["a", "b", "c"], 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_are_committed_only_past_contiguous_acks() {
     let c = config(&unique(), &bootstrap());
     let bus = connect(&BusConfig::Kafka(c.clone())).await.unwrap();

@@ -103,6 +103,18 @@ async fn publishes_with_confirms_and_consumes_with_headers_and_keys() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_flight_together_keep_each_keys_order() {
+    let c = RabbitMqConfig {
+        publish_channels: 4,
+        ..config(&unique(), QueueType::Quorum)
+    };
+    let bus = connect(&BusConfig::Rabbitmq(c.clone())).await.unwrap();
+    ready(&bus).await;
+    enqueued_messages_keep_each_keys_order(&bus, &c.topics.orders, &["a", "b", "c"], 300).await;
+    cleanup(&c).await;
+}
+
 #[tokio::test]
 async fn an_unroutable_publish_is_an_error_and_an_unacked_delivery_comes_again() {
     let c = config(&unique(), QueueType::Quorum);

@@ -10,7 +10,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use super::{Context, Kafka, KafkaConfig, Shared, classify, config_error};
-use crate::{BusError, Headers, Message, Publisher};
+use crate::{BusError, Headers, Message, Pending, Publisher};
 
 pub(super) fn build_producer(c: &KafkaConfig) -> Result<FutureProducer<Context>, BusError> {
     let mut cc = c.client_config();
@@ -58,6 +58,30 @@ impl Shared {
             Err(e) => tracing::error!(error = %e, "cannot rebuild the Kafka producer"),
         }
     }
+
+    /// What a refused or failed publish to `topic` means; replaces the producer when it can no
+    /// longer publish.
+    fn publish_error(
+        &self,
+        producer: &Arc<FutureProducer<Context>>,
+        topic: &str,
+        e: KafkaError,
+    ) -> BusError {
+        match e {
+            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                BusError::Overloaded("the Kafka producer queue is full".to_owned())
+            }
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) => {
+                BusError::Timeout(Duration::from_millis(self.config.message_timeout_ms))
+            }
+            e => {
+                if producer.client().fatal_error().is_some() || lost_producer_state(&e) {
+                    self.rebuild_producer(producer);
+                }
+                classify(format!("publishing to {topic}"), e)
+            }
+        }
+    }
 }
 
 fn to_kafka_headers(headers: &Headers) -> OwnedHeaders {
@@ -83,7 +107,14 @@ impl Publisher for Kafka {
     }
 
     async fn publish_at(&self, topic: &str, message: Message) -> Result<String, BusError> {
-        let shared = &self.shared;
+        self.enqueue(topic, message).await?.await
+    }
+
+    /// Queues the record in librdkafka's producer (in call order: a key's messages share a
+    /// partition, and the idempotent producer keeps their order there, retries included); the
+    /// pending resolves with its delivery report.
+    async fn enqueue(&self, topic: &str, message: Message) -> Result<Pending, BusError> {
+        let shared = self.shared.clone();
         let producer = shared.producer();
         if let Some((code, reason)) = producer.client().fatal_error() {
             shared.rebuild_producer(&producer);
@@ -98,24 +129,25 @@ impl Publisher for Kafka {
             .key(&message.key)
             .payload(&message.payload)
             .headers(to_kafka_headers(&message.headers));
-        match producer.send(record, Duration::ZERO).await {
-            Ok(stored) => Ok(format!(
-                "partition {} offset {}",
-                stored.partition, stored.offset
-            )),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(
-                BusError::Overloaded("the Kafka producer queue is full".to_owned()),
-            ),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _)) => Err(
-                BusError::Timeout(Duration::from_millis(shared.config.message_timeout_ms)),
-            ),
-            Err((e, _)) => {
-                if producer.client().fatal_error().is_some() || lost_producer_state(&e) {
-                    shared.rebuild_producer(&producer);
-                }
-                Err(classify(format!("publishing to {topic}"), e))
+        let delivery = match producer.send_result(record) {
+            Ok(delivery) => delivery,
+            Err((e, _)) => return Err(shared.publish_error(&producer, topic, e)),
+        };
+        let topic = topic.to_owned();
+        Ok(Box::pin(async move {
+            match delivery.await {
+                Ok(Ok(stored)) => Ok(format!(
+                    "partition {} offset {}",
+                    stored.partition, stored.offset
+                )),
+                Ok(Err((e, _))) => Err(shared.publish_error(&producer, &topic, e)),
+                // The producer was dropped with the message queued (it was replaced meanwhile).
+                Err(_) => Err(BusError::Unavailable {
+                    context: format!("Kafka: the producer went away publishing to {topic}"),
+                    source: None,
+                }),
             }
-        }
+        }))
     }
 
     async fn check_ready(&self) -> Result<(), BusError> {

@@ -18,8 +18,9 @@
 //!   delivered more than `delivery_limit` times (a trigger that crashes the worker every time).
 //!
 //! Publishing ([`publish`]): persistent messages (delivery mode 2), `mandatory` (an unroutable
-//! message is an error, not a silent drop), confirm mode on a small pool of channels; `publish`
-//! returns only after the broker's ack. While the connection is down every publish fails at once
+//! message is an error, not a silent drop), confirm mode on a small pool of channels (a key's
+//! messages always on the same one, so they keep their order when several are in flight);
+//! `publish` returns only after the broker's ack. While the connection is down every publish fails at once
 //! (the ingress answers 503); a supervisor reconnects with back-off, re-declares the topology and
 //! the consumers resubscribe. Heartbeats (`heartbeat_seconds`) detect a dead or half-open
 //! connection.
@@ -33,7 +34,6 @@
 //! not with more active consumers.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use lapin::options::{
@@ -58,7 +58,6 @@ pub use config::{QueueType, RabbitMqConfig};
 struct Link {
     connection: Connection,
     channels: Vec<Channel>,
-    next: AtomicUsize,
 }
 
 impl Link {
@@ -270,7 +269,6 @@ async fn connect(inner: &Inner, role: Role) -> Result<Link, BusError> {
         return Ok(Link {
             connection,
             channels: Vec::new(),
-            next: AtomicUsize::new(0),
         });
     }
     let setup = async {
@@ -290,7 +288,6 @@ async fn connect(inner: &Inner, role: Role) -> Result<Link, BusError> {
         Ok(Ok(channels)) => Ok(Link {
             connection,
             channels,
-            next: AtomicUsize::new(0),
         }),
         Ok(Err(e)) => {
             let _ = connection.close(200, "setup failed".into()).await;

@@ -1,14 +1,12 @@
 //! Publishing with publisher confirms on a pool of channels.
 
-use std::sync::atomic::Ordering;
-
 use async_trait::async_trait;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation};
 
 use super::{RabbitMq, unavailable};
-use crate::{BusError, CLOUDEVENTS_PREFIX, Headers, Message, Publisher};
+use crate::{BusError, CLOUDEVENTS_PREFIX, Headers, Message, Pending, Publisher};
 
 /// The AMQP binding's prefix of CloudEvents attributes (`ce_` in the bridge's headers).
 pub(super) const CE_AMQP: &str = "cloudEvents:";
@@ -25,6 +23,15 @@ pub fn routing_key(topic: &str, word: Option<&str>) -> String {
         .collect();
     let word = if word.is_empty() { "order" } else { &word };
     format!("{topic}.{word}")
+}
+
+/// The publish channel of messages with `key`: always the same one for a key, so a key's
+/// messages keep their order.
+fn channel_of(key: &str, channels: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let hash =
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key);
+    (hash % channels.max(1) as u64) as usize
 }
 
 pub(super) fn to_field_table(headers: &Headers, key: &str) -> FieldTable {
@@ -51,10 +58,15 @@ impl Publisher for RabbitMq {
     }
 
     async fn publish_at(&self, topic: &str, message: Message) -> Result<String, BusError> {
+        self.enqueue(topic, message).await?.await
+    }
+
+    /// Sends the publish on the channel its key maps to (one key, one channel: RabbitMQ keeps a
+    /// channel's order), in call order; the pending resolves with the broker's confirm.
+    async fn enqueue(&self, topic: &str, message: Message) -> Result<Pending, BusError> {
         let link = self.current()?;
         let key = routing_key(topic, message.routing_word.as_deref());
-        let i = link.next.fetch_add(1, Ordering::Relaxed) % link.channels.len();
-        let channel = &link.channels[i];
+        let channel = &link.channels[channel_of(&message.key, link.channels.len())];
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_headers(to_field_table(&message.headers, &message.key))
@@ -65,47 +77,54 @@ impl Publisher for RabbitMq {
         if let Some(id) = &message.id {
             props = props.with_message_id(id.as_str().into());
         }
-        let result = async {
-            channel
-                .basic_publish(
-                    self.inner.config.exchange.as_str().into(),
-                    key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &message.payload,
-                    props,
-                )
-                .await?
-                .await
-        }
-        .await;
-        match result {
-            Ok(Confirmation::Ack(None)) => Ok(format!("routing key {key}")),
-            Ok(Confirmation::Ack(Some(returned))) => Err(BusError::Rejected {
-                context: format!(
-                    "RabbitMQ returned the message as unroutable ({} {}): no queue is bound for topic {topic}",
-                    returned.reply_code, returned.reply_text
-                ),
-                source: None,
-            }),
-            Ok(Confirmation::Nack(_)) => Err(BusError::Rejected {
-                context: "RabbitMQ nacked the message".to_owned(),
-                source: None,
-            }),
-            Ok(Confirmation::NotRequested) => Err(BusError::Rejected {
-                context: "the channel is not in confirm mode".to_owned(),
-                source: None,
-            }),
-            Err(e) => {
-                self.inner.publish.broken.notify_one();
-                Err(unavailable(
-                    format!("publishing to {topic} failed"),
-                    Some(e),
-                ))
+        let sent = channel
+            .basic_publish(
+                self.inner.config.exchange.as_str().into(),
+                key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &message.payload,
+                props,
+            )
+            .await;
+        let broken = |e: lapin::Error, topic: &str| {
+            self.inner.publish.broken.notify_one();
+            unavailable(format!("publishing to {topic} failed"), Some(e))
+        };
+        let confirm = match sent {
+            Ok(confirm) => confirm,
+            Err(e) => return Err(broken(e, topic)),
+        };
+        let (inner, topic) = (self.inner.clone(), topic.to_owned());
+        Ok(Box::pin(async move {
+            match confirm.await {
+                Ok(Confirmation::Ack(None)) => Ok(format!("routing key {key}")),
+                Ok(Confirmation::Ack(Some(returned))) => Err(BusError::Rejected {
+                    context: format!(
+                        "RabbitMQ returned the message as unroutable ({} {}): no queue is bound for topic {topic}",
+                        returned.reply_code, returned.reply_text
+                    ),
+                    source: None,
+                }),
+                Ok(Confirmation::Nack(_)) => Err(BusError::Rejected {
+                    context: "RabbitMQ nacked the message".to_owned(),
+                    source: None,
+                }),
+                Ok(Confirmation::NotRequested) => Err(BusError::Rejected {
+                    context: "the channel is not in confirm mode".to_owned(),
+                    source: None,
+                }),
+                Err(e) => {
+                    inner.publish.broken.notify_one();
+                    Err(unavailable(
+                        format!("publishing to {topic} failed"),
+                        Some(e),
+                    ))
+                }
             }
-        }
+        }))
     }
 
     async fn check_ready(&self) -> Result<(), BusError> {
@@ -133,5 +152,15 @@ mod tests {
         );
         assert_eq!(routing_key("t", Some("a.b#*")), "t.ab");
         assert_eq!(routing_key("t", Some("..")), "t.order");
+    }
+
+    #[test]
+    fn a_key_always_takes_the_same_channel_and_keys_spread() {
+        assert_eq!(channel_of("order-1", 4), channel_of("order-1", 4));
+        let used: std::collections::BTreeSet<usize> = (0..64)
+            .map(|i| channel_of(&format!("order-{i}"), 4))
+            .collect();
+        assert_eq!(used.len(), 4, "64 keys use all four channels");
+        assert_eq!(channel_of("any", 1), 0);
     }
 }

@@ -52,3 +52,29 @@ pub fn topics(prefix: &str) -> TopicsConfig {
         dead_letters: format!("{prefix}.dead"),
     }
 }
+
+/// Queues `n` messages of each of `keys` (interleaved) without awaiting a confirm, then awaits
+/// the confirms; consumes them all and checks that each key's arrive in the order queued.
+pub async fn enqueued_messages_keep_each_keys_order(bus: &Bus, topic: &str, keys: &[&str], n: u32) {
+    let publisher = bus.publisher();
+    let mut pending = Vec::new();
+    for i in 0..n {
+        for key in keys {
+            pending.push(publisher.enqueue(topic, msg(key, i)).await.unwrap());
+        }
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+    let mut consumer = bus.consumer(topic, Some("ordered")).await.unwrap();
+    let mut seen: std::collections::HashMap<String, Vec<u32>> = Default::default();
+    for _ in 0..n as usize * keys.len() {
+        let d = next(&mut consumer).await;
+        let i = d.message.headers["n"].parse().unwrap();
+        seen.entry(d.message.key.clone()).or_default().push(i);
+        d.ack().await.unwrap();
+    }
+    for key in keys {
+        assert_eq!(seen[*key], (0..n).collect::<Vec<_>>(), "key {key}");
+    }
+}
