@@ -6,7 +6,8 @@
 //! within `dedupe_window_hours` is acknowledged without publishing and counted
 //! (`tcb_worker_duplicates_total`). The file survives restarts; ids older than the window are
 //! deleted (at most once a minute, in the same commit as a new id). One order's triggers are
-//! worked one at a time, so two repeats of one message never race each other.
+//! worked in order, and a repeat of a message still in flight in its order's pipeline waits for
+//! it to be remembered, so two repeats of one message never race each other.
 //!
 //! One thread owns the file and works the lookups and ids that wait for it as one transaction
 //! (group commit): a commit is one `fsync`, a few hundred µs on a disk, and with many orders in

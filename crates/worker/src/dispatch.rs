@@ -1,6 +1,6 @@
-//! Intake and isolation: one queue per order, worked one trigger at a time; at most `max_held`
-//! triggers held (at most `lanes` orders fetching at once); an order waiting for a retry blocks
-//! nobody else.
+//! Intake and isolation: one queue per order, worked in order (an order's events publish without
+//! waiting for each other's confirms, and settle in order); at most `max_held` triggers held (at
+//! most `lanes` orders fetching at once); an order waiting for a retry blocks nobody else.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,7 @@ pub(crate) struct Item {
 }
 
 /// One of the worker's `max_held` slots.
-struct Held {
+pub(crate) struct Held {
     _permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
 }
@@ -62,6 +62,11 @@ impl Item {
             fetch,
             _held: None,
         }
+    }
+
+    /// The delivery, its decoded trigger, and its slot.
+    pub fn into_parts(self) -> (Delivery, Result<TriggerEnvelope, String>, Option<Held>) {
+        (self.delivery, self.trigger, self._held)
     }
 
     /// Whether the order is fetched for it (a GET trigger, or an enriched event).
@@ -244,11 +249,16 @@ async fn order_task(
     mut rx: mpsc::UnboundedReceiver<Item>,
 ) {
     let mut pending: VecDeque<Item> = VecDeque::new();
+    let mut pipeline = process::Pipeline::default();
     loop {
         while let Ok(item) = rx.try_recv() {
             pending.push_back(item);
         }
         let Some(first) = pending.pop_front() else {
+            if !pipeline.is_empty() {
+                pipeline.settle_oldest(&shared).await;
+                continue;
+            }
             // Done, unless the dispatcher sent more meanwhile (it sends under the same lock).
             let Ok(mut map) = orders.lock() else {
                 return;
@@ -266,10 +276,13 @@ async fn order_task(
             }
         };
         if shared.cancel.is_cancelled() {
-            return; // unacked: delivered again after restart
+            // What is in flight settles (its confirms are on their way); the rest stays
+            // unacked and is delivered again after restart.
+            pipeline.drain(&shared).await;
+            return;
         }
         let work = next_work(first, &mut pending);
-        process::process(&shared, work).await;
+        process::process(&shared, work, &mut pipeline).await;
     }
 }
 

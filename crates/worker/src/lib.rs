@@ -1,10 +1,13 @@
 //! The worker: consumes triggers, fetches or parses the order, normalizes it, publishes one order
 //! message per trigger, and only then acks the trigger (at least once, end to end).
 //!
-//! * Ordering and isolation ([`dispatch`]): each order has its own queue, worked one trigger at a
-//!   time, so one order's triggers never overtake each other; different orders run in parallel,
-//!   each with its output publish in flight (up to `max_held` at once), and at most `lanes` of
-//!   them fetch from Tradecloud at once. An order waiting for a retry holds no lane and blocks no
+//! * Ordering and isolation ([`dispatch`]): each order has its own queue, worked in order, so
+//!   one order's triggers never overtake each other. An order's events published as they came
+//!   form a pipeline: the next is published while the one before awaits its confirm (up to
+//!   64), and they settle and are acked in order; a failed publish is
+//!   repeated together with the order's outputs behind it. Different orders run in parallel (up
+//!   to `max_held` triggers held at once), and at most `lanes` of them fetch from Tradecloud at
+//!   once. An order waiting for a retry holds no lane and blocks no
 //!   other order; intake pauses only when the worker holds `max_held` unsettled triggers.
 //! * Coalescing: GET triggers of one order waiting together share one fetch (up to the next
 //!   POST/PUT trigger of that order, so nothing overtakes an event).
@@ -257,6 +260,10 @@ struct Shared {
     limits: process::Limits,
     /// Orders fetching at once (`lanes`); an order waiting for a retry gives its lane back.
     lanes: tokio::sync::Semaphore,
+    /// Outputs published ahead of their order's oldest unconfirmed one, over all orders
+    /// (`max_held / 8`): each in flight costs memory (the output, the broker client's copy),
+    /// while an order's first publish always goes.
+    ahead: Arc<tokio::sync::Semaphore>,
     health: Arc<WorkerHealth>,
     cancel: CancellationToken,
     /// The consumer group (`messaging.consumer.group.name` of the spans).
@@ -300,6 +307,7 @@ impl Worker {
             backoff: config.backoff(),
             limits: process::Limits::from(config),
             lanes: tokio::sync::Semaphore::new(config.lanes),
+            ahead: Arc::new(tokio::sync::Semaphore::new((config.max_held / 8).max(1))),
             health,
             cancel,
             group: config.group.clone(),

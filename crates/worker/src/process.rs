@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt as _;
 use tcb_model::codec::{self, DeadLetter, DeadLetterKind};
 use tcb_model::{OrderRef, Output, Trigger, TriggerEnvelope};
 use tcb_telemetry::{otel, spans};
@@ -285,7 +286,10 @@ fn normalize(
     })
 }
 
-pub(crate) async fn process(shared: &Shared, work: Work) {
+/// Works `work` of one order. An event published as it came joins the order's `pipeline` (its
+/// publish in flight while the next is worked); anything else first lets the pipeline settle,
+/// and is settled before this returns.
+pub(crate) async fn process(shared: &Shared, work: Work, pipeline: &mut Pipeline) {
     let _in_flight = tcb_telemetry::metrics::InFlight::start(match &work {
         Work::One(_) => 1,
         Work::Fetch(_, rest) => rest.len() + 1,
@@ -303,12 +307,29 @@ pub(crate) async fn process(shared: &Shared, work: Work) {
                         Output::event(shared.limits.version, trigger, Utc::now())
                     }),
                 };
-                settle(shared, item, result).await;
+                if result.is_err() {
+                    pipeline.drain(shared).await;
+                    return settle(shared, item, result).await;
+                }
+                // A repeat of a message still in flight is looked up once that one is remembered.
+                let repeat = item
+                    .trigger
+                    .as_ref()
+                    .ok()
+                    .and_then(|t| t.tradecloud_message_id())
+                    .is_some_and(|id| shared.dedupe.is_some() && pipeline.holds(id));
+                if repeat {
+                    pipeline.drain(shared).await;
+                }
+                if let Some(ready) = prepare(shared, item, result).await {
+                    pipeline.push(shared, ready).await;
+                }
             }
             .instrument(span)
             .await;
         }
         Work::Fetch(first, rest) => {
+            pipeline.drain(shared).await;
             let first_span = process_span(shared, &first);
             let rest: Vec<(Item, Span)> = rest
                 .into_iter()
@@ -528,27 +549,64 @@ async fn fetch(
     }
 }
 
+/// A trigger's outcome, encoded and ready to publish: its output, or its dead letter.
+pub(crate) struct Ready {
+    delivery: tcb_bus::Delivery,
+    trigger: Result<TriggerEnvelope, String>,
+    trigger_id: String,
+    message: tcb_bus::Message,
+    /// Why `message` is a dead letter (`None`: the output).
+    dead: Option<(DeadLetterKind, String)>,
+    /// A full order's id and version, remembered once published.
+    full: Option<(String, i64)>,
+    /// Tradecloud's message id, remembered once published (with a duplicates file).
+    tradecloud_id: Option<String>,
+    /// What the output says, for the journal.
+    po_number: Option<String>,
+    message_id: Option<String>,
+    /// The trigger's slot, given back when this is dropped (settled, or left unacked).
+    _held: Option<crate::dispatch::Held>,
+}
+
+impl Ready {
+    /// Makes `why` the message: the trigger as a dead letter.
+    fn dead_letter(&mut self, why: &DeadLetter) {
+        tracing::warn!(trigger_id = %self.trigger_id, position = %self.delivery.position, reason = %why.reason, kind = why.kind.as_str(), attempts = why.attempts, "dead-lettering the trigger");
+        self.message = codec::dead_letter(&self.delivery.message, why, &self.delivery.topic);
+        self.dead = Some((why.kind, why.reason.clone()));
+    }
+
+    fn topic<'a>(&self, shared: &'a Shared) -> &'a str {
+        let topics = &shared.bus.topics;
+        if self.dead.is_some() {
+            &topics.dead_letters
+        } else {
+            &topics.orders
+        }
+    }
+}
+
 /// Publishes the output (or the dead letter), then acks the trigger. An output the broker can
 /// never take (too large, not authorized, ...) is dead-lettered with that reason. While the bus
 /// fails transiently the bus breaker is open (readiness red, fetching paused) and the publish is
 /// retried until the bus is back: no trigger is dead-lettered for the bus being down.
 async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
-    let Item {
-        delivery, trigger, ..
-    } = item;
+    if let Some(ready) = prepare(shared, item, result).await {
+        publish(shared, ready, None).await;
+    }
+}
+
+/// Everything before the publish: a repeat of a Tradecloud message or an older version of an
+/// order is acked here (`None`), as is nothing on shutdown (`None`, unacked); otherwise the
+/// output or the dead letter, encoded.
+async fn prepare(shared: &Shared, item: Item, result: Result<Output, Failure>) -> Option<Ready> {
+    let (delivery, trigger, held) = item.into_parts();
     // An undecodable trigger still has its id in the headers (journaled apart from others).
     let trigger_id = match &trigger {
         Ok(t) => t.id.to_string(),
         Err(_) => codec::trigger_id(&delivery.message)
             .unwrap_or_default()
             .to_owned(),
-    };
-    let dead_letter = |why: &DeadLetter| {
-        tracing::warn!(trigger_id = %trigger_id, position = %delivery.position, reason = %why.reason, kind = why.kind.as_str(), attempts = why.attempts, "dead-lettering the trigger");
-        (
-            codec::dead_letter(&delivery.message, why, &delivery.topic),
-            Some((why.kind, why.reason.clone())),
-        )
     };
     // A Tradecloud message already published (Tradecloud delivered it again): acked, not
     // published twice.
@@ -564,8 +622,8 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
             Ok(true) => {
                 tracing::info!(trigger_id = %trigger_id, tradecloud_message_id = %id, "a message Tradecloud delivered again: not published twice");
                 let detail = serde_json::json!({"tradecloud_message_id": id});
-                return not_published(shared, delivery, trigger.as_ref().ok(), &trigger_id, detail)
-                    .await;
+                not_published(shared, delivery, trigger.as_ref().ok(), &trigger_id, detail).await;
+                return None;
             }
             // Publishing once more is the safe side (at least once): the ERP de-duplicates on
             // the message's messageId.
@@ -589,11 +647,10 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
             tracing::info!(trigger_id = %trigger_id, order_id = %order_id, version, published, "an older version of the order than one published: not published");
             let detail =
                 serde_json::json!({"stale_version": version, "published_version": published});
-            return not_published(shared, delivery, trigger.as_ref().ok(), &trigger_id, detail)
-                .await;
+            not_published(shared, delivery, trigger.as_ref().ok(), &trigger_id, detail).await;
+            return None;
         }
     }
-    // `dead`: why the message is a dead letter (`None` for the output).
     // What the output will say, for the journal.
     let (po_number, message_id) = match &result {
         Ok(order) => {
@@ -630,52 +687,90 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
             _ => (None, None),
         },
     };
-    let (mut message, mut dead) = match result {
+    let mut ready = Ready {
+        delivery,
+        trigger,
+        trigger_id,
+        message: tcb_bus::Message::default(),
+        dead: None,
+        full,
+        tradecloud_id,
+        po_number,
+        message_id,
+        _held: held,
+    };
+    match result {
         Ok(order) => match codec::encode_order(&order) {
-            Ok(m) => (m, None),
-            Err(e) => dead_letter(&DeadLetter::poison(
+            Ok(m) => ready.message = m,
+            Err(e) => ready.dead_letter(&DeadLetter::poison(
                 DeadLetterKind::InvalidOrder,
                 e.to_string(),
             )),
         },
-        Err(Failure::Dead(why)) => dead_letter(&why),
-        Err(Failure::Cancelled) => return,
-    };
-    let topics = &shared.bus.topics;
+        Err(Failure::Dead(why)) => ready.dead_letter(&why),
+        Err(Failure::Cancelled) => return None,
+    }
+    Some(ready)
+}
+
+/// Queues `ready`'s message with the broker, in a producer span that is a child of the current
+/// one (its trigger's) and lasts until the returned confirm resolves.
+async fn enqueue(shared: &Shared, ready: &Ready) -> Result<tcb_bus::Pending, tcb_bus::BusError> {
+    let span = tcb_bus::publish_span(
+        &*shared.publisher,
+        ready.dead.is_some(),
+        ready.topic(shared),
+        &ready.message,
+    );
+    if let Some((kind, reason)) = &ready.dead {
+        spans::dead_letter(&span, kind.as_str(), reason);
+    }
+    tcb_bus::enqueue_traced(
+        &*shared.publisher,
+        &span,
+        ready.topic(shared),
+        ready.message.clone(),
+        shared.limits.publish_timeout,
+    )
+    .await
+}
+
+/// Publishes `ready` (retrying while the bus fails transiently, dead-lettering an output the
+/// broker can never take), then settles it. `attempt`: the outcome of a publish already made
+/// (in an order's pipeline), taken as the first attempt.
+async fn publish(
+    shared: &Shared,
+    mut ready: Ready,
+    mut attempt: Option<Result<String, tcb_bus::BusError>>,
+) {
     let bus = &shared.health.bus;
     let mut backoff = shared.backoff.clone();
     // Held from a failed publish until it succeeds: at most `lanes` triggers retry publishing at
     // once, so a broker that is down meets a bounded number of probes (and log lines), not one
     // per held trigger.
     let mut retrying = None;
-    let (topic, position) = loop {
-        let topic = if dead.is_some() {
-            &topics.dead_letters
-        } else {
-            &topics.orders
+    let position = loop {
+        let published = match attempt.take() {
+            Some(outcome) => outcome,
+            None => {
+                let published = match enqueue(shared, &ready).await {
+                    Ok(confirm) => confirm.await,
+                    Err(e) => Err(e),
+                };
+                shared.health.progress.step();
+                published
+            }
         };
-        let span = tcb_bus::publish_span(&*shared.publisher, dead.is_some(), topic, &message);
-        if let Some((kind, reason)) = &dead {
-            spans::dead_letter(&span, kind.as_str(), reason);
-        }
-        let published = tcb_bus::publish_traced(
-            &*shared.publisher,
-            &span,
-            topic,
-            message.clone(),
-            shared.limits.publish_timeout,
-        )
-        .await;
-        shared.health.progress.step();
         let e = match published {
             Ok(position) => {
                 bus.close();
-                break (topic, position);
+                break position;
             }
             Err(e) => e,
         };
-        if !e.is_transient() && dead.is_none() {
-            (message, dead) = dead_letter(&DeadLetter::poison(
+        let topic = ready.topic(shared).to_owned();
+        if !e.is_transient() && ready.dead.is_none() {
+            ready.dead_letter(&DeadLetter::poison(
                 DeadLetterKind::OutputRefused,
                 format!(
                     "the {topic} topic refuses the output message: {}",
@@ -687,13 +782,13 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
         tcb_telemetry::metrics::retry("publish");
         if e.is_transient() {
             bus.trip(&e.chain());
-            tracing::warn!(trigger_id = %trigger_id, error = %e.chain(), topic = %topic, retry_in_ms = backoff.base().as_millis() as u64, "publishing failed; retrying");
+            tracing::warn!(trigger_id = %ready.trigger_id, error = %e.chain(), topic = %topic, retry_in_ms = backoff.base().as_millis() as u64, "publishing failed; retrying");
         } else {
             bus.trip(&format!(
                 "the dead-letter topic refuses triggers: {}",
                 e.chain()
             ));
-            tracing::error!(trigger_id = %trigger_id, error = %e.chain(), topic = %topic, "the dead-letter topic refuses the trigger; paused until an operator fixes the topic");
+            tracing::error!(trigger_id = %ready.trigger_id, error = %e.chain(), topic = %topic, "the dead-letter topic refuses the trigger; paused until an operator fixes the topic");
         }
         let waiting = tcb_telemetry::metrics::WaitingForRetry::start();
         if retrying.is_none() {
@@ -708,6 +803,25 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
         drop(waiting);
     };
     drop(retrying);
+    finish(shared, ready, position).await;
+}
+
+/// After the broker holds `ready`'s message (at `position`): counts and journals it, remembers
+/// what it published, and acks the trigger.
+async fn finish(shared: &Shared, ready: Ready, position: String) {
+    let topic = ready.topic(shared);
+    let Ready {
+        delivery,
+        trigger,
+        trigger_id,
+        message,
+        dead,
+        full,
+        tradecloud_id,
+        po_number,
+        message_id,
+        _held,
+    } = ready;
     let end_to_end = match (&trigger, &dead) {
         (Ok(t), None) => (Utc::now() - t.received_at).to_std().ok(),
         _ => None,
@@ -752,6 +866,147 @@ async fn settle(shared: &Shared, item: Item, result: Result<Output, Failure>) {
         }
         Err(e) => {
             tracing::warn!(trigger_id = %trigger_id, error = %e.chain(), "ack failed; the trigger will be delivered again")
+        }
+    }
+}
+
+/// One order's outputs published and not yet confirmed, oldest first: the order's next event is
+/// published without waiting for the one before it, and they settle (and are acked) in order.
+#[derive(Default)]
+pub(crate) struct Pipeline {
+    flight: std::collections::VecDeque<InPipeline>,
+}
+
+struct InPipeline {
+    ready: Ready,
+    confirm: tcb_bus::Pending,
+    /// The trigger's span, where it settles.
+    span: Span,
+    _in_flight: tcb_telemetry::metrics::InFlight,
+    /// Held while it is published ahead of an unconfirmed one of its order.
+    _ahead: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Most outputs of one order published and not yet confirmed.
+pub(crate) const PIPELINE_DEPTH: usize = 64;
+
+impl Pipeline {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.flight.is_empty()
+    }
+
+    /// Publishes `ready` behind what is in flight (in the current span, its trigger's); a dead
+    /// letter, or an output the broker does not take, first lets the pipeline settle. Past
+    /// [`PIPELINE_DEPTH`], or when all orders together have as many ahead as they may, the
+    /// oldest settles first.
+    async fn push(&mut self, shared: &Shared, ready: Ready) {
+        if ready.dead.is_some() {
+            self.drain(shared).await;
+            return publish(shared, ready, None).await;
+        }
+        let mut ahead = None;
+        while !self.is_empty() {
+            if self.flight.len() < PIPELINE_DEPTH
+                && let Ok(permit) = shared.ahead.clone().try_acquire_owned()
+            {
+                ahead = Some(permit);
+                break;
+            }
+            self.settle_oldest(shared).await;
+        }
+        match enqueue(shared, &ready).await {
+            Ok(confirm) => self.flight.push_back(InPipeline {
+                ready,
+                confirm,
+                span: Span::current(),
+                _in_flight: tcb_telemetry::metrics::InFlight::start(1),
+                _ahead: ahead,
+            }),
+            Err(e) => {
+                shared.health.progress.step();
+                self.drain(shared).await;
+                return publish(shared, ready, Some(Err(e))).await;
+            }
+        }
+    }
+
+    fn holds(&self, tradecloud_id: &str) -> bool {
+        self.flight
+            .iter()
+            .any(|p| p.ready.tradecloud_id.as_deref() == Some(tradecloud_id))
+    }
+
+    /// Waits for the oldest publish's confirm and settles it. A failed one is published again
+    /// (with the usual retries and dead-lettering) and so is every output behind it that the
+    /// broker stored, after it: the order's last copies must come in order (repeats are
+    /// harmless: the ERP de-duplicates on `messageId`).
+    pub(crate) async fn settle_oldest(&mut self, shared: &Shared) {
+        let Some(oldest) = self.flight.pop_front() else {
+            return;
+        };
+        let outcome = oldest.confirm.await;
+        shared.health.progress.step();
+        let InPipeline {
+            ready,
+            span,
+            _in_flight,
+            ..
+        } = oldest;
+        if let Ok(position) = outcome {
+            shared.health.bus.close();
+            // Those behind it already confirmed settle with it, at once: their ids go to the
+            // duplicates file in one commit.
+            let mut confirmed = vec![(ready, position, span, _in_flight)];
+            while let Some(next) = self.flight.front_mut() {
+                match (&mut next.confirm).now_or_never() {
+                    None => break,
+                    Some(Err(e)) => {
+                        // Settled (and published again) by the next call.
+                        next.confirm = Box::pin(std::future::ready(Err(e)));
+                        break;
+                    }
+                    Some(Ok(position)) => {
+                        shared.health.progress.step();
+                        if let Some(p) = self.flight.pop_front() {
+                            confirmed.push((p.ready, position, p.span, p._in_flight));
+                        }
+                    }
+                }
+            }
+            futures::future::join_all(confirmed.into_iter().map(
+                |(ready, position, span, in_flight)| {
+                    async move {
+                        finish(shared, ready, position).await;
+                        drop(in_flight);
+                    }
+                    .instrument(span)
+                },
+            ))
+            .await;
+            return;
+        }
+        let behind: Vec<InPipeline> = self.flight.drain(..).collect();
+        let mut again = Vec::with_capacity(behind.len());
+        for p in behind {
+            // One the broker stored is published again, after the failed one; one that failed
+            // too starts from its own failure.
+            let own = p.confirm.await;
+            shared.health.progress.step();
+            again.push((p.ready, own.is_err().then_some(own), p.span, p._in_flight));
+        }
+        if !again.is_empty() {
+            tracing::warn!(trigger_id = %ready.trigger_id, behind = again.len(), "a publish in an order's pipeline failed: publishing it and the order's outputs behind it again, in order");
+        }
+        publish(shared, ready, Some(outcome)).instrument(span).await;
+        for (ready, own, span, _in_flight) in again {
+            publish(shared, ready, own).instrument(span).await;
+        }
+    }
+
+    /// Settles everything in flight, oldest first.
+    pub(crate) async fn drain(&mut self, shared: &Shared) {
+        while !self.is_empty() {
+            self.settle_oldest(shared).await;
         }
     }
 }

@@ -845,3 +845,149 @@ async fn the_real_apis_faults_delay_a_trigger_but_lose_nothing() {
     task.await.unwrap();
     sim.stop().await;
 }
+
+/// A broker whose confirms come later than the publish: every publish is stored at once (in
+/// order) and confirmed only once a later publish is queued (or after 200 ms, so one published
+/// alone is slow); the first confirm of the trigger `fail` reports a failure (as a lost confirm
+/// would) although it was stored.
+struct LateConfirms {
+    inner: std::sync::Arc<dyn tcb_bus::Publisher>,
+    orders: String,
+    fail: String,
+    queued: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    state: std::sync::Arc<std::sync::Mutex<LateState>>,
+}
+
+#[derive(Default)]
+struct LateState {
+    outstanding: usize,
+    most_outstanding: usize,
+    attempts_at_fail: usize,
+}
+
+impl LateConfirms {
+    fn install(f: &mut Fixture, fail: String) -> std::sync::Arc<Self> {
+        let late = std::sync::Arc::new(Self {
+            inner: f.bus.publisher(),
+            orders: f.bus.topics.orders.clone(),
+            fail,
+            queued: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            state: Default::default(),
+        });
+        let opener = f.bus.clone();
+        f.bus = Bus::new(
+            late.clone(),
+            std::sync::Arc::new(ReuseOpener(opener)),
+            f.bus.topics.clone(),
+        );
+        late
+    }
+}
+
+#[async_trait::async_trait]
+impl tcb_bus::Publisher for LateConfirms {
+    async fn publish(&self, topic: &str, message: Message) -> Result<(), tcb_bus::BusError> {
+        self.enqueue(topic, message).await?.await.map(|_| ())
+    }
+
+    async fn enqueue(
+        &self,
+        topic: &str,
+        message: Message,
+    ) -> Result<tcb_bus::Pending, tcb_bus::BusError> {
+        if topic != self.orders {
+            let stored = self.inner.publish_at(topic, message).await;
+            return Ok(Box::pin(std::future::ready(stored)));
+        }
+        let trigger = serde_json::from_slice::<OrderMessage>(&message.payload)
+            .unwrap()
+            .trigger
+            .id
+            .to_string();
+        self.inner.publish(topic, message).await?;
+        let fail = {
+            let mut s = self.state.lock().unwrap();
+            s.outstanding += 1;
+            s.most_outstanding = s.most_outstanding.max(s.outstanding);
+            if trigger == self.fail {
+                s.attempts_at_fail += 1;
+            }
+            trigger == self.fail && s.attempts_at_fail == 1
+        };
+        self.queued.send_modify(|q| *q += 1);
+        let this = *self.queued.borrow();
+        let mut later = self.queued.subscribe();
+        let state = self.state.clone();
+        Ok(Box::pin(async move {
+            let _ = tokio::time::timeout(
+                Duration::from_millis(200),
+                later.wait_for(|queued| *queued > this),
+            )
+            .await;
+            state.lock().unwrap().outstanding -= 1;
+            if fail {
+                Err(tcb_bus::BusError::Unavailable {
+                    context: "the confirm was lost".to_owned(),
+                    source: None,
+                })
+            } else {
+                Ok(String::new())
+            }
+        }))
+    }
+
+    async fn check_ready(&self) -> Result<(), tcb_bus::BusError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orders_events_publish_without_waiting_for_each_other_and_a_failure_keeps_their_order() {
+    let mut f = fixture().await;
+    let sent: Vec<TriggerEnvelope> = (1..=20)
+        .map(|v| event("burst-order", v, "OrderLinesUpdatedByBuyer"))
+        .collect();
+    // The third event's first confirm is lost, with later events of the order already published.
+    let late = LateConfirms::install(&mut f, sent[2].id.to_string());
+    for t in &sent {
+        f.publish(t).await;
+    }
+    let (cancel, task) = f.start();
+    // Every output, then the failed one again and those behind it that were stored before it
+    // was confirmed: read until every event's last copy is there in order.
+    let expected: Vec<_> = sent.iter().map(|t| t.id).collect();
+    let mut outputs = f.bus.consumer(&f.bus.topics.orders, None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    loop {
+        let mut last_copies = Vec::new();
+        for id in got.iter().rev() {
+            if !last_copies.contains(id) {
+                last_copies.insert(0, *id);
+            }
+        }
+        let failed_again = got.iter().filter(|id| **id == sent[2].id).count() > 1;
+        if last_copies == expected && failed_again {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, outputs.next()).await {
+            Ok(d) => got.push(msg(&d.unwrap()).trigger.id),
+            Err(_) => panic!(
+                "the failed output again ({failed_again}), then every event's last copy in order: \
+                 {last_copies:?}, expected {expected:?}"
+            ),
+        }
+    }
+    let (most_outstanding, attempts_at_fail) = {
+        let state = late.state.lock().unwrap();
+        (state.most_outstanding, state.attempts_at_fail)
+    };
+    assert!(
+        most_outstanding > 1,
+        "the order's events were published one confirm at a time"
+    );
+    assert_eq!(attempts_at_fail, 2, "the failed publish made again once");
+    cancel.cancel();
+    task.await.unwrap();
+}
