@@ -103,8 +103,8 @@ impl ConsumerOpener for Kafka {
             .set("max.poll.interval.ms", c.max_poll_interval_ms.to_string());
         // librdkafka prefetches up to 64 MiB of messages by default; a worker holds at most
         // `max_held` triggers anyway, so a smaller queue keeps a worker draining a backlog
-        // small (8 MiB: a few thousand triggers, several fetches ahead). `properties` may set
-        // another.
+        // small (4 MiB: about 1,500 triggers, several fetches ahead; the memory it pins in
+        // librdkafka's fetch buffers is several times that). `properties` may set another.
         if cc.get("queued.max.messages.kbytes").is_none() {
             cc.set("queued.max.messages.kbytes", PREFETCH_KIB.to_string());
         }
@@ -132,7 +132,7 @@ impl ConsumerOpener for Kafka {
 }
 
 /// What a consumer prefetches at most (`queued.max.messages.kbytes`) unless `properties` says.
-const PREFETCH_KIB: usize = 8 * 1024;
+const PREFETCH_KIB: usize = 4 * 1024;
 
 /// A group id no other tail uses: the process id and the time.
 fn uuid_like() -> String {
