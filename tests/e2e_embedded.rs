@@ -746,11 +746,11 @@ async fn benches_print_a_row_per_setting() {
 
     // The pipeline bench on the embedded queue: the ceiling, the ingress (closed and open loop),
     // end to end through the worker (all by wrk), a GET burst, the worker alone draining a
-    // backlog; every trigger published.
+    // backlog and one order's burst; every trigger published.
     let text = run_short_pipeline_bench(&[]).await;
     let rows = bench_rows(&text, "embedded");
     let runs: Vec<&str> = rows.iter().map(|r| r[2].as_str()).collect();
-    assert_eq!(runs.len(), 6, "{text}");
+    assert_eq!(runs.len(), 7, "{text}");
     assert_eq!(runs[0], "HTTP only (ceiling)");
     assert_eq!(runs[1], "bridge ingress");
     assert!(
@@ -786,13 +786,24 @@ async fn benches_print_a_row_per_setting() {
     assert!(fetches < 12, "{text}");
     // The worker alone drains the backlog the ingress alone left: every accepted event.
     assert_eq!(
-        runs[5], "worker alone, draining a backlog of POSTed events",
+        runs[5], "worker alone, draining a backlog of POSTed events (500 orders)",
         "{text}"
     );
     let (published, accepted) = published_of_accepted(&rows[5][11]);
     assert!(accepted > 0 && published >= accepted, "{text}");
-    assert!(rows[5][8].parse::<f64>().unwrap() > 0.0, "{text}");
-    assert!(rows[5][10].starts_with("worker "), "{text}");
+    // And one order's burst: all of it, in one order's pipeline.
+    assert_eq!(
+        runs[6], "worker alone, draining one order's burst of 200 events",
+        "{text}"
+    );
+    assert!(
+        rows[6][11].starts_with("200 published of 200 accepted"),
+        "{text}"
+    );
+    for row in &rows[5..7] {
+        assert!(row[8].parse::<f64>().unwrap() > 0.0, "{text}");
+        assert!(row[10].starts_with("worker "), "{text}");
+    }
 }
 
 /// Every series `docs/metrics.md` lists is on `/metrics` before the first request (Kafka's

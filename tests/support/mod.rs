@@ -1047,7 +1047,7 @@ pub fn bench_rows(text: &str, backend: &str) -> Vec<Vec<String>> {
 }
 
 /// `bench pipeline` with short loads (1 s, 4 connections; a burst of 12 GET triggers over 3
-/// orders) and `extra`.
+/// orders; one order's burst of 200 events) and `extra`.
 pub async fn run_short_pipeline_bench(extra: &[&str]) -> String {
     let mut args = vec![
         "pipeline",
@@ -1061,6 +1061,8 @@ pub async fn run_short_pipeline_bench(extra: &[&str]) -> String {
         "3",
         "--open-loop-secs",
         "1",
+        "--order-burst",
+        "200",
     ];
     args.extend(extra);
     run_bench(&args).await
@@ -1099,7 +1101,8 @@ pub async fn bench_pipeline_on(flag: &str, broker: &str, backend: &str, minimal:
         [
             "bridge ingress + worker, POSTed events end to end",
             "burst of 12 GET triggers over 3 orders",
-            "worker alone, draining a backlog of POSTed events",
+            "worker alone, draining a backlog of POSTed events (500 orders)",
+            "worker alone, draining one order's burst of 200 events",
         ],
         "{text}"
     );
@@ -1113,5 +1116,9 @@ pub async fn bench_pipeline_on(flag: &str, broker: &str, backend: &str, minimal:
         let (published, accepted) = published_of_accepted(&row[11]);
         assert!(accepted > 0 && published >= accepted, "{text}");
     }
+    assert!(
+        rows[n + 4][11].starts_with("200 published of 200 accepted"),
+        "{text}"
+    );
     assert!(rows[n + 2][11].starts_with("12 of 12 published"), "{text}");
 }

@@ -55,6 +55,9 @@ pub struct PipelineArgs {
     /// GET triggers in the burst the worker drains.
     #[arg(long, default_value_t = 200)]
     get_burst: usize,
+    /// Events of one order in the burst the worker drains alone.
+    #[arg(long, default_value_t = 5000)]
+    order_burst: usize,
     /// Orders the GET burst is spread over.
     #[arg(long, default_value_t = 10)]
     get_orders: usize,
@@ -406,8 +409,13 @@ fn event_template(tag: &str) -> String {
 }
 
 fn event_body(i: usize, tag: &str) -> String {
+    event_of(&format!("bench-order-{}", i % 500), i, tag)
+}
+
+/// Event `i` of `order` (version `i + 1`), message id `bench-{tag}-{i}`.
+fn event_of(order: &str, i: usize, tag: &str) -> String {
     tcb_simulator::orders::event(
-        &format!("bench-order-{}", i % 500),
+        order,
         i as u64 + 1,
         "OrderLinesUpdatedByBuyer",
         &format!("bench-{tag}-{i}"),
@@ -1207,40 +1215,49 @@ async fn bench_backend(
     // above with no worker running and stops; then the worker starts on them, sharing the two
     // cores only with the broker (and this reader). Outputs per second from the first output to
     // the last: what the worker sustains when it has cores of its own.
-    let ingress = Proc::bridge("ingress", "ingress", &config, &e2e_dir).await?;
-    let tag = format!("backlog-{run_id}");
-    wrk(setup, port(&ingress)?, &WrkLoad::distinct(args, &tag)).await?;
-    let backlog = ingress.accepted_settled().await? as usize;
-    ingress.stop().await;
-    let worker = Proc::bridge("worker", "worker", &config, &e2e_dir).await?;
-    let cpu = CpuWatch::start([
-        Some((worker.label, worker.pid)),
-        backend.broker_pid(),
-        Some(("reader", std::process::id())),
-    ]);
-    let out = reader
-        .wait_tagged(&format!("bench-{tag}-"), backlog, timeout)
-        .await?;
-    let span = match (out.first, out.last) {
-        (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
-        _ => 0.0,
+    let drain = Drain {
+        backend,
+        config: &config,
+        dir: &e2e_dir,
+        reader: &reader,
+        timeout,
+        ingress_max,
     };
-    let drain_rate = out.count.saturating_sub(1) as f64 / span.max(1e-9);
-    let cpu = cpu.per_call(out.count as u64);
-    rows.push(Row {
-        backend: name,
-        run: "worker alone, draining a backlog of POSTed events".to_owned(),
-        triggers_per_second: Some(drain_rate),
-        cpu,
-        rss: vec![worker.stop().await],
-        note: format!(
-            "{} published of {backlog} accepted in {span:.1} s; worker {:.2}x the ingress's \
-             maximum",
-            out.count,
-            drain_rate / ingress_max.max(1e-9)
-        ),
-        ..Row::default()
-    });
+    let tag = format!("backlog-{run_id}");
+    let load = WrkLoad::distinct(args, &tag);
+    rows.push(
+        drain
+            .row(
+                "worker alone, draining a backlog of POSTed events (500 orders)".to_owned(),
+                &tag,
+                async |ingress: &Proc| wrk(setup, port(ingress)?, &load).await.map(|_| ()),
+            )
+            .await?,
+    );
+
+    // 7. The same for one order's burst (a buyer changing one order's lines one by one): its
+    // events keep their order, each published without waiting for the one before.
+    let tag = format!("one-order-{run_id}");
+    let order = format!("bench-burst-{run_id}");
+    rows.push(
+        drain
+            .row(
+                format!(
+                    "worker alone, draining one order's burst of {} events",
+                    args.order_burst
+                ),
+                &tag,
+                async |ingress: &Proc| {
+                    let sender = setup.sender(port(ingress)?)?;
+                    closed_loop(&sender, args.order_burst, args.concurrency, |i| {
+                        Webhook::Post(event_of(&order, i, &tag).into_bytes())
+                    })
+                    .await
+                    .map(|_| ())
+                },
+            )
+            .await?,
+    );
 
     reader.task.abort();
     bus.close().await;
@@ -1257,6 +1274,64 @@ async fn bench_backend(
     )
     .await?;
     Ok(rows)
+}
+
+/// The worker alone, draining what an ingress (alone) accepted.
+struct Drain<'a> {
+    backend: &'a Backend,
+    config: &'a Path,
+    dir: &'a Path,
+    reader: &'a Reader,
+    timeout: Duration,
+    /// The ingress's closed-loop rate, the yardstick.
+    ingress_max: f64,
+}
+
+impl Drain<'_> {
+    /// Starts an ingress with no worker, lets `fill` load it with events whose message ids are
+    /// `bench-{tag}-N`, and stops it; then starts the worker and reads its outputs: outputs per
+    /// second from the first to the last, CPU per output.
+    async fn row(
+        &self,
+        run: String,
+        tag: &str,
+        fill: impl AsyncFnOnce(&Proc) -> Result<(), CliError>,
+    ) -> Result<Row, CliError> {
+        let ingress = Proc::bridge("ingress", "ingress", self.config, self.dir).await?;
+        fill(&ingress).await?;
+        let backlog = ingress.accepted_settled().await? as usize;
+        ingress.stop().await;
+        let worker = Proc::bridge("worker", "worker", self.config, self.dir).await?;
+        let cpu = CpuWatch::start([
+            Some((worker.label, worker.pid)),
+            self.backend.broker_pid(),
+            Some(("reader", std::process::id())),
+        ]);
+        let out = self
+            .reader
+            .wait_tagged(&format!("bench-{tag}-"), backlog, self.timeout)
+            .await?;
+        let span = match (out.first, out.last) {
+            (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+            _ => 0.0,
+        };
+        let rate = out.count.saturating_sub(1) as f64 / span.max(1e-9);
+        let cpu = cpu.per_call(out.count as u64);
+        Ok(Row {
+            backend: self.backend.name,
+            run,
+            triggers_per_second: Some(rate),
+            cpu,
+            rss: vec![worker.stop().await],
+            note: format!(
+                "{} published of {backlog} accepted in {span:.1} s; worker {:.2}x the ingress's \
+                 maximum",
+                out.count,
+                rate / self.ingress_max.max(1e-9)
+            ),
+            ..Row::default()
+        })
+    }
 }
 
 /// Deletes RabbitMQ queues a step filled and no one reads, once the step is done: a quorum queue
