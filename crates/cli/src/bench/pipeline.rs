@@ -254,8 +254,8 @@ impl Proc {
         })
     }
 
-    /// Webhook calls it answered 200 so far (its `/metrics`): the triggers it accepted.
-    async fn accepted(&self) -> Result<u64, CliError> {
+    /// The sum of the series of its `/metrics` whose line starts with `prefix`.
+    async fn metric(&self, prefix: &str) -> Result<u64, CliError> {
         let admin = self
             .admin
             .as_deref()
@@ -267,15 +267,47 @@ impl Proc {
             .text()
             .await
             .map_err(|e| CliError::Io(format!("{} /metrics: {e}", self.label)))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|rest| rest.rsplit(' ').next())
+            .filter_map(|n| n.trim().parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+
+    /// Webhook calls it answered 200 so far (its `/metrics`): the triggers it accepted.
+    async fn accepted(&self) -> Result<u64, CliError> {
         let series = format!(
             "{}{{status=\"200\"}} ",
             tcb_telemetry::metrics::INGRESS_REQUESTS
         );
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .and_then(|n| n.trim().parse::<f64>().ok())
-            .unwrap_or_default() as u64)
+        self.metric(&series).await
+    }
+
+    /// Triggers a worker settled so far (published or dead-lettered; its `/metrics`).
+    async fn settled(&self) -> Result<u64, CliError> {
+        self.metric(tcb_telemetry::metrics::WORKER_TRIGGERS).await
+    }
+
+    /// When the worker's settled count first reached `target` (polled every 20 ms), within
+    /// `timeout`. Read from the worker itself, so the rate it gives is the worker's own and not
+    /// that of whoever reads its outputs (this bench's reader of a Kafka topic tops out near
+    /// 6,000 outputs/s, below a worker draining a backlog).
+    async fn settled_at(&self, target: u64, timeout: Duration) -> Result<Instant, CliError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.settled().await? >= target {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                return Err(CliError::Io(format!(
+                    "{} settled {} of {target} triggers in {timeout:?}",
+                    self.label,
+                    self.settled().await?
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Webhook calls it answered 200, once wrk has stopped: calls still in flight when wrk
@@ -1125,6 +1157,10 @@ async fn bench_backend(
         .first()
         .ok_or_else(|| CliError::Io("no ingress".to_owned()))?;
     let accepted_before = ingress.accepted().await?;
+    let worker = procs
+        .last()
+        .ok_or_else(|| CliError::Io("no worker".to_owned()))?;
+    let settled_before = worker.settled().await?;
     let cpu = CpuWatch::start(
         procs
             .iter()
@@ -1137,13 +1173,18 @@ async fn bench_backend(
         .accepted_settled()
         .await?
         .saturating_sub(accepted_before) as usize;
-    // At least the accepted ones (a call wrk dropped when it stopped may be published too).
+    // Sustained: by the worker's own count of settled triggers (the reader of the orders topic
+    // may lag behind it), from the first call to the last accepted one settled.
+    let done = worker
+        .settled_at(settled_before + accepted as u64, timeout)
+        .await?;
+    let sustained = accepted as f64 / done.duration_since(started).as_secs_f64().max(1e-9);
+    let cpu = cpu.per_call(accepted as u64);
+    // Every accepted one read back (a call wrk dropped when it stopped may be published too).
     let out = reader
         .wait_tagged(&format!("bench-{tag}-"), accepted, timeout)
         .await?;
     let (e2e, arrived) = (&out.latencies, out.count);
-    let last = out.last.unwrap_or(started);
-    let sustained = arrived as f64 / last.duration_since(started).as_secs_f64().max(1e-9);
     let mut row = Row {
         backend: name,
         run: "bridge ingress + worker, POSTed events end to end".to_owned(),
@@ -1154,7 +1195,7 @@ async fn bench_backend(
             Duration::from_micros(e2e.value_at_quantile(0.99)),
         )),
         triggers_per_second: Some(sustained),
-        cpu: cpu.per_call(arrived as u64),
+        cpu,
         note: format!(
             "{arrived} published of {accepted} accepted; worker {:.2}x the ingress's maximum",
             sustained / ingress_max.max(1e-9)
@@ -1307,16 +1348,19 @@ impl Drain<'_> {
             self.backend.broker_pid(),
             Some(("reader", std::process::id())),
         ]);
+        // By the worker's own count, from its first settled trigger to the last (this reader
+        // may lag behind it).
+        let backlog_settled = backlog as u64;
+        let first = worker.settled_at(1, self.timeout).await?;
+        let last = worker.settled_at(backlog_settled, self.timeout).await?;
+        let cpu = cpu.per_call(backlog_settled);
+        let span = last.duration_since(first).as_secs_f64();
+        let rate = backlog_settled.saturating_sub(1) as f64 / span.max(1e-9);
+        // Every one read back from the orders topic.
         let out = self
             .reader
             .wait_tagged(&format!("bench-{tag}-"), backlog, self.timeout)
             .await?;
-        let span = match (out.first, out.last) {
-            (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
-            _ => 0.0,
-        };
-        let rate = out.count.saturating_sub(1) as f64 / span.max(1e-9);
-        let cpu = cpu.per_call(out.count as u64);
         Ok(Row {
             backend: self.backend.name,
             run,
