@@ -307,9 +307,13 @@ pub(crate) async fn process(shared: &Shared, work: Work, pipeline: &mut Pipeline
                         Output::event(shared.limits.version, trigger, Utc::now())
                     }),
                 };
+                // Once shutdown has begun, nothing after what the pipeline left unacked is
+                // settled (it comes again, in order).
                 if result.is_err() {
-                    pipeline.drain(shared).await;
-                    return settle(shared, item, result).await;
+                    if pipeline.drain(shared).await {
+                        settle(shared, item, result).await;
+                    }
+                    return;
                 }
                 // A repeat of a message still in flight is looked up once that one is remembered.
                 let repeat = item
@@ -318,8 +322,8 @@ pub(crate) async fn process(shared: &Shared, work: Work, pipeline: &mut Pipeline
                     .ok()
                     .and_then(|t| t.tradecloud_message_id())
                     .is_some_and(|id| shared.dedupe.is_some() && pipeline.holds(id));
-                if repeat {
-                    pipeline.drain(shared).await;
+                if repeat && !pipeline.drain(shared).await {
+                    return;
                 }
                 if let Some(ready) = prepare(shared, item, result).await {
                     pipeline.push(shared, ready).await;
@@ -329,7 +333,9 @@ pub(crate) async fn process(shared: &Shared, work: Work, pipeline: &mut Pipeline
             .await;
         }
         Work::Fetch(first, rest) => {
-            pipeline.drain(shared).await;
+            if !pipeline.drain(shared).await {
+                return;
+            }
             let first_span = process_span(shared, &first);
             let rest: Vec<(Item, Span)> = rest
                 .into_iter()
@@ -736,13 +742,14 @@ async fn enqueue(shared: &Shared, ready: &Ready) -> Result<tcb_bus::Pending, tcb
 }
 
 /// Publishes `ready` (retrying while the bus fails transiently, dead-lettering an output the
-/// broker can never take), then settles it. `attempt`: the outcome of a publish already made
-/// (in an order's pipeline), taken as the first attempt.
+/// broker can never take), then settles it; `false` when shutdown came first (left unacked).
+/// `attempt`: the outcome of a publish already made (in an order's pipeline), taken as the first
+/// attempt.
 async fn publish(
     shared: &Shared,
     mut ready: Ready,
     mut attempt: Option<Result<String, tcb_bus::BusError>>,
-) {
+) -> bool {
     let bus = &shared.health.bus;
     let mut backoff = shared.backoff.clone();
     // Held from a failed publish until it succeeds: at most `lanes` triggers retry publishing at
@@ -793,25 +800,26 @@ async fn publish(
         let waiting = tcb_telemetry::metrics::WaitingForRetry::start();
         if retrying.is_none() {
             retrying = tokio::select! {
-                _ = shared.cancel.cancelled() => return, // unacked: delivered again
+                _ = shared.cancel.cancelled() => return false, // unacked: delivered again
                 permit = shared.lanes.acquire() => permit.ok(),
             };
         }
         if !backoff.wait(&shared.cancel).await {
-            return; // unacked: delivered again after restart
+            return false; // unacked: delivered again after restart
         }
         drop(waiting);
     };
     drop(retrying);
-    finish(shared, ready, position).await;
+    record(shared, &ready, &position).await;
+    ack(ready).await;
+    true
 }
 
-/// After the broker holds `ready`'s message (at `position`): counts and journals it, remembers
-/// what it published, and acks the trigger.
-async fn finish(shared: &Shared, ready: Ready, position: String) {
+/// After the broker holds `ready`'s message (at `position`): counts and journals it, and
+/// remembers what it published; [`ack`] comes next.
+async fn record(shared: &Shared, ready: &Ready, position: &str) {
     let topic = ready.topic(shared);
     let Ready {
-        delivery,
         trigger,
         trigger_id,
         message,
@@ -820,7 +828,7 @@ async fn finish(shared: &Shared, ready: Ready, position: String) {
         tradecloud_id,
         po_number,
         message_id,
-        _held,
+        ..
     } = ready;
     let end_to_end = match (&trigger, &dead) {
         (Ok(t), None) => (Utc::now() - t.received_at).to_std().ok(),
@@ -831,7 +839,7 @@ async fn finish(shared: &Shared, ready: Ready, position: String) {
         None => journal(
             shared,
             trigger.as_ref().ok(),
-            &trigger_id,
+            trigger_id,
             tcb_journal::Stage::Published,
             |e| {
                 e.po_number(po_number.as_deref())
@@ -842,7 +850,7 @@ async fn finish(shared: &Shared, ready: Ready, position: String) {
         Some((kind, reason)) => journal(
             shared,
             trigger.as_ref().ok(),
-            &trigger_id,
+            trigger_id,
             tcb_journal::Stage::DeadLettered,
             |e| {
                 e.po_number(po_number.as_deref()).detail(
@@ -859,10 +867,19 @@ async fn finish(shared: &Shared, ready: Ready, position: String) {
     {
         tracing::warn!(trigger_id = %trigger_id, error = %e, "the duplicates file is not writable: a repeat of this message would be published again");
     }
+}
+
+/// Acks `ready`'s trigger (its output is published and recorded).
+async fn ack(ready: Ready) {
+    let Ready {
+        delivery,
+        trigger_id,
+        ..
+    } = ready;
     let position = delivery.position.clone();
     match delivery.ack().await {
         Ok(()) => {
-            tracing::info!(trigger_id = %trigger_id, position = %position, topic = %topic, "trigger done")
+            tracing::info!(trigger_id = %trigger_id, position = %position, "trigger done")
         }
         Err(e) => {
             tracing::warn!(trigger_id = %trigger_id, error = %e.chain(), "ack failed; the trigger will be delivered again")
@@ -901,8 +918,10 @@ impl Pipeline {
     /// oldest settles first.
     async fn push(&mut self, shared: &Shared, ready: Ready) {
         if ready.dead.is_some() {
-            self.drain(shared).await;
-            return publish(shared, ready, None).await;
+            if self.drain(shared).await {
+                publish(shared, ready, None).await;
+            }
+            return;
         }
         let mut ahead = None;
         while !self.is_empty() {
@@ -914,6 +933,10 @@ impl Pipeline {
             }
             self.settle_oldest(shared).await;
         }
+        if shared.cancel.is_cancelled() {
+            // Unacked, with whatever settling above left unacked: delivered again in order.
+            return;
+        }
         match enqueue(shared, &ready).await {
             Ok(confirm) => self.flight.push_back(InPipeline {
                 ready,
@@ -924,8 +947,9 @@ impl Pipeline {
             }),
             Err(e) => {
                 shared.health.progress.step();
-                self.drain(shared).await;
-                return publish(shared, ready, Some(Err(e))).await;
+                if self.drain(shared).await {
+                    publish(shared, ready, Some(Err(e))).await;
+                }
             }
         }
     }
@@ -944,14 +968,16 @@ impl Pipeline {
         let Some(oldest) = self.flight.pop_front() else {
             return;
         };
-        let outcome = oldest.confirm.await;
-        shared.health.progress.step();
         let InPipeline {
             ready,
+            confirm,
             span,
             _in_flight,
-            ..
+            _ahead,
         } = oldest;
+        let outcome = confirm.await;
+        drop(_ahead);
+        shared.health.progress.step();
         if let Ok(position) = outcome {
             shared.health.bus.close();
             // Those behind it already confirmed settle with it, at once: their ids go to the
@@ -973,41 +999,50 @@ impl Pipeline {
                     }
                 }
             }
-            futures::future::join_all(confirmed.into_iter().map(
-                |(ready, position, span, in_flight)| {
-                    async move {
-                        finish(shared, ready, position).await;
-                        drop(in_flight);
-                    }
-                    .instrument(span)
-                },
-            ))
+            futures::future::join_all(confirmed.iter().map(|(ready, position, span, _)| {
+                record(shared, ready, position).instrument(span.clone())
+            }))
             .await;
+            // Acked in order: after a crash in between, only later ones come again.
+            for (ready, _, span, _in_flight) in confirmed {
+                ack(ready).instrument(span).await;
+            }
             return;
         }
         let behind: Vec<InPipeline> = self.flight.drain(..).collect();
         let mut again = Vec::with_capacity(behind.len());
         for p in behind {
-            // One the broker stored is published again, after the failed one; one that failed
-            // too starts from its own failure.
+            // One the broker stored is published again, after the failed one (counted as a
+            // publish retry); one that failed too starts from its own failure.
             let own = p.confirm.await;
             shared.health.progress.step();
+            if own.is_ok() {
+                tcb_telemetry::metrics::retry("publish");
+            }
             again.push((p.ready, own.is_err().then_some(own), p.span, p._in_flight));
         }
         if !again.is_empty() {
-            tracing::warn!(trigger_id = %ready.trigger_id, behind = again.len(), "a publish in an order's pipeline failed: publishing it and the order's outputs behind it again, in order");
+            tracing::warn!(parent: &span, trigger_id = %ready.trigger_id, behind = again.len(), "a publish in an order's pipeline failed: publishing it and the order's outputs behind it again, in order");
         }
-        publish(shared, ready, Some(outcome)).instrument(span).await;
+        // On shutdown the first left unacked leaves all behind it unacked too: they come again
+        // in order.
+        if !publish(shared, ready, Some(outcome)).instrument(span).await {
+            return;
+        }
         for (ready, own, span, _in_flight) in again {
-            publish(shared, ready, own).instrument(span).await;
+            if !publish(shared, ready, own).instrument(span).await {
+                return;
+            }
         }
     }
 
-    /// Settles everything in flight, oldest first.
-    pub(crate) async fn drain(&mut self, shared: &Shared) {
+    /// Settles everything in flight, oldest first; `false` once shutdown has begun (what it
+    /// left unacked comes again, so what comes after it must not be acked first).
+    pub(crate) async fn drain(&mut self, shared: &Shared) -> bool {
         while !self.is_empty() {
             self.settle_oldest(shared).await;
         }
+        !shared.cancel.is_cancelled()
     }
 }
 

@@ -848,12 +848,13 @@ async fn the_real_apis_faults_delay_a_trigger_but_lose_nothing() {
 
 /// A broker whose confirms come later than the publish: every publish is stored at once (in
 /// order) and confirmed only once a later publish is queued (or after 200 ms, so one published
-/// alone is slow); the first confirm of the trigger `fail` reports a failure (as a lost confirm
-/// would) although it was stored.
+/// alone is slow); the first confirm of the trigger `fail` (with `fail_always`: every one)
+/// reports a failure (as a lost confirm would) although it was stored.
 struct LateConfirms {
     inner: std::sync::Arc<dyn tcb_bus::Publisher>,
     orders: String,
     fail: String,
+    fail_always: bool,
     queued: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     state: std::sync::Arc<std::sync::Mutex<LateState>>,
 }
@@ -866,11 +867,12 @@ struct LateState {
 }
 
 impl LateConfirms {
-    fn install(f: &mut Fixture, fail: String) -> std::sync::Arc<Self> {
+    fn install(f: &mut Fixture, fail: String, fail_always: bool) -> std::sync::Arc<Self> {
         let late = std::sync::Arc::new(Self {
             inner: f.bus.publisher(),
             orders: f.bus.topics.orders.clone(),
             fail,
+            fail_always,
             queued: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             state: Default::default(),
         });
@@ -912,7 +914,7 @@ impl tcb_bus::Publisher for LateConfirms {
             if trigger == self.fail {
                 s.attempts_at_fail += 1;
             }
-            trigger == self.fail && s.attempts_at_fail == 1
+            trigger == self.fail && (s.attempts_at_fail == 1 || self.fail_always)
         };
         self.queued.send_modify(|q| *q += 1);
         let this = *self.queued.borrow();
@@ -948,7 +950,7 @@ async fn an_orders_events_publish_without_waiting_for_each_other_and_a_failure_k
         .map(|v| event("burst-order", v, "OrderLinesUpdatedByBuyer"))
         .collect();
     // The third event's first confirm is lost, with later events of the order already published.
-    let late = LateConfirms::install(&mut f, sent[2].id.to_string());
+    let late = LateConfirms::install(&mut f, sent[2].id.to_string(), false);
     for t in &sent {
         f.publish(t).await;
     }
@@ -990,4 +992,43 @@ async fn an_orders_events_publish_without_waiting_for_each_other_and_a_failure_k
     assert_eq!(attempts_at_fail, 2, "the failed publish made again once");
     cancel.cancel();
     task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_shutdown_an_order_stops_at_its_first_output_not_settled() {
+    let mut f = fixture().await;
+    let plain = f.bus.clone();
+    let sent: Vec<TriggerEnvelope> = (1..=12)
+        .map(|v| event("stopping-order", v, "OrderLinesUpdatedByBuyer"))
+        .collect();
+    // The third event's publish fails for as long as the worker runs, with the events behind it
+    // already published.
+    let late = LateConfirms::install(&mut f, sent[2].id.to_string(), true);
+    for t in &sent {
+        f.publish(t).await;
+    }
+    let (cancel, task) = f.start();
+    eventually("the third event retried", Duration::from_secs(30), || {
+        late.state.lock().unwrap().attempts_at_fail >= 2
+    })
+    .await;
+    cancel.cancel();
+    task.await.unwrap();
+    // Unacked, and so delivered again in order: the third event and every one behind it; the
+    // first two were settled.
+    let mut again = plain
+        .consumer(&plain.topics.triggers, Some(&f.config.group))
+        .await
+        .unwrap();
+    for expected in &sent[2..] {
+        let d = tokio::time::timeout(Duration::from_secs(30), again.next())
+            .await
+            .expect("an unacked trigger delivered again")
+            .unwrap();
+        let got = tcb_model::codec::decode_trigger(&d.message).unwrap().id;
+        assert_eq!(got, expected.id, "delivered again in order");
+    }
+    if let Ok(d) = tokio::time::timeout(Duration::from_millis(500), again.next()).await {
+        panic!("a settled trigger came again: {:?}", d.map(|d| d.position));
+    }
 }

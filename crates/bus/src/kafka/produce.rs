@@ -112,7 +112,9 @@ impl Publisher for Kafka {
 
     /// Queues the record in librdkafka's producer (in call order: a key's messages share a
     /// partition, and the idempotent producer keeps their order there, retries included); the
-    /// pending resolves with its delivery report.
+    /// pending resolves with its delivery report. A message stored by a producer that was
+    /// replaced meanwhile is reported failed: one queued after it on the new producer may have
+    /// been stored first, and only publishing it again puts its key's last copy back in order.
     async fn enqueue(&self, topic: &str, message: Message) -> Result<Pending, BusError> {
         let shared = self.shared.clone();
         let producer = shared.producer();
@@ -136,6 +138,14 @@ impl Publisher for Kafka {
         let topic = topic.to_owned();
         Ok(Box::pin(async move {
             match delivery.await {
+                Ok(Ok(_)) if !Arc::ptr_eq(&shared.producer(), &producer) => {
+                    Err(BusError::Unavailable {
+                        context: format!(
+                            "Kafka: the producer was replaced while a message to {topic} was in flight"
+                        ),
+                        source: None,
+                    })
+                }
                 Ok(Ok(stored)) => Ok(format!(
                     "partition {} offset {}",
                     stored.partition, stored.offset
