@@ -66,6 +66,17 @@ async fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// Puts `publisher` in front of the bus: the worker publishes through it, consumers stay
+    /// on the original bus.
+    fn publish_through(&mut self, publisher: std::sync::Arc<dyn tcb_bus::Publisher>) {
+        let opener = self.bus.clone();
+        self.bus = Bus::new(
+            publisher,
+            std::sync::Arc::new(ReuseOpener(opener)),
+            self.bus.topics.clone(),
+        );
+    }
+
     fn start(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         let cancel = CancellationToken::new();
         let (config, bus, c) = (self.config.clone(), self.bus.clone(), cancel.clone());
@@ -431,12 +442,7 @@ impl FailingOrders {
             up: Default::default(),
             attempts: Default::default(),
         });
-        let opener = f.bus.clone();
-        f.bus = Bus::new(
-            failing.clone(),
-            std::sync::Arc::new(ReuseOpener(opener)),
-            f.bus.topics.clone(),
-        );
+        f.publish_through(failing.clone());
         failing
     }
 
@@ -876,12 +882,7 @@ impl LateConfirms {
             queued: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             state: Default::default(),
         });
-        let opener = f.bus.clone();
-        f.bus = Bus::new(
-            late.clone(),
-            std::sync::Arc::new(ReuseOpener(opener)),
-            f.bus.topics.clone(),
-        );
+        f.publish_through(late.clone());
         late
     }
 }
