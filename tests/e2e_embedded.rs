@@ -744,13 +744,19 @@ async fn benches_print_a_row_per_setting() {
     let labels: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
     assert_eq!(labels, ["journal off", "journal on"], "{text}");
 
-    // The pipeline bench on the embedded queue: the ceiling, the ingress (closed and open loop),
-    // end to end through the worker (all by wrk), a GET burst, the worker alone draining a
-    // backlog and one order's burst; every trigger published.
+    // The pipeline bench on the embedded queue: the ceiling, the bridge's publisher alone, the
+    // ingress (closed and open loop), end to end through the worker (all by wrk), a GET burst,
+    // the worker alone draining a backlog and one order's burst; every trigger published.
     let text = run_short_pipeline_bench(&[]).await;
-    let rows = bench_rows(&text, "embedded");
+    let mut rows = bench_rows(&text, "embedded");
+    assert_eq!(rows.len(), 8, "{text}");
+    // The publisher alone behind the baseline's stack: every call answered 2xx, its CPU.
+    let publisher = rows.remove(1);
+    assert_eq!(publisher[2], support::PUBLISHER_ALONE, "{text}");
+    assert_eq!(publisher[11], "", "every wrk call answered 2xx: {text}");
+    assert!(publisher[3].parse::<f64>().unwrap() > 0.0, "{text}");
+    assert!(publisher[10].starts_with("baseline "), "{text}");
     let runs: Vec<&str> = rows.iter().map(|r| r[2].as_str()).collect();
-    assert_eq!(runs.len(), 7, "{text}");
     assert_eq!(runs[0], "HTTP only (ceiling)");
     assert_eq!(runs[1], "bridge ingress");
     assert!(

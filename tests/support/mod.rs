@@ -1080,6 +1080,9 @@ pub fn published_of_accepted(note: &str) -> (usize, usize) {
     (counts[0], counts[1])
 }
 
+/// The row of `bench pipeline` with the bridge's publisher behind the baselines' HTTP stack.
+pub const PUBLISHER_ALONE: &str = "bridge publisher alone (same HTTP stack, body as it came)";
+
 /// `bench pipeline` on one broker (short loads) prints the HTTP-only ceiling, the minimal
 /// publisher(s) and the bridge in one run, the bridge's ratio to the minimal publisher, and every
 /// trigger the ingress accepted published, end to end and by the worker draining a backlog.
@@ -1089,6 +1092,7 @@ pub async fn bench_pipeline_on(flag: &str, broker: &str, backend: &str, minimal:
     let runs: Vec<&str> = rows.iter().map(|r| r[2].as_str()).collect();
     let mut expected = vec!["HTTP only (ceiling)"];
     expected.extend(minimal);
+    expected.push(PUBLISHER_ALONE);
     expected.push("bridge ingress");
     assert_eq!(runs[..expected.len()], expected[..], "{text}");
     let n = expected.len();

@@ -4,6 +4,12 @@
 //! awaiting the delivery report, or one confirm-mode lapin channel publishing persistent
 //! messages to a durable queue through the default exchange. No envelope, no validation, no
 //! metrics, no tracing: what the bridge is measured against.
+//!
+//! Mode `bus` puts the bridge's own publisher (`tcb_bus`, with the `[bus]` of a bridge config)
+//! behind the same stack: the body as the payload of a message with a trigger's headers, a key
+//! of its own per call, published to the triggers topic and awaited. Between it and the
+//! ingress is only the ingress's own work per call (reading and validating the body, the
+//! envelope, spans, metrics, the journal); between it and the minimal publisher only the bus's.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use crate::CliError;
 
 #[derive(clap::Args)]
 pub struct BaselineArgs {
-    /// `http` (answer at once), `kafka` or `rabbitmq`.
+    /// `http` (answer at once), `kafka`, `rabbitmq` or `bus` (the bridge's publisher).
     #[arg(long)]
     mode: String,
     /// Certificate chain and key (PEM) to serve HTTPS with.
@@ -28,7 +34,7 @@ pub struct BaselineArgs {
     /// A file holding the Basic-auth password.
     #[arg(long)]
     password_file: PathBuf,
-    /// Kafka bootstrap servers, or the RabbitMQ URI.
+    /// Kafka bootstrap servers, the RabbitMQ URI, or (mode `bus`) the bridge config file.
     #[arg(long, default_value = "")]
     broker: String,
     /// The Kafka topic or RabbitMQ queue to publish to.
@@ -49,6 +55,8 @@ enum Sink {
     Kafka(Arc<rdkafka::producer::FutureProducer>, Arc<str>),
     #[cfg(feature = "rabbitmq")]
     Rabbit(lapin::Channel, Arc<str>),
+    /// The bridge's publisher, its topic and the message each call's body goes out in.
+    Bus(Arc<dyn tcb_bus::Publisher>, Arc<str>, Arc<tcb_bus::Message>),
 }
 
 fn err(what: &str) -> impl Fn(String) -> CliError + '_ {
@@ -112,10 +120,50 @@ async fn sink(args: &BaselineArgs) -> Result<Sink, CliError> {
             std::mem::forget(connection);
             Ok(Sink::Rabbit(channel, args.target.as_str().into()))
         }
+        "bus" => bus_sink(&args.broker).await,
         other => Err(CliError::Io(format!(
-            "baseline: unknown mode {other:?}; expected one of http, kafka, rabbitmq"
+            "baseline: unknown mode {other:?}; expected one of http, kafka, rabbitmq, bus"
         ))),
     }
+}
+
+/// The bridge's publisher from the config at `path`, once it is ready (RabbitMQ connects in
+/// the background), with a trigger's message as the template of each call's.
+async fn bus_sink(path: &str) -> Result<Sink, CliError> {
+    let config = crate::config::Config::load(std::path::Path::new(path))
+        .map_err(|e| err("bus config")(e.to_string()))?;
+    let bus = tcb_bus::connect(&config.bus)
+        .await
+        .map_err(|e| err("bus")(e.chain()))?;
+    let publisher = bus.publisher();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(e) = publisher.check_ready().await {
+        if std::time::Instant::now() > deadline {
+            return Err(err("bus")(format!("not ready within 30 s: {}", e.chain())));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let sample =
+        br#"{"eventName":"OrderLinesUpdatedByBuyer","orderEvent":{"orderId":"bench-order"}}"#;
+    let trigger = tcb_model::trigger::TriggerEnvelope::event(
+        tcb_model::trigger::EventMethod::Post,
+        Some("application/json"),
+        sample,
+        chrono::Utc::now(),
+    )
+    .map_err(|e| err("bus")(e.to_string()))?;
+    let mut template =
+        tcb_model::codec::encode_trigger(&trigger).map_err(|e| err("bus")(e.to_string()))?;
+    // What `publish_traced` adds to every message.
+    template.headers.insert(
+        "traceparent".to_owned(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+    );
+    Ok(Sink::Bus(
+        publisher,
+        bus.topics.triggers.as_str().into(),
+        Arc::new(template),
+    ))
 }
 
 #[cfg(feature = "rabbitmq")]
@@ -138,11 +186,6 @@ fn queue_arguments(queue_type: &str) -> Result<lapin::types::FieldTable, CliErro
     Ok(arguments)
 }
 
-// Without a broker feature only `Sink::None` exists, which does not read the body.
-#[cfg_attr(
-    not(any(feature = "kafka", feature = "rabbitmq")),
-    allow(unused_variables)
-)]
 async fn publish(sink: &Sink, body: &[u8]) -> bool {
     match sink {
         Sink::None => true,
@@ -173,6 +216,14 @@ async fn publish(sink: &Sink, body: &[u8]) -> bool {
                 Ok(confirm) => matches!(confirm.await, Ok(lapin::Confirmation::Ack(_))),
                 Err(_) => false,
             }
+        }
+        Sink::Bus(publisher, topic, template) => {
+            let message = tcb_bus::Message {
+                key: uuid::Uuid::new_v4().to_string(),
+                payload: body.to_vec(),
+                ..tcb_bus::Message::clone(template)
+            };
+            publisher.publish(topic, message).await.is_ok()
         }
     }
 }

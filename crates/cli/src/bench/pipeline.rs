@@ -8,16 +8,21 @@
 //!    ceiling;
 //! 2. a minimal publisher behind the same stack (`bench-baseline --mode kafka|rabbitmq`): an
 //!    idempotent rdkafka producer with `acks=all`, or one confirm-mode lapin channel;
-//! 3. the bridge's ingress, closed loop, then open loop at half the rate it reached;
-//! 4. the bridge's ingress and worker (one `run` process on the embedded queue, two processes
-//!    otherwise): wrk POSTs distinct events (500 orders) for as long as in 1-3, and this process
+//! 3. the bridge's publisher (`tcb_bus`) behind the same stack (`bench-baseline --mode bus`):
+//!    each body published as it came with a trigger's headers, so that what lies between 2 and
+//!    4 splits into the bus's cost and the ingress's own work (validation, envelope, spans,
+//!    metrics, journal);
+//! 4. the bridge's ingress, closed loop, then open loop at half the rate it reached;
+//! 5. the bridge's ingress and worker (one `run` process on the embedded queue, two processes
+//!    otherwise): wrk POSTs distinct events (500 orders) for as long as in 1-4, and this process
 //!    reads their outputs from the orders topic: end-to-end latency from the ingress receiving
 //!    the call, and the outputs per second sustained from the first call to the last output,
-//!    against the ingress's maximum (3);
-//! 5. a burst of GET triggers for a few orders: how long the worker takes to drain it at
+//!    against the ingress's maximum (4);
+//! 6. a burst of GET triggers for a few orders: how long the worker takes to drain it at
 //!    Tradecloud's rate limit, and how many fetches coalescing saved;
-//! 6. the worker alone draining a backlog the ingress alone took (distinct events, as in 4):
-//!    the outputs per second it sustains without the ingress on the same cores.
+//! 7. the worker alone draining a backlog the ingress alone took (distinct events, as in 5):
+//!    the outputs per second it sustains without the ingress on the same cores, and one order's
+//!    burst drained the same way.
 //!
 //! Each row gives the answers' rate and latency, the end-to-end latency and sustained rate
 //! where there is one, the peak RSS and the CPU per call of each process. A bridge process is
@@ -126,6 +131,9 @@ impl Backend {
         }
     }
 }
+
+/// The row of the bridge's publisher behind the baseline's HTTP stack.
+const PUBLISHER_ALONE: &str = "bridge publisher alone (same HTTP stack, body as it came)";
 
 fn backends(args: &PipelineArgs, dir: &Path) -> Vec<Backend> {
     let mut out = Vec::new();
@@ -1085,8 +1093,26 @@ async fn bench_backend(
         )
     };
 
-    // 3. The ingress alone: closed loop, then open loop at half that rate.
+    // 3. The bridge's publisher alone behind the same stack (topics of its own): the bus's
+    // cost per call, apart from the ingress's own work.
     let group = format!("tcb-bench-{run_id}");
+    let config = setup.config(&backend.bus(run_id, "publisher"), &run_dir, &group)?;
+    let p = baseline(
+        setup,
+        "bus",
+        &config.display().to_string(),
+        "",
+        "classic",
+        &run_dir,
+    )
+    .await?;
+    let mut row = closed_row(setup, args, backend, PUBLISHER_ALONE, &p).await?;
+    row.rss.push(p.stop().await);
+    drop_stage(backend, "publisher").await?;
+    (row.vs_http, row.vs_minimal) = vs(row.per_second);
+    rows.push(row);
+
+    // 4. The ingress alone: closed loop, then open loop at half that rate.
     let config = setup.config(&backend.bus(run_id, "ingress"), &run_dir, &group)?;
     let p = Proc::bridge("ingress", "ingress", &config, &run_dir).await?;
     let port_ingress = port(&p)?;
@@ -1105,17 +1131,7 @@ async fn bench_backend(
     )
     .await?;
     row.rss.push(p.stop().await);
-    drop_queues(
-        backend,
-        &[
-            "tcb-bench-ingress.triggers",
-            "tcb-bench-ingress.orders",
-            "tcb-bench-ingress.dead-letters",
-            "tcb-bench-ingress.orders.tail",
-            "tcb-bench-ingress.dead-letters.tail",
-        ],
-    )
-    .await?;
+    drop_stage(backend, "ingress").await?;
     rows.push(row);
     rows.push(Row {
         backend: name,
@@ -1126,7 +1142,7 @@ async fn bench_backend(
         ..Row::default()
     });
 
-    // 4. Ingress and worker, end to end. The triggers the ingress alone left behind are drained
+    // 5. Ingress and worker, end to end. The triggers the ingress alone left behind are drained
     // first (the worker starts on them), so the measurement meets an empty topic.
     let e2e_dir = run_dir.join("e2e");
     std::fs::create_dir_all(&e2e_dir).map_err(io("run folder"))?;
@@ -1203,7 +1219,7 @@ async fn bench_backend(
         ..Row::default()
     };
 
-    // 5. A burst of GET triggers for a few orders, drained at Tradecloud's rate limit.
+    // 6. A burst of GET triggers for a few orders, drained at Tradecloud's rate limit.
     let fetches_before = setup.sim.stats().order_fetches;
     let orders: Vec<String> = (0..args.get_orders.max(1))
         .map(|k| format!("bench-get-{run_id}-{k}"))
@@ -1252,7 +1268,7 @@ async fn bench_backend(
         ..Row::default()
     });
 
-    // 6. The worker alone, draining a backlog: the ingress takes distinct events for as long as
+    // 7. The worker alone, draining a backlog: the ingress takes distinct events for as long as
     // above with no worker running and stops; then the worker starts on them, sharing the two
     // cores only with the broker (and this reader). Outputs per second from the first output to
     // the last: what the worker sustains when it has cores of its own.
@@ -1276,7 +1292,7 @@ async fn bench_backend(
             .await?,
     );
 
-    // 7. The same for one order's burst (a buyer changing one order's lines one by one): its
+    // 8. The same for one order's burst (a buyer changing one order's lines one by one): its
     // events keep their order, each published without waiting for the one before.
     let tag = format!("one-order-{run_id}");
     let order = format!("bench-burst-{run_id}");
@@ -1303,17 +1319,7 @@ async fn bench_backend(
     reader.task.abort();
     bus.close().await;
     // The tail streams (`tail_streams`, on by default) keep what the worker published.
-    drop_queues(
-        backend,
-        &[
-            "tcb-bench-e2e.triggers",
-            "tcb-bench-e2e.orders",
-            "tcb-bench-e2e.dead-letters",
-            "tcb-bench-e2e.orders.tail",
-            "tcb-bench-e2e.dead-letters.tail",
-        ],
-    )
-    .await?;
+    drop_stage(backend, "e2e").await?;
     Ok(rows)
 }
 
@@ -1380,6 +1386,19 @@ impl Drain<'_> {
 
 /// Deletes RabbitMQ queues a step filled and no one reads, once the step is done: a quorum queue
 /// holds its messages in memory, and tens of thousands of them would slow the next step.
+/// Deletes the RabbitMQ queues of a stage's topics ([`Backend::bus`]), tail streams included.
+async fn drop_stage(backend: &Backend, stage: &str) -> Result<(), CliError> {
+    let queues = [
+        "triggers",
+        "orders",
+        "dead-letters",
+        "orders.tail",
+        "dead-letters.tail",
+    ]
+    .map(|q| format!("tcb-bench-{stage}.{q}"));
+    drop_queues(backend, &queues.each_ref().map(String::as_str)).await
+}
+
 async fn drop_queues(backend: &Backend, queues: &[&str]) -> Result<(), CliError> {
     #[cfg(feature = "rabbitmq")]
     if backend.name == "rabbitmq" {
