@@ -138,6 +138,53 @@ async fn an_unroutable_publish_is_an_error_and_an_unacked_delivery_comes_again()
     cleanup(&c).await;
 }
 
+/// Triggers go to their queue by name (the default exchange), not through the topic exchange;
+/// `mandatory` still holds: with the queue gone a trigger is refused, not dropped.
+#[tokio::test]
+async fn triggers_go_straight_to_their_queue_and_a_missing_queue_refuses_them() {
+    let c = config(&unique(), QueueType::Quorum);
+    let bus = connect(&BusConfig::Rabbitmq(c.clone())).await.unwrap();
+    ready(&bus).await;
+    let p = bus.publisher();
+    let sent = event_msg("order-1", Some("OrderIssuedByBuyer"), 1);
+    let at = p
+        .publish_at(&c.topics.triggers, sent.clone())
+        .await
+        .unwrap();
+    assert_eq!(at, format!("queue {}", c.topics.triggers));
+    let mut worker = bus.consumer(&c.topics.triggers, Some("w")).await.unwrap();
+    let d = next(&mut worker).await;
+    assert_eq!(seen(&d.message), seen(&sent));
+    // Routed by queue name: the routing key is the queue's, not `<triggers>.<event>`.
+    assert!(
+        d.position.starts_with(&format!("{}#", c.topics.triggers)),
+        "{}",
+        d.position
+    );
+    d.ack().await.unwrap();
+    drop(worker);
+    let conn = lapin::Connection::connect(&uri(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(
+        c.topics.triggers.as_str().into(),
+        QueueDeleteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+    let e = p
+        .publish(&c.topics.triggers, msg("order-1", 2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, BusError::Rejected { .. }) && e.to_string().contains("unroutable"),
+        "{e}"
+    );
+    cleanup(&c).await;
+}
+
 #[tokio::test]
 async fn a_full_orders_queue_refuses_publishes_until_it_is_consumed() {
     let mut c = config(&unique(), QueueType::Quorum);

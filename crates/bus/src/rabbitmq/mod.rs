@@ -3,8 +3,8 @@
 //! Topology, declared idempotently at every (re)connect:
 //! * a durable topic exchange (`exchange`); a message for topic `T` is published to it with the
 //!   routing key `T.<word>`, the word being the event name (`T.order` when there is none, i.e. a
-//!   GET trigger or a fetched order), so an ERP queue can bind `tradecloud.orders.*` or one event
-//!   name only;
+//!   fetched order), so an ERP queue can bind `tradecloud.orders.*` or one event name only;
+//!   triggers skip it and go straight to their queue (the default exchange), see [`publish`];
 //! * one durable queue per topic (quorum or classic), named like the topic and bound with `T.*`:
 //!   exactly one word after the topic, so that a topic whose name extends another's (the default
 //!   `tradecloud.triggers.dead-letter` beside `tradecloud.triggers`) never receives the other's
@@ -18,8 +18,9 @@
 //!   delivered more than `delivery_limit` times (a trigger that crashes the worker every time).
 //!
 //! Publishing ([`publish`]): persistent messages (delivery mode 2), `mandatory` (an unroutable
-//! message is an error, not a silent drop), confirm mode on a small pool of channels (a key's
-//! messages always on the same one, so they keep their order when several are in flight);
+//! message is an error, not a silent drop), confirm mode on `publish_channels` channels (one by
+//! default; a key's messages always on the same one, so they keep their order when several are
+//! in flight);
 //! `publish` returns only after the broker's ack. While the connection is down every publish fails at once
 //! (the ingress answers 503); a supervisor reconnects with back-off, re-declares the topology and
 //! the consumers resubscribe. Heartbeats (`heartbeat_seconds`) detect a dead or half-open

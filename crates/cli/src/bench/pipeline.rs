@@ -929,7 +929,7 @@ pub async fn run(args: PipelineArgs) -> Result<(), CliError> {
     let run_id = format!("{}", chrono::Utc::now().timestamp_millis());
     println!(
         "bench pipeline: wrk (1 thread, {c} HTTPS connections, {s} s) on the ceiling, the minimal \
-         publisher, the ingress and the ingress with the worker (distinct events over 500 orders, \
+         publisher, the bridge's publisher alone, the ingress and the ingress with the worker (distinct events over 500 orders, \
          end to end); a burst of {g} GET triggers over {o} orders from this process ({c} in \
          flight); open loop (wrk, a fixed pause per connection) {l} s at half the ingress's rate",
         c = args.concurrency,
