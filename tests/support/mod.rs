@@ -1110,6 +1110,11 @@ pub async fn bench_pipeline_on(flag: &str, broker: &str, backend: &str, minimal:
         ],
         "{text}"
     );
+    // The bridge's publisher alone: every call answered 2xx, at some rate.
+    let publisher = &rows[n - 2];
+    assert_eq!(publisher[11], "", "every wrk call answered 2xx: {text}");
+    assert!(publisher[3].parse::<f64>().unwrap() > 0.0, "{text}");
+    assert!(publisher[10].starts_with("baseline "), "{text}");
     // The bridge against the minimal publisher it is compared with (the one marked 1.00x).
     assert!(rows[..n - 1].iter().any(|r| r[5] == "1.00x"), "{text}");
     let ratio: f64 = rows[n - 1][5].trim_end_matches('x').parse().unwrap();

@@ -51,7 +51,8 @@ pub struct Message {
     pub id: Option<String>,
     /// The payload's media type (AMQP `content-type`).
     pub content_type: Option<String>,
-    /// One word that classifies the message for routing (AMQP routing key `<topic>.<word>`).
+    /// One word that classifies the message for routing (AMQP routing key `<topic>.<word>`;
+    /// triggers are routed by their queue's name instead).
     pub routing_word: Option<String>,
 }
 

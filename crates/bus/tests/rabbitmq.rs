@@ -185,6 +185,60 @@ async fn triggers_go_straight_to_their_queue_and_a_missing_queue_refuses_them() 
     cleanup(&c).await;
 }
 
+fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A user that may not publish to the default exchange (triggers go through it) gets no
+/// connection that would refuse every trigger: connecting fails, and a publish says why.
+#[tokio::test]
+async fn a_user_who_may_not_write_to_the_default_exchange_is_not_connected_and_told_why() {
+    let prefix = unique();
+    let user = format!("{prefix}-user");
+    let password = "probe-secret";
+    rabbitmqctl(&["add_user", &user, password]);
+    // Everything of the test's own names, nothing else (so not `amq.default`).
+    let own = format!("^{prefix}.*");
+    rabbitmqctl(&["set_permissions", "-p", "/", &user, &own, &own, &own]);
+    let host = uri().rsplit('@').next().unwrap().to_owned();
+    let c = RabbitMqConfig {
+        uri: SecretString::from(format!("amqp://{user}:{password}@{host}")),
+        ..config(&prefix, QueueType::Quorum)
+    };
+    let bus = connect(&BusConfig::Rabbitmq(c.clone())).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let e = bus
+            .publisher()
+            .publish(&c.topics.triggers, msg("k", 1))
+            .await
+            .unwrap_err();
+        if e.to_string().contains("amq.default") {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no reason given: {e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(refused.is_transient(), "{refused}");
+    assert!(!refused.to_string().contains(password), "{refused}");
+    let not_ready = bus.publisher().check_ready().await.unwrap_err();
+    assert!(
+        not_ready.to_string().contains("ACCESS_REFUSED"),
+        "{not_ready}"
+    );
+    bus.publisher().close().await;
+    rabbitmqctl(&["delete_user", &user]);
+    cleanup(&c).await;
+}
+
 #[tokio::test]
 async fn a_full_orders_queue_refuses_publishes_until_it_is_consumed() {
     let mut c = config(&unique(), QueueType::Quorum);

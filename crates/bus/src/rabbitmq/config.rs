@@ -23,7 +23,8 @@ pub struct RabbitMqConfig {
     /// `quorum` (replicated, RabbitMQ 3.8+) or `classic`. Changing it needs the queues deleted.
     #[serde(default)]
     pub queue_type: QueueType,
-    /// The durable topic exchange all topics are published to.
+    /// The durable topic exchange the orders and dead letters are published to (triggers go
+    /// straight to their queue through the default exchange).
     #[serde(default = "default_exchange")]
     pub exchange: String,
     /// The exchange the triggers queue dead-letters to; it feeds the dead-letter queue.

@@ -2,8 +2,9 @@
 //!
 //! Topology, declared idempotently at every (re)connect:
 //! * a durable topic exchange (`exchange`); a message for topic `T` is published to it with the
-//!   routing key `T.<word>`, the word being the event name (`T.order` when there is none, i.e. a
-//!   fetched order), so an ERP queue can bind `tradecloud.orders.*` or one event name only;
+//!   routing key `T.<word>`, the word being the event name (`T.order` when there is none: a
+//!   fetched order, a GET trigger's dead letter), so an ERP queue can bind `tradecloud.orders.*`
+//!   or one event name only;
 //!   triggers skip it and go straight to their queue (the default exchange), see [`publish`];
 //! * one durable queue per topic (quorum or classic), named like the topic and bound with `T.*`:
 //!   exactly one word after the topic, so that a topic whose name extends another's (the default
@@ -82,6 +83,9 @@ struct Slot {
     link: watch::Sender<Option<Arc<Link>>>,
     /// Wakes the supervisor when a user of the link saw it fail.
     broken: Notify,
+    /// Why the last attempt to connect failed (no secret: [`connect`]'s errors strip the URI),
+    /// so that a publish and `/readyz` say why there is no connection, not only that.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Slot {
@@ -89,6 +93,13 @@ impl Slot {
         Self {
             link: watch::channel(None).0,
             broken: Notify::new(),
+            last_error: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn set_last_error(&self, error: Option<String>) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = error;
         }
     }
 }
@@ -165,7 +176,16 @@ impl RabbitMq {
                 slot.broken.notify_one();
                 Err(unavailable("the connection is lost; reconnecting", None))
             }
-            None => Err(unavailable("not connected", None)),
+            None => {
+                let last = slot.last_error.lock().ok().and_then(|e| e.clone());
+                Err(unavailable(
+                    match last {
+                        Some(e) => format!("not connected (last attempt: {e})"),
+                        None => "not connected".to_owned(),
+                    },
+                    None,
+                ))
+            }
         }
     }
 
@@ -214,6 +234,7 @@ async fn supervise(inner: std::sync::Weak<Inner>, role: Role, stop: Cancellation
             Ok(link) => {
                 tracing::info!(exchange = %strong.config.exchange, ?role, "connected to RabbitMQ");
                 backoff.reset();
+                strong.slot(role).set_last_error(None);
                 let link = Arc::new(link);
                 strong.slot(role).link.send_replace(Some(link.clone()));
                 drop(strong);
@@ -242,6 +263,7 @@ async fn supervise(inner: std::sync::Weak<Inner>, role: Role, stop: Cancellation
             }
             Err(e) => {
                 tracing::warn!(error = %e.chain(), ?role, retry_in_ms = backoff.base().as_millis() as u64, "cannot connect to RabbitMQ");
+                strong.slot(role).set_last_error(Some(e.chain()));
                 drop(strong);
                 if !backoff.wait(&stop).await {
                     return;
@@ -283,6 +305,9 @@ async fn connect(inner: &Inner, role: Role) -> Result<Link, BusError> {
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
             channels.push(ch);
         }
+        if let Some(ch) = channels.first() {
+            probe_default_exchange(ch).await?;
+        }
         Ok::<_, lapin::Error>(channels)
     };
     match tokio::time::timeout(timeout, setup).await {
@@ -299,6 +324,28 @@ async fn connect(inner: &Inner, role: Role) -> Result<Link, BusError> {
             Err(BusError::Timeout(timeout))
         }
     }
+}
+
+/// Triggers are published through the default exchange ([`publish`]), which needs write
+/// permission on `amq.default`: a user without it would have every trigger refused (and its
+/// channel closed) while the connection looks healthy. An empty message to a routing key no
+/// queue can have (`amq.` names are reserved) checks it at connect: refused, the connection
+/// fails with the broker's reason; allowed, RabbitMQ returns it as unroutable and stores nothing.
+async fn probe_default_exchange(channel: &Channel) -> Result<(), lapin::Error> {
+    channel
+        .basic_publish(
+            "".into(),
+            "amq.tradecloud-bridge.permission-probe".into(),
+            lapin::options::BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"",
+            lapin::BasicProperties::default(),
+        )
+        .await?
+        .await
+        .map(|_| ())
 }
 
 /// A topic's queue's arguments. Every queue refuses publishes when full (`reject-publish`: the

@@ -1,4 +1,5 @@
-//! Publishing with publisher confirms on a pool of channels.
+//! Publishing with publisher confirms on `publish_channels` channels (one by default), many
+//! publishes in flight on each.
 
 use async_trait::async_trait;
 use lapin::options::BasicPublishOptions;
@@ -115,7 +116,7 @@ impl Publisher for RabbitMq {
                 Ok(Confirmation::Ack(None)) => Ok(position),
                 Ok(Confirmation::Ack(Some(returned))) => Err(BusError::Rejected {
                     context: format!(
-                        "RabbitMQ returned the message as unroutable ({} {}): no queue is bound for topic {topic}",
+                        "RabbitMQ returned the message as unroutable ({} {}): no queue is bound for topic {topic} (triggers: no queue of that name)",
                         returned.reply_code, returned.reply_text
                     ),
                     source: None,

@@ -103,7 +103,8 @@ impl Backend {
         Some(("broker", pid))
     }
 
-    /// The `[bus]` section of the bridge's config for a stage of the run (`ingress`, `e2e`):
+    /// The `[bus]` section of the bridge's config for a stage of the run (`publisher`,
+    /// `ingress`, `e2e`, ...):
     /// each stage has topics of its own, so one stage's triggers are not another's backlog.
     fn bus(&self, run: &str, stage: &str) -> String {
         match self.name {
@@ -120,7 +121,7 @@ impl Backend {
                 self.at
             ),
             // Fixed names per stage (queues outlive the run; the reader skips what it did not
-            // send, and the ingress stage's queues are deleted at the end).
+            // send, and the publisher, ingress and e2e stages' queues are deleted at their end).
             _ => format!(
                 "[bus]\nbackend = \"rabbitmq\"\nuri = \"{}\"\nexchange = \"tcb-bench-{stage}\"\n\
                  [bus.topics]\ntriggers = \"tcb-bench-{stage}.triggers\"\n\
@@ -1384,8 +1385,6 @@ impl Drain<'_> {
     }
 }
 
-/// Deletes RabbitMQ queues a step filled and no one reads, once the step is done: a quorum queue
-/// holds its messages in memory, and tens of thousands of them would slow the next step.
 /// Deletes the RabbitMQ queues of a stage's topics ([`Backend::bus`]), tail streams included.
 async fn drop_stage(backend: &Backend, stage: &str) -> Result<(), CliError> {
     let queues = [
@@ -1399,6 +1398,8 @@ async fn drop_stage(backend: &Backend, stage: &str) -> Result<(), CliError> {
     drop_queues(backend, &queues.each_ref().map(String::as_str)).await
 }
 
+/// Deletes RabbitMQ queues a step filled and no one reads, once the step is done: a quorum queue
+/// holds its messages in memory, and tens of thousands of them would slow the next step.
 async fn drop_queues(backend: &Backend, queues: &[&str]) -> Result<(), CliError> {
     #[cfg(feature = "rabbitmq")]
     if backend.name == "rabbitmq" {
