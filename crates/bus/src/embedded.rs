@@ -28,7 +28,8 @@ use serde::Deserialize;
 use tokio::sync::{Notify, oneshot};
 
 use crate::{
-    Acker, BusError, Consumer, ConsumerOpener, Delivery, Headers, Message, Publisher, TopicsConfig,
+    Acker, BusError, Consumer, ConsumerOpener, Delivery, Headers, Message, Pending, Publisher,
+    TopicsConfig,
 };
 
 /// Most operations one transaction commits.
@@ -243,18 +244,29 @@ impl EmbeddedStore {
         &self,
         op: impl FnOnce(oneshot::Sender<Result<i64, BusError>>) -> Op,
     ) -> Result<i64, BusError> {
+        outcome(self.send(op)?).await
+    }
+
+    /// Queues `op` for the writer (in call order: the writer works its queue in order and
+    /// commits what waits together) and returns where its answer will come ([`outcome`]).
+    fn send(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<i64, BusError>>) -> Op,
+    ) -> Result<oneshot::Receiver<Result<i64, BusError>>, BusError> {
         let (reply, rx) = oneshot::channel();
         match self.inner.tx.try_send(op(reply)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(BusError::Overloaded(
-                    "too many writes pending for the embedded store".to_owned(),
-                ));
-            }
-            Err(TrySendError::Disconnected(_)) => return Err(writer_stopped()),
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(BusError::Overloaded(
+                "too many writes pending for the embedded store".to_owned(),
+            )),
+            Err(TrySendError::Disconnected(_)) => Err(writer_stopped()),
         }
-        rx.await.map_err(|_| writer_stopped())?
     }
+}
+
+/// What the writer answered to an op [`EmbeddedStore::send`] queued.
+async fn outcome(answer: oneshot::Receiver<Result<i64, BusError>>) -> Result<i64, BusError> {
+    answer.await.map_err(|_| writer_stopped())?
 }
 
 /// Deletes messages older than the retention that every known consumer group of their topic has
@@ -392,15 +404,22 @@ impl Publisher for EmbeddedStore {
     }
 
     async fn publish_at(&self, topic: &str, message: Message) -> Result<String, BusError> {
+        self.enqueue(topic, message).await?.await
+    }
+
+    /// Queues the message for the writer without waiting for its commit: messages queued one
+    /// after another are stored in that order, those waiting together in one commit (one
+    /// `fsync`), so an order's outputs in flight together cost one commit, not one each.
+    async fn enqueue(&self, topic: &str, message: Message) -> Result<Pending, BusError> {
         let topic = topic.to_owned();
-        let id = self
-            .submit(|reply| Op::Publish {
-                topic,
-                message,
-                reply,
-            })
-            .await?;
-        Ok(format!("id {id}"))
+        let stored = self.send(|reply| Op::Publish {
+            topic,
+            message,
+            reply,
+        })?;
+        Ok(Box::pin(async move {
+            Ok(format!("id {}", outcome(stored).await?))
+        }))
     }
 
     async fn check_ready(&self) -> Result<(), BusError> {

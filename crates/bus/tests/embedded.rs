@@ -16,6 +16,14 @@ async fn open(dir: &tempfile::TempDir) -> Bus {
     .unwrap()
 }
 
+/// Messages queued without waiting for each other's commit keep each key's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_flight_together_keep_each_keys_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(&dir).await;
+    enqueued_messages_keep_each_keys_order(&bus, "t", &["a", "b", "c"], 300).await;
+}
+
 #[tokio::test]
 async fn published_messages_arrive_in_order_with_headers() {
     let dir = tempfile::tempdir().unwrap();
