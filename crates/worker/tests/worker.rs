@@ -885,6 +885,24 @@ impl LateConfirms {
         f.publish_through(late.clone());
         late
     }
+
+    /// `n` events of `order` on the triggers topic, with the third one's confirm failing (once,
+    /// or with `always` every time).
+    async fn third_of(
+        f: &mut Fixture,
+        order: &str,
+        n: u64,
+        always: bool,
+    ) -> (Vec<TriggerEnvelope>, std::sync::Arc<Self>) {
+        let sent: Vec<TriggerEnvelope> = (1..=n)
+            .map(|v| event(order, v, "OrderLinesUpdatedByBuyer"))
+            .collect();
+        let late = Self::install(f, sent[2].id.to_string(), always);
+        for t in &sent {
+            f.publish(t).await;
+        }
+        (sent, late)
+    }
 }
 
 #[async_trait::async_trait]
@@ -947,14 +965,8 @@ impl tcb_bus::Publisher for LateConfirms {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orders_events_publish_without_waiting_for_each_other_and_a_failure_keeps_their_order() {
     let mut f = fixture().await;
-    let sent: Vec<TriggerEnvelope> = (1..=20)
-        .map(|v| event("burst-order", v, "OrderLinesUpdatedByBuyer"))
-        .collect();
     // The third event's first confirm is lost, with later events of the order already published.
-    let late = LateConfirms::install(&mut f, sent[2].id.to_string(), false);
-    for t in &sent {
-        f.publish(t).await;
-    }
+    let (sent, late) = LateConfirms::third_of(&mut f, "burst-order", 20, false).await;
     let (cancel, task) = f.start();
     // Every output, then the failed one again and those behind it that were stored before it
     // was confirmed: read until every event's last copy is there in order.
@@ -999,15 +1011,9 @@ async fn an_orders_events_publish_without_waiting_for_each_other_and_a_failure_k
 async fn on_shutdown_an_order_stops_at_its_first_output_not_settled() {
     let mut f = fixture().await;
     let plain = f.bus.clone();
-    let sent: Vec<TriggerEnvelope> = (1..=12)
-        .map(|v| event("stopping-order", v, "OrderLinesUpdatedByBuyer"))
-        .collect();
     // The third event's publish fails for as long as the worker runs, with the events behind it
     // already published.
-    let late = LateConfirms::install(&mut f, sent[2].id.to_string(), true);
-    for t in &sent {
-        f.publish(t).await;
-    }
+    let (sent, late) = LateConfirms::third_of(&mut f, "stopping-order", 12, true).await;
     let (cancel, task) = f.start();
     eventually("the third event retried", Duration::from_secs(30), || {
         late.state.lock().unwrap().attempts_at_fail >= 2
