@@ -325,9 +325,49 @@ async fn faults_lose_nothing() {
 }
 
 /// The pipeline bench on RabbitMQ: the ceiling, the minimal lapin publisher (classic and quorum
-/// queue) and the bridge in one run, every accepted trigger published.
+/// queue) and the bridge in one run, every accepted trigger published. A stage's queue left
+/// behind by a run that failed midway, still holding its triggers, is dropped before the run
+/// (the bridge uses a queue that exists as it is): here it is full (`x-max-length` 1,
+/// `reject-publish`), so a run that used it could not publish a trigger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_bench_prints_the_bridge_beside_both_baselines() {
+    let conn = lapin::Connection::connect(&rabbitmq_uri(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let stale = "tcb-bench-e2e.triggers";
+    let mut full = lapin::types::FieldTable::default();
+    full.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongLongInt(1),
+    );
+    full.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    ch.queue_delete(stale.into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare(
+        stale.into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        full,
+    )
+    .await
+    .unwrap();
+    ch.basic_publish(
+        "".into(),
+        stale.into(),
+        lapin::options::BasicPublishOptions::default(),
+        b"left by a run that failed",
+        lapin::BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    conn.close(200, "set up".into()).await.unwrap();
     support::bench_pipeline_on(
         "--rabbitmq",
         &support::rabbitmq_uri(),

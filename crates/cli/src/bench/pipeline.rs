@@ -121,7 +121,8 @@ impl Backend {
                 self.at
             ),
             // Fixed names per stage (queues outlive the run; the reader skips what it did not
-            // send, and the publisher, ingress and e2e stages' queues are deleted at their end).
+            // send, and the publisher, ingress and e2e stages' queues are deleted at their end,
+            // and at the start of a run, for a run that failed midway).
             _ => format!(
                 "[bus]\nbackend = \"rabbitmq\"\nuri = \"{}\"\nexchange = \"tcb-bench-{stage}\"\n\
                  [bus.topics]\ntriggers = \"tcb-bench-{stage}.triggers\"\n\
@@ -1040,6 +1041,11 @@ async fn bench_backend(
     std::fs::create_dir_all(&run_dir).map_err(io("run folder"))?;
     let timeout = Duration::from_secs(args.timeout_secs);
     let mut rows = Vec::new();
+    // The stages' queues have fixed names: a run that failed midway left them behind, filled
+    // (its triggers would be counted in this run's) and perhaps of another queue type.
+    for stage in STAGES {
+        drop_stage(backend, stage).await?;
+    }
 
     // 1. The ceiling.
     let p = baseline(setup, "http", "", "", "classic", &run_dir).await?;
@@ -1384,6 +1390,9 @@ impl Drain<'_> {
         })
     }
 }
+
+/// The stages whose topics are named `tcb-bench-<stage>.*` ([`Backend::bus`]).
+const STAGES: [&str; 3] = ["publisher", "ingress", "e2e"];
 
 /// Deletes the RabbitMQ queues of a stage's topics ([`Backend::bus`]), tail streams included.
 async fn drop_stage(backend: &Backend, stage: &str) -> Result<(), CliError> {
