@@ -296,21 +296,31 @@ pub async fn run(args: BaselineArgs) -> Result<(), CliError> {
     }
 }
 
-/// Deletes RabbitMQ queues the bench filled and no one reads (missing ones are fine).
+/// Deletes RabbitMQ queues the bench filled and no one reads (missing ones are fine); a queue
+/// that cannot be deleted is an error.
 #[cfg(feature = "rabbitmq")]
 pub async fn delete_queues(uri: &str, queues: &[&str]) -> Result<(), CliError> {
     let connection = lapin::Connection::connect(uri, lapin::ConnectionProperties::default())
         .await
         .map_err(|e| err("rabbitmq")(e.to_string()))?;
+    let failed = |what: String| err("rabbitmq")(what);
     for queue in queues {
         // A missing queue closes the channel: one channel per queue.
-        if let Ok(channel) = connection.create_channel().await {
-            let _ = channel
-                .queue_delete(
-                    (*queue).into(),
-                    lapin::options::QueueDeleteOptions::default(),
-                )
-                .await;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| failed(format!("opening a channel to delete queue {queue}: {e}")))?;
+        match channel
+            .queue_delete(
+                (*queue).into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("NOT_FOUND") => {}
+            // A queue left behind would skew the next step (or run): say so and stop.
+            Err(e) => return Err(failed(format!("deleting queue {queue}: {e}"))),
         }
     }
     let _ = connection.close(200, "bench done".into()).await;
