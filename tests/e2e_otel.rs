@@ -409,9 +409,11 @@ async fn kafka_one_trace_per_trigger_over_grpc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_one_trace_per_trigger_over_http() {
+    let prefix = unique("tcb-otel");
+    let _names = support::RabbitNames(prefix.clone());
     let backend = Backend::RabbitMq {
         uri: rabbitmq_uri(),
-        prefix: unique("tcb-otel"),
+        prefix,
     };
     on(backend, "rabbitmq", "publish", false).await;
 }

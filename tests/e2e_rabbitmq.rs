@@ -12,10 +12,10 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::QueueDeleteOptions;
 use support::{
-    Backend, Stream, World, assert_all_delivered, collect_until, message, rabbitmq_uri, unique,
-    wait_ready, wait_readyz_field,
+    Backend, RabbitNames, Stream, World, assert_all_delivered, collect_until, message,
+    rabbitmq_uri, unique, wait_ready, wait_readyz_field,
 };
 use tcb_model::codec::header as headers;
 use tcb_model::message::Scope;
@@ -56,49 +56,7 @@ fn with_addr(uri: &str, addr: SocketAddr) -> String {
     format!("{head}@{addr}/{vhost}")
 }
 
-struct Names(String);
-
-impl Drop for Names {
-    fn drop(&mut self) {
-        let prefix = self.0.clone();
-        // Delete what the test declared, on a fresh runtime (Drop is not async).
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let Ok(conn) = lapin::Connection::connect(
-                    &rabbitmq_uri(),
-                    lapin::ConnectionProperties::default(),
-                )
-                .await
-                else {
-                    return;
-                };
-                let Ok(ch) = conn.create_channel().await else {
-                    return;
-                };
-                for q in ["triggers", "orders", "dead"] {
-                    for name in [format!("{prefix}.{q}"), format!("{prefix}.{q}.tail")] {
-                        let _ = ch
-                            .queue_delete(name.into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                }
-                for x in ["x", "dlx"] {
-                    let _ = ch
-                        .exchange_delete(
-                            format!("{prefix}.{x}").into(),
-                            ExchangeDeleteOptions::default(),
-                        )
-                        .await;
-                }
-                let _ = conn.close(200, "cleanup".into()).await;
-            });
-        })
-        .join();
-    }
-}
-
-fn world(uri: String, ack_timeout_ms: u64) -> (World, Names) {
+fn world(uri: String, ack_timeout_ms: u64) -> (World, RabbitNames) {
     let prefix = unique("tcb-e2e");
     let w = World::with(
         Backend::RabbitMq {
@@ -108,7 +66,7 @@ fn world(uri: String, ack_timeout_ms: u64) -> (World, Names) {
         1 << 20,
         ack_timeout_ms,
     );
-    (w, Names(prefix))
+    (w, RabbitNames(prefix))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

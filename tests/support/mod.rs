@@ -1131,3 +1131,49 @@ pub async fn bench_pipeline_on(flag: &str, broker: &str, backend: &str, minimal:
     );
     assert!(rows[n + 2][11].starts_with("12 of 12 published"), "{text}");
 }
+
+/// Deletes the queues and exchanges of a RabbitMQ [`Backend`] with this prefix when dropped.
+pub struct RabbitNames(pub String);
+
+impl Drop for RabbitNames {
+    fn drop(&mut self) {
+        let prefix = self.0.clone();
+        // Delete what the test declared, on a fresh runtime (Drop is not async).
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let Ok(conn) = lapin::Connection::connect(
+                    &rabbitmq_uri(),
+                    lapin::ConnectionProperties::default(),
+                )
+                .await
+                else {
+                    return;
+                };
+                let Ok(ch) = conn.create_channel().await else {
+                    return;
+                };
+                for q in ["triggers", "orders", "dead"] {
+                    for name in [format!("{prefix}.{q}"), format!("{prefix}.{q}.tail")] {
+                        let _ = ch
+                            .queue_delete(
+                                name.into(),
+                                lapin::options::QueueDeleteOptions::default(),
+                            )
+                            .await;
+                    }
+                }
+                for x in ["x", "dlx"] {
+                    let _ = ch
+                        .exchange_delete(
+                            format!("{prefix}.{x}").into(),
+                            lapin::options::ExchangeDeleteOptions::default(),
+                        )
+                        .await;
+                }
+                let _ = conn.close(200, "cleanup".into()).await;
+            });
+        })
+        .join();
+    }
+}
