@@ -303,28 +303,31 @@ async fn the_pipeline_bench_prints_the_bridge_beside_both_baselines() {
         "x-overflow".into(),
         lapin::types::AMQPValue::LongString("reject-publish".into()),
     );
-    ch.queue_delete(stale.into(), QueueDeleteOptions::default())
+    // A stage's queue, and the minimal publisher's (a classic queue where a quorum one belongs).
+    for stale in [stale, "tcb-bench-minimal-quorum"] {
+        ch.queue_delete(stale.into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        ch.queue_declare(
+            stale.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            full.clone(),
+        )
         .await
         .unwrap();
-    ch.queue_declare(
-        stale.into(),
-        lapin::options::QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        full,
-    )
-    .await
-    .unwrap();
-    ch.basic_publish(
-        "".into(),
-        stale.into(),
-        lapin::options::BasicPublishOptions::default(),
-        b"left by a run that failed",
-        lapin::BasicProperties::default(),
-    )
-    .await
-    .unwrap();
+        ch.basic_publish(
+            "".into(),
+            stale.into(),
+            lapin::options::BasicPublishOptions::default(),
+            b"left by a run that failed",
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
     conn.close(200, "set up".into()).await.unwrap();
     support::bench_pipeline_on(
         "--rabbitmq",

@@ -1041,11 +1041,14 @@ async fn bench_backend(
     std::fs::create_dir_all(&run_dir).map_err(io("run folder"))?;
     let timeout = Duration::from_secs(args.timeout_secs);
     let mut rows = Vec::new();
-    // The stages' queues have fixed names: a run that failed midway left them behind, filled
-    // (its triggers would be counted in this run's) and perhaps of another queue type.
+    // The stages' and the minimal publisher's queues have fixed names: a run that failed
+    // midway left them behind, filled (its triggers would be counted in this run's) and
+    // perhaps of another queue type.
     for stage in STAGES {
         drop_stage(backend, stage).await?;
     }
+    let minimal_queues = ["classic", "quorum"].map(rabbitmq_minimal_queue);
+    drop_queues(backend, &minimal_queues.each_ref().map(String::as_str)).await?;
 
     // 1. The ceiling.
     let p = baseline(setup, "http", "", "", "classic", &run_dir).await?;
@@ -1058,7 +1061,10 @@ async fn bench_backend(
     // 2. The minimal publisher. On RabbitMQ on a classic queue (the naive reference) and on
     // the bridge's queue type (quorum, its default), which the bridge is compared with.
     let mut minimal_rate = None;
-    let minimal_target = |queue_type: &str| format!("tcb-bench-{run_id}.minimal-{queue_type}");
+    let minimal_target = |queue_type: &str| match backend.name {
+        "rabbitmq" => rabbitmq_minimal_queue(queue_type),
+        _ => format!("tcb-bench-{run_id}.minimal-{queue_type}"),
+    };
     let minimal: &[(&str, &str, bool)] = match backend.baseline {
         Some("kafka") => &[(
             "minimal rdkafka producer (idempotent, acks=all)",
@@ -1389,6 +1395,12 @@ impl Drain<'_> {
             ..Row::default()
         })
     }
+}
+
+/// The queue the minimal lapin publisher fills (a fixed name, so a run deletes what a failed
+/// one left).
+fn rabbitmq_minimal_queue(queue_type: &str) -> String {
+    format!("tcb-bench-minimal-{queue_type}")
 }
 
 /// The stages whose topics are named `tcb-bench-<stage>.*` ([`Backend::bus`]).
