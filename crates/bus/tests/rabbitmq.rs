@@ -36,12 +36,18 @@ fn config(prefix: &str, queue_type: QueueType) -> RabbitMqConfig {
     }
 }
 
-/// Deletes what a test declared.
-async fn cleanup(c: &RabbitMqConfig) {
+/// A connection and channel of the test's own, to set up or look at the broker beside the bus.
+async fn admin() -> (lapin::Connection, lapin::Channel) {
     let conn = lapin::Connection::connect(&uri(), lapin::ConnectionProperties::default())
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+/// Deletes what a test declared.
+async fn cleanup(c: &RabbitMqConfig) {
+    let (conn, ch) = admin().await;
     for q in [&c.topics.triggers, &c.topics.orders, &c.topics.dead_letters] {
         for name in [q.clone(), format!("{q}.tail")] {
             let _ = ch
@@ -163,10 +169,7 @@ async fn triggers_go_straight_to_their_queue_and_a_missing_queue_refuses_them() 
     );
     d.ack().await.unwrap();
     drop(worker);
-    let conn = lapin::Connection::connect(&uri(), lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
+    let (conn, ch) = admin().await;
     ch.queue_delete(
         c.topics.triggers.as_str().into(),
         QueueDeleteOptions::default(),
@@ -287,10 +290,7 @@ async fn a_queue_declared_with_other_arguments_is_used_as_it_is() {
     // An older bridge declared the triggers queue without reject-publish: RabbitMQ refuses to
     // change its arguments, and the bridge must connect all the same.
     let c = config(&unique(), QueueType::Quorum);
-    let conn = lapin::Connection::connect(&uri(), lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
+    let (conn, ch) = admin().await;
     let mut old = lapin::types::FieldTable::default();
     old.insert(
         "x-queue-type".into(),

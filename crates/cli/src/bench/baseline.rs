@@ -300,10 +300,10 @@ pub async fn run(args: BaselineArgs) -> Result<(), CliError> {
 /// that cannot be deleted is an error.
 #[cfg(feature = "rabbitmq")]
 pub async fn delete_queues(uri: &str, queues: &[&str]) -> Result<(), CliError> {
+    let failed = err("rabbitmq");
     let connection = lapin::Connection::connect(uri, lapin::ConnectionProperties::default())
         .await
-        .map_err(|e| err("rabbitmq")(e.to_string()))?;
-    let failed = |what: String| err("rabbitmq")(what);
+        .map_err(|e| failed(e.to_string()))?;
     for queue in queues {
         // A missing queue closes the channel: one channel per queue.
         let channel = connection

@@ -931,8 +931,8 @@ pub async fn run(args: PipelineArgs) -> Result<(), CliError> {
     let run_id = format!("{}", chrono::Utc::now().timestamp_millis());
     println!(
         "bench pipeline: wrk (1 thread, {c} HTTPS connections, {s} s) on the ceiling, the minimal \
-         publisher, the bridge's publisher alone, the ingress and the ingress with the worker (distinct events over 500 orders, \
-         end to end); a burst of {g} GET triggers over {o} orders from this process ({c} in \
+         publisher, the bridge's publisher alone, the ingress and the ingress with the worker \
+         (distinct events over 500 orders, end to end); a burst of {g} GET triggers over {o} orders from this process ({c} in \
          flight); open loop (wrk, a fixed pause per connection) {l} s at half the ingress's rate",
         c = args.concurrency,
         s = args.seconds,
@@ -1044,11 +1044,16 @@ async fn bench_backend(
     // The stages' and the minimal publisher's queues have fixed names: a run that failed
     // midway left them behind, filled (its triggers would be counted in this run's) and
     // perhaps of another queue type.
-    for stage in STAGES {
-        drop_stage(backend, stage).await?;
-    }
-    let minimal_queues = ["classic", "quorum"].map(rabbitmq_minimal_queue);
-    drop_queues(backend, &minimal_queues.each_ref().map(String::as_str)).await?;
+    let left: Vec<String> = STAGES
+        .into_iter()
+        .flat_map(stage_queues)
+        .chain(["classic", "quorum"].map(rabbitmq_minimal_queue))
+        .collect();
+    drop_queues(
+        backend,
+        &left.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await?;
 
     // 1. The ceiling.
     let p = baseline(setup, "http", "", "", "classic", &run_dir).await?;
@@ -1406,16 +1411,21 @@ fn rabbitmq_minimal_queue(queue_type: &str) -> String {
 /// The stages whose topics are named `tcb-bench-<stage>.*` ([`Backend::bus`]).
 const STAGES: [&str; 3] = ["publisher", "ingress", "e2e"];
 
-/// Deletes the RabbitMQ queues of a stage's topics ([`Backend::bus`]), tail streams included.
-async fn drop_stage(backend: &Backend, stage: &str) -> Result<(), CliError> {
-    let queues = [
+/// The RabbitMQ queues of a stage's topics ([`Backend::bus`]), tail streams included.
+fn stage_queues(stage: &str) -> [String; 5] {
+    [
         "triggers",
         "orders",
         "dead-letters",
         "orders.tail",
         "dead-letters.tail",
     ]
-    .map(|q| format!("tcb-bench-{stage}.{q}"));
+    .map(|q| format!("tcb-bench-{stage}.{q}"))
+}
+
+/// Deletes the RabbitMQ queues of a stage's topics.
+async fn drop_stage(backend: &Backend, stage: &str) -> Result<(), CliError> {
+    let queues = stage_queues(stage);
     drop_queues(backend, &queues.each_ref().map(String::as_str)).await
 }
 
